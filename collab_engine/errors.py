@@ -1,0 +1,66 @@
+"""The engine's errors: a small tree, each fatal one carrying a WebSocket close code.
+
+    CollabError                     base of everything the engine raises on purpose
+    ├── ProtocolError        4400   a frame that is not a well-formed message
+    │   └── InvalidDocumentName 4400  empty or over-long document name
+    ├── MessageTooBig        1009   a frame or an awareness state over its limit
+    ├── PeerTooSlow          1013   a peer whose outbox filled up ("try again later")
+    └── GoingAway            1001   the server is shutting down
+
+An error ends exactly one connection: the server closes that WebSocket with
+`close_code` and `reason`; the room, its other peers and the document are
+untouched. Close reasons are cut to the 123 bytes a close frame can carry.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CollabError(Exception):
+    """Base class: an error the engine raises on purpose, with a close code."""
+
+    close_code: ClassVar[int] = 1011
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProtocolError(CollabError):
+    """A frame that does not decode to a y-websocket message, or carries a bad payload."""
+
+    close_code = 4400
+
+
+class InvalidDocumentName(ProtocolError):
+    """A document name that is empty or longer than the configured limit."""
+
+
+class MessageTooBig(CollabError):
+    """A frame or an awareness state larger than its configured limit."""
+
+    close_code = 1009
+
+
+class PeerTooSlow(CollabError):
+    """A peer that did not read its frames fast enough: its outbox filled up.
+
+    Nothing is lost: on reconnect, sync step 1/2 by state vector heals the peer.
+    """
+
+    close_code = 1013
+
+
+def close_reason(reason: str) -> str:
+    """Cut `reason` to the 123 UTF-8 bytes a WebSocket close frame can carry."""
+    data = reason.encode()
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode(errors="ignore")
+
+
+class GoingAway(CollabError):
+    """The server is shutting down; the client should reconnect later."""
+
+    close_code = 1001

@@ -1,0 +1,81 @@
+"""A peer: one connection to a room, seen from the room.
+
+The room only ever calls `Peer.send`, which never blocks and never raises: the frame
+goes into the peer's bounded outbox, drained in order by that connection's one
+writer task. When the outbox is full the peer is closed with `PeerTooSlow` (1013):
+evicting a slow reader loses nothing, since sync step 1/2 heals it on reconnect,
+while waiting for it would stall the whole room.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .errors import CollabError, PeerTooSlow
+from .types import Frame, PeerId
+
+_ids = itertools.count(1)
+
+
+class Peer:
+    """One connection's outbox and its closing state.
+
+    Args:
+        outbox_size: how many frames may wait for the writer before the peer is
+            evicted as too slow.
+        label: what logs call this peer (an address, a user).
+    """
+
+    def __init__(self, *, outbox_size: int = 1024, label: str = "") -> None:
+        self.id = PeerId(next(_ids))
+        self.label = label or f"peer-{self.id}"
+        self.outbox_size = outbox_size
+        self._send_stream: MemoryObjectSendStream[Frame]
+        self._receive_stream: MemoryObjectReceiveStream[Frame]
+        # Overflow policy: full → the peer is closed with 1013 (see module docstring).
+        self._send_stream, self._receive_stream = anyio.create_memory_object_stream[Frame](
+            max_buffer_size=outbox_size
+        )
+        self.error: CollabError | None = None
+        self.closed = False
+
+    def send(self, frame: Frame) -> None:
+        """Queue `frame` for this peer; evict the peer if its outbox is full."""
+        if self.closed:
+            return
+        try:
+            self._send_stream.send_nowait(frame)
+        except anyio.WouldBlock:
+            self.close(PeerTooSlow(f"more than {self.outbox_size} frames waiting to be sent"))
+
+    def close(self, error: CollabError | None = None) -> None:
+        """Stop this peer: no frame is queued after this; the writer stops at once.
+
+        `error` is why the connection ends (its close code and reason), or None when
+        the peer simply left. The first call wins.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        self._send_stream.close()
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Yield the queued frames in order until the peer is closed.
+
+        Frames still queued when the peer is closed are dropped: the connection is
+        ending, and its replica resyncs by state vector when it reconnects.
+        """
+        async with self._receive_stream:
+            async for frame in self._receive_stream:
+                if self.closed:
+                    return
+                yield frame
+
+    def queued(self) -> int:
+        """How many frames wait in the outbox."""
+        return self._receive_stream.statistics().current_buffer_used

@@ -1,0 +1,296 @@
+"""The y-websocket wire protocol: pure encode and decode, bytes in and values out.
+
+One binary WebSocket frame carries one message, in lib0 encoding
+(`varUint` is LEB128 limited to 2**53 - 1, as JavaScript numbers are;
+`varBytes` and `varString` are a `varUint` length then the bytes, UTF-8 for strings):
+
+    syncStep1(sv)        := varUint(0) varUint(0) varBytes(stateVector)
+    syncStep2(update)    := varUint(0) varUint(1) varBytes(update)
+    update(update)       := varUint(0) varUint(2) varBytes(update)
+    awareness(entries)   := varUint(1) varBytes(varUint(n) entry*n)
+        entry            := varUint(clientId) varUint(clock) varString(JSON state or "null")
+    permissionDenied(r)  := varUint(2) varUint(0) varString(reason)
+    queryAwareness       := varUint(3)
+
+`decode` accepts exactly these and nothing else: any other input raises
+`ProtocolError`, and no other exception escapes it (property-tested). The CRDT
+payloads (state vectors, updates) are returned as opaque bytes; whether they are
+valid Yjs is for the document to decide when it applies them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from .errors import ProtocolError
+from .types import ClientId, Frame, StateVector, Update
+
+MESSAGE_SYNC: Final = 0
+MESSAGE_AWARENESS: Final = 1
+MESSAGE_AUTH: Final = 2
+MESSAGE_QUERY_AWARENESS: Final = 3
+
+SYNC_STEP1: Final = 0
+SYNC_STEP2: Final = 1
+SYNC_UPDATE: Final = 2
+
+AUTH_PERMISSION_DENIED: Final = 0
+
+MAX_VAR_UINT: Final = 2**53 - 1
+"""The largest integer lib0 (JavaScript) can read back; larger ones are refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep1:
+    """A replica's state vector: "send me what I am missing"."""
+
+    state_vector: StateVector
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep2:
+    """The reply to sync step 1: every update the asker was missing."""
+
+    update: Update
+
+
+@dataclass(frozen=True, slots=True)
+class SyncUpdate:
+    """An incremental document update."""
+
+    update: Update
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    """One client's awareness state at a clock.
+
+    `state` is the JSON text of an object, or `None` when the client has left
+    (the wire carries the text `null`).
+    """
+
+    client_id: ClientId
+    clock: int
+    state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessUpdate:
+    """A batch of awareness entries."""
+
+    entries: tuple[AwarenessEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDenied:
+    """The y-protocols auth message: a write or a read was refused, with a reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwareness:
+    """A request for the awareness states of every client in the room."""
+
+
+Message: TypeAlias = (
+    SyncStep1 | SyncStep2 | SyncUpdate | AwarenessUpdate | PermissionDenied | QueryAwareness
+)
+
+
+# -- encoding -------------------------------------------------------------------------
+
+
+def _var_uint(value: int) -> bytes:
+    if value < 0 or value > MAX_VAR_UINT:
+        raise ValueError(f"varUint out of range: {value}")
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _var_bytes(data: bytes) -> bytes:
+    return _var_uint(len(data)) + data
+
+
+def encode_sync_step1(state_vector: StateVector) -> Frame:
+    """Encode a sync step 1 message carrying `state_vector`."""
+    return b"\x00\x00" + _var_bytes(state_vector)
+
+
+def encode_sync_step2(update: Update) -> Frame:
+    """Encode a sync step 2 message carrying `update`."""
+    return b"\x00\x01" + _var_bytes(update)
+
+
+def encode_sync_update(update: Update) -> Frame:
+    """Encode an update message carrying `update`."""
+    return b"\x00\x02" + _var_bytes(update)
+
+
+def encode_awareness(entries: tuple[AwarenessEntry, ...] | list[AwarenessEntry]) -> Frame:
+    """Encode an awareness message carrying `entries` in order."""
+    body = bytearray(_var_uint(len(entries)))
+    for entry in entries:
+        body += _var_uint(entry.client_id)
+        body += _var_uint(entry.clock)
+        body += _var_bytes(b"null" if entry.state is None else entry.state.encode())
+    return b"\x01" + _var_bytes(bytes(body))
+
+
+def encode_permission_denied(reason: str) -> Frame:
+    """Encode the y-protocols auth "permission denied" message."""
+    return b"\x02\x00" + _var_bytes(reason.encode())
+
+
+def encode_query_awareness() -> Frame:
+    """Encode a query-awareness message."""
+    return b"\x03"
+
+
+def encode(message: Message) -> Frame:
+    """Encode any message; the inverse of `decode`."""
+    match message:
+        case SyncStep1(state_vector):
+            return encode_sync_step1(state_vector)
+        case SyncStep2(update):
+            return encode_sync_step2(update)
+        case SyncUpdate(update):
+            return encode_sync_update(update)
+        case AwarenessUpdate(entries):
+            return encode_awareness(entries)
+        case PermissionDenied(reason):
+            return encode_permission_denied(reason)
+        case QueryAwareness():
+            return encode_query_awareness()
+    raise TypeError(f"not a message: {message!r}")
+
+
+# -- decoding -------------------------------------------------------------------------
+
+
+class _Reader:
+    """A cursor over one frame; every read past the end raises `ProtocolError`."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def var_uint(self) -> int:
+        data, pos = self.data, self.pos
+        value = 0
+        shift = 0
+        while True:
+            if pos >= len(data):
+                raise ProtocolError("truncated message: expected a varUint")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift > 53:
+                raise ProtocolError("varUint longer than 53 bits")
+        if value > MAX_VAR_UINT:
+            raise ProtocolError("varUint larger than 2**53 - 1")
+        self.pos = pos
+        return value
+
+    def var_bytes(self) -> bytes:
+        length = self.var_uint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise ProtocolError(
+                f"truncated message: {length} bytes announced, {len(self.data) - self.pos} left"
+            )
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def var_string(self) -> str:
+        try:
+            return self.var_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("string is not valid UTF-8") from exc
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise ProtocolError(f"{len(self.data) - self.pos} unexpected bytes after the message")
+
+
+def _refuse_constant(name: str) -> None:
+    # JSON.parse in the browsers cannot read NaN or Infinity: never forward them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _awareness_state(text: str) -> str | None:
+    if text == "null":
+        return None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("awareness state is not valid JSON") from exc
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("awareness state must be a JSON object or null")
+    return text
+
+
+def _decode_awareness(payload: bytes) -> AwarenessUpdate:
+    reader = _Reader(payload)
+    count = reader.var_uint()
+    # Each entry takes at least 3 bytes: refuse impossible counts before looping.
+    if count * 3 > len(payload):
+        raise ProtocolError(f"awareness update announces {count} entries in {len(payload)} bytes")
+    entries = []
+    for _ in range(count):
+        client_id = ClientId(reader.var_uint())
+        clock = reader.var_uint()
+        state = _awareness_state(reader.var_string())
+        entries.append(AwarenessEntry(client_id, clock, state))
+    reader.end()
+    return AwarenessUpdate(tuple(entries))
+
+
+def decode(frame: bytes) -> Message:
+    """Decode one frame into a message.
+
+    Raises:
+        ProtocolError: `frame` is not exactly one well-formed message. Nothing else
+            is raised, whatever the input.
+    """
+    reader = _Reader(frame)
+    kind = reader.var_uint()
+    message: Message
+    if kind == MESSAGE_SYNC:
+        step = reader.var_uint()
+        payload = reader.var_bytes()
+        if step == SYNC_STEP1:
+            message = SyncStep1(payload)
+        elif step == SYNC_STEP2:
+            message = SyncStep2(payload)
+        elif step == SYNC_UPDATE:
+            message = SyncUpdate(payload)
+        else:
+            raise ProtocolError(f"unknown sync message type {step}")
+    elif kind == MESSAGE_AWARENESS:
+        message = _decode_awareness(reader.var_bytes())
+    elif kind == MESSAGE_AUTH:
+        auth = reader.var_uint()
+        if auth != AUTH_PERMISSION_DENIED:
+            raise ProtocolError(f"unknown auth message type {auth}")
+        message = PermissionDenied(reader.var_string())
+    elif kind == MESSAGE_QUERY_AWARENESS:
+        message = QueryAwareness()
+    else:
+        raise ProtocolError(f"unknown message type {kind}")
+    reader.end()
+    return message

@@ -1,0 +1,166 @@
+"""A room: one document, its awareness, and the peers connected to it.
+
+The room is the only place a document changes, and every change, whoever makes
+it, leaves the same way: the document observer encodes the transaction's update
+once and queues that one frame for every peer (`Peer.send` never blocks). A
+client's update, a server-side edit through the embedding API, or an implicit
+pycrdt transaction (`text += "x"`) are broadcast alike.
+
+Everything here is synchronous and runs on the event loop's thread: nothing can
+interleave inside `apply`, so there is no lock around the document.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pycrdt import Doc, TransactionEvent
+
+from .awareness import Awareness
+from .errors import ProtocolError
+from .peer import Peer
+from .protocol import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    Message,
+    PermissionDenied,
+    QueryAwareness,
+    SyncStep1,
+    SyncStep2,
+    SyncUpdate,
+    encode_awareness,
+    encode_sync_step1,
+    encode_sync_step2,
+    encode_sync_update,
+)
+from .types import DocumentName, Frame, PeerId, StateVector, Update
+
+log = logging.getLogger("collab_engine.room")
+
+_EMPTY_UPDATE = b"\x00\x00"
+
+
+class Room:
+    """One shared document and the peers editing it.
+
+    Args:
+        name: the document's name.
+        doc: the document, loaded by the caller (a new empty one by default).
+        max_awareness_state_size: the largest awareness state accepted, in bytes.
+        awareness_timeout: seconds after which an awareness state that was not
+            renewed is removed for everyone.
+        clock: the time source for awareness (monotonic seconds).
+    """
+
+    def __init__(
+        self,
+        name: DocumentName,
+        *,
+        doc: Doc[Any] | None = None,
+        max_awareness_state_size: int = 64 * 1024,
+        awareness_timeout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.doc: Doc[Any] = doc if doc is not None else Doc()
+        self.awareness = Awareness(
+            max_state_size=max_awareness_state_size, outdated_timeout=awareness_timeout
+        )
+        self.peers: dict[PeerId, Peer] = {}
+        self._clock = clock
+        self._subscription = self.doc.observe(self._on_transaction)
+
+    # -- the document ------------------------------------------------------------------
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        # Runs inside pycrdt's commit: it must not raise (pycrdt would re-raise it
+        # in whoever applied the update) and must not await. It encodes once and
+        # queues; queueing cannot fail (a full outbox closes that peer instead).
+        update = event.update
+        if update == _EMPTY_UPDATE:
+            return
+        self.broadcast(encode_sync_update(update))
+
+    def apply(self, update: Update, origin: Any = None) -> None:
+        """Apply a Yjs update to the document and broadcast what it changed.
+
+        Raises:
+            ProtocolError: `update` is not a valid Yjs update; the document is unchanged
+                (Yrs decodes the whole update before it integrates anything).
+        """
+        try:
+            with self.doc.transaction(origin=origin):
+                self.doc.apply_update(update)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid Yjs update: {exc}") from exc
+
+    def update_since(self, state_vector: StateVector) -> Update:
+        """The update a replica at `state_vector` is missing.
+
+        Raises:
+            ProtocolError: `state_vector` is not a valid Yjs state vector.
+        """
+        try:
+            return self.doc.get_update(state_vector)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid state vector: {exc}") from exc
+
+    # -- peers -------------------------------------------------------------------------
+
+    def broadcast(self, frame: Frame, *, exclude: Peer | None = None) -> None:
+        """Queue `frame` for every peer but `exclude`."""
+        for peer in list(self.peers.values()):
+            if peer is not exclude:
+                peer.send(frame)
+
+    def join(self, peer: Peer) -> None:
+        """Add `peer`, and queue for it the opening of the sync: our state vector
+        (sync step 1), then every present awareness state."""
+        self.peers[peer.id] = peer
+        peer.send(encode_sync_step1(self.doc.get_state()))
+        entries = self.awareness.entries()
+        if entries:
+            peer.send(encode_awareness(entries))
+
+    def leave(self, peer: Peer) -> None:
+        """Remove `peer`, and remove its awareness states for everyone else."""
+        self.peers.pop(peer.id, None)
+        removed = self.awareness.remove_owner(peer.id)
+        if removed:
+            self.broadcast(encode_awareness(removed))
+
+    def receive(self, peer: Peer, message: Message) -> None:
+        """Act on one message from `peer`.
+
+        Raises:
+            ProtocolError: the message is invalid for the document or the room.
+            MessageTooBig: an awareness state is over the limit.
+        """
+        match message:
+            case SyncUpdate(update) | SyncStep2(update):
+                self.apply(update, origin=peer.id)
+            case SyncStep1(state_vector):
+                peer.send(encode_sync_step2(self.update_since(state_vector)))
+            case AwarenessUpdate(entries):
+                accepted = self.awareness.apply(entries, peer.id, self._clock())
+                if accepted:
+                    # The sender knows its own state: forward to the others only.
+                    self.broadcast(encode_awareness(accepted), exclude=peer)
+            case QueryAwareness():
+                peer.send(encode_awareness(self.awareness.entries()))
+            case PermissionDenied():
+                raise ProtocolError("auth messages are sent by the server, not to it")
+
+    def sweep(self) -> list[AwarenessEntry]:
+        """Remove awareness states that were not renewed in time, for everyone."""
+        removed = self.awareness.expire(self._clock())
+        if removed:
+            self.broadcast(encode_awareness(removed))
+        return removed
+
+    def close(self) -> None:
+        """Detach from the document: no more broadcasts. The room is done."""
+        self.doc.unobserve(self._subscription)

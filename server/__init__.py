@@ -1,0 +1,1 @@
+"""The collab-engine server: the ASGI edge (WebSocket sync and HTTP) served by hypercorn."""

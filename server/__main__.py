@@ -1,0 +1,84 @@
+"""The `collab-engine` command line: `collab-engine serve --host 127.0.0.1 --port 1234`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from collab_engine.engine import EngineConfig
+
+from .app import run
+from .settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    engine = EngineConfig()
+    parser = argparse.ArgumentParser(prog="collab-engine", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the y-websocket sync server")
+    serve.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port (0 picks a free one)")
+    serve.add_argument(
+        "--max-frame-size",
+        type=int,
+        default=defaults.max_frame_size,
+        help="largest WebSocket message in bytes; larger closes with 1009 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-name-length",
+        type=int,
+        default=defaults.max_name_length,
+        help="longest document name in bytes; longer closes with 4400 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--max-awareness-size",
+        type=int,
+        default=engine.max_awareness_state_size,
+        help="largest awareness state in bytes; larger closes with 1009 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--outbox-size",
+        type=int,
+        default=engine.outbox_size,
+        help="frames queued for one client before it is closed with 1013 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--unload-grace",
+        type=float,
+        default=engine.unload_grace,
+        help="seconds a room stays loaded after its last client leaves (default %(default)s)",
+    )
+    serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `collab-engine` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        max_frame_size=args.max_frame_size,
+        max_name_length=args.max_name_length,
+        engine=EngineConfig(
+            max_awareness_state_size=args.max_awareness_size,
+            outbox_size=args.outbox_size,
+            unload_grace=args.unload_grace,
+        ),
+    )
+    try:
+        anyio.run(run, settings)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

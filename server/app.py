@@ -1,0 +1,154 @@
+"""The ASGI application and the way hypercorn serves it.
+
+Routes: a WebSocket on any path is a y-websocket connection to the document named
+by that path; `GET /healthz` answers 200 with a small JSON status. The engine lives
+in the ASGI lifespan, so it starts before the first connection and drains after
+the last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+from functools import partial
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+
+from collab_engine.engine import Engine
+
+from .settings import Settings
+from .types import Receive, Scope, Send
+from .websocket import serve_websocket
+
+log = logging.getLogger("server")
+
+
+class App:
+    """The collab-engine ASGI application.
+
+    `app.engine` is the engine the server runs on: the embedding API of the same
+    process (open a room, change its document, and connected clients see it).
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.engine = Engine(self.settings.engine)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            await serve_websocket(self.engine, self.settings, scope, receive, send)
+        elif kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        async with self.engine:
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            assert message["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
+            rooms = self.engine.rooms
+            await _json(
+                send,
+                200,
+                {
+                    "status": "ok",
+                    "rooms": len(rooms),
+                    "peers": sum(len(room.peers) for room in rooms.values()),
+                },
+            )
+        else:
+            await _json(send, 404, {"error": "not found"})
+
+
+async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def hypercorn_config(settings: Settings, fd: int) -> Config:
+    """The hypercorn configuration that serves on listening socket `fd` and enforces
+    `settings` at the transport."""
+    config = Config()
+    config.bind = [f"fd://{fd}"]
+    config.websocket_max_message_size = settings.max_frame_size
+    config.websocket_ping_interval = settings.ping_interval
+    config.graceful_timeout = settings.graceful_timeout
+    config.accesslog = None
+    # A Logger instance is used as is: hypercorn adds no handler of its own to it.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+async def serve(
+    app: App,
+    *,
+    shutdown: anyio.Event,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` with hypercorn until `shutdown` is set; report the bound port.
+
+    On shutdown, every peer is closed with 1001 first, so that hypercorn's
+    graceful wait does not wait on open WebSockets.
+    """
+    settings = app.settings
+    sock = bind(settings.host, settings.port)
+    port: int = sock.getsockname()[1]
+
+    async def trigger() -> None:
+        await shutdown.wait()
+        app.engine.close_peers()
+
+    # hypercorn takes the file descriptor over and closes it when it stops.
+    config = hypercorn_config(settings, sock.detach())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))  # type: ignore[arg-type]
+        task_status.started(port)
+
+
+async def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM; print the address once listening."""
+    app = App(settings)
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(partial(serve, app, shutdown=shutdown))
+        print(f"collab-engine listening on ws://{settings.host}:{port}", flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                shutdown.set()
+                break

@@ -1,0 +1,24 @@
+"""The server's settings: one frozen value, built once from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from collab_engine.engine import EngineConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the server listens and the limits it enforces at the edge."""
+
+    host: str = "127.0.0.1"
+    port: int = 1234
+    max_frame_size: int = 16 * 1024 * 1024
+    """Largest WebSocket message accepted, in bytes; larger closes with 1009."""
+    max_name_length: int = 512
+    """Longest document name accepted, in UTF-8 bytes; longer closes with 4400."""
+    ping_interval: float | None = 20.0
+    """Seconds between WebSocket pings that keep idle connections (and proxies) alive."""
+    graceful_timeout: float = 5.0
+    """Seconds hypercorn gives open connections to finish on shutdown."""
+    engine: EngineConfig = field(default_factory=EngineConfig)

@@ -1,0 +1,117 @@
+"""One WebSocket connection: from ASGI frames to room calls, and errors to close codes.
+
+Each connection runs two tasks in its own task group: the reader (this
+coroutine's body: receive, decode, `Room.receive`) and the writer (drains the
+peer's outbox in order). Whichever side ends the connection closes the peer; the
+writer then sends the close frame (code and reason from the error) and cancels
+the reader. A bad frame ends this connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+import anyio
+from anyio.abc import CancelScope
+
+from collab_engine.engine import Engine
+from collab_engine.errors import (
+    CollabError,
+    InvalidDocumentName,
+    MessageTooBig,
+    ProtocolError,
+    close_reason,
+)
+from collab_engine.peer import Peer
+from collab_engine.protocol import decode
+
+from .settings import Settings
+from .types import Receive, Scope, Send
+
+log = logging.getLogger("server.websocket")
+
+
+def document_name(scope: Scope, max_length: int) -> str:
+    """The document a WebSocket addresses: the whole path after the first `/`.
+
+    Raises:
+        InvalidDocumentName: the name is empty or longer than `max_length` UTF-8 bytes.
+    """
+    name: str = scope["path"][1:]
+    if not name:
+        raise InvalidDocumentName("no document name in the URL: use ws://host:port/<name>")
+    if len(name.encode()) > max_length:
+        raise InvalidDocumentName(f"document name longer than {max_length} bytes")
+    return name
+
+
+def token(scope: Scope) -> str | None:
+    """The `token` query parameter, if any (what y-websocket's `params` sends)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+async def serve_websocket(
+    engine: Engine, settings: Settings, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve one y-websocket connection until either side ends it."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    client = scope.get("client") or ("?", 0)
+    try:
+        name = document_name(scope, settings.max_name_length)
+    except CollabError as error:
+        log.info("refusing %s:%s: %s", client[0], client[1], error.reason)
+        await _close(send, error)
+        return
+    peer = Peer(outbox_size=engine.config.outbox_size, label=f"{client[0]}:{client[1]} {name!r}")
+    async with engine.room(name) as room:
+        room.join(peer)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_write, peer, send, tg.cancel_scope)
+                try:
+                    await _read(room, peer, receive, settings.max_frame_size)
+                except CollabError as error:
+                    peer.close(error)
+                else:
+                    peer.close()
+        finally:
+            room.leave(peer)
+
+
+async def _read(room: Any, peer: Peer, receive: Receive, max_frame_size: int) -> None:
+    while not peer.closed:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            return
+        if kind != "websocket.receive":
+            continue
+        data = message.get("bytes")
+        if data is None:
+            raise ProtocolError("text frames are not part of the y-websocket protocol")
+        if len(data) > max_frame_size:
+            raise MessageTooBig(f"frame of {len(data)} bytes is over {max_frame_size}")
+        room.receive(peer, decode(data))
+        # receive() returns at once while frames are buffered: let the writers run.
+        await anyio.lowlevel.checkpoint()
+
+
+async def _write(peer: Peer, send: Send, reader: CancelScope) -> None:
+    async for frame in peer.frames():
+        await send({"type": "websocket.send", "bytes": frame})
+    if peer.error is not None:
+        log.info("closing %s: %s (%d)", peer.label, peer.error.reason, peer.error.close_code)
+        await _close(send, peer.error)
+    reader.cancel()
+
+
+async def _close(send: Send, error: CollabError) -> None:
+    await send(
+        {"type": "websocket.close", "code": error.close_code, "reason": close_reason(error.reason)}
+    )

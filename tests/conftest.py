@@ -1,0 +1,53 @@
+"""Shared fixtures: the anyio backend, and a real hypercorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from collab_engine.engine import EngineConfig
+from server.app import App, serve
+from server.settings import Settings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # SQLAlchemy's async engine and aiosqlite run on asyncio only.
+    return "asyncio"
+
+
+# Short timings, so that the tests about timeouts run in well under a second.
+TEST_ENGINE = EngineConfig(unload_grace=0.2, sweep_interval=0.05)
+
+
+@asynccontextmanager
+async def running_server(settings: Settings | None = None) -> AsyncIterator[tuple[App, str]]:
+    """A real hypercorn serving a fresh `App` on 127.0.0.1:<free port>; yields the app
+    and its base URL `ws://127.0.0.1:PORT`."""
+    # No pings by default: hypercorn's ping task keeps a closed connection's task alive
+    # until its next tick; the ping test sets a short interval of its own.
+    settings = settings or Settings(host="127.0.0.1", port=0, ping_interval=None, engine=TEST_ENGINE)
+    settings = replace(settings, host="127.0.0.1", port=0)
+    app = App(settings)
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(_serve, app, shutdown)
+        try:
+            yield app, f"ws://127.0.0.1:{port}"
+        finally:
+            shutdown.set()
+
+
+async def _serve(app: App, shutdown: anyio.Event, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+    await serve(app, shutdown=shutdown, task_status=task_status)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[App, str]]:
+    """A real server with the test timings; yields `(app, "ws://127.0.0.1:PORT")`."""
+    async with running_server() as running:
+        yield running
