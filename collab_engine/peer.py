@@ -63,6 +63,7 @@ class Peer:
         self.closed = True
         self.error = error
         self._send_stream.close()
+        self._receive_stream.close()
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Yield the queued frames in order until the peer is closed.
@@ -70,11 +71,20 @@ class Peer:
         Frames still queued when the peer is closed are dropped: the connection is
         ending, and its replica resyncs by state vector when it reconnects.
         """
-        async with self._receive_stream:
+        try:
             async for frame in self._receive_stream:
-                if self.closed:
-                    return
                 yield frame
+        except anyio.ClosedResourceError:
+            return
+
+    def drain(self) -> list[Frame]:
+        """Take every frame queued now, without waiting (for in-process readers)."""
+        frames: list[Frame] = []
+        while True:
+            try:
+                frames.append(self._receive_stream.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return frames
 
     def queued(self) -> int:
         """How many frames wait in the outbox."""

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-from anyio.abc import CancelScope
+from anyio import CancelScope
 
 from collab_engine.engine import Engine
 from collab_engine.errors import (

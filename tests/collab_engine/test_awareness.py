@@ -1,0 +1,88 @@
+"""The room's awareness table follows the y-protocols rules and knows who owns what."""
+
+from __future__ import annotations
+
+import pytest
+
+from collab_engine.awareness import Awareness
+from collab_engine.errors import MessageTooBig
+from collab_engine.protocol import AwarenessEntry
+from collab_engine.types import ClientId, PeerId
+
+A, B = PeerId(1), PeerId(2)
+C1, C2 = ClientId(11), ClientId(12)
+
+
+def entry(client: int, clock: int, state: str | None) -> AwarenessEntry:
+    return AwarenessEntry(ClientId(client), clock, state)
+
+
+def test_newer_clock_wins_and_stale_entries_are_not_forwarded() -> None:
+    """Only entries with a newer clock are accepted; older or equal ones are dropped."""
+    table = Awareness(max_state_size=100)
+    assert table.apply((entry(11, 2, '{"x":1}'),), A, 0.0) == [entry(11, 2, '{"x":1}')]
+    assert table.apply((entry(11, 1, '{"x":0}'),), A, 0.0) == []
+    assert table.apply((entry(11, 2, '{"x":9}'),), A, 0.0) == []
+    assert table.apply((entry(11, 3, '{"x":1}'),), A, 0.0) == [entry(11, 3, '{"x":1}')]
+    assert table.entries() == [entry(11, 3, '{"x":1}')]
+
+
+def test_removal_at_same_clock_is_accepted_and_blocks_older_copies() -> None:
+    """A null state at the current clock removes; an older copy cannot come back."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 5, "{}"),), A, 0.0)
+    assert table.apply((entry(11, 5, None),), A, 0.0) == [entry(11, 5, None)]
+    assert table.apply((entry(11, 4, '{"old":1}'),), A, 0.0) == []
+    assert table.entries() == []
+
+
+def test_removing_an_unknown_client_forwards_nothing() -> None:
+    """A removal for a client nobody knows is remembered but not forwarded."""
+    table = Awareness(max_state_size=100)
+    assert table.apply((entry(11, 1, None),), A, 0.0) == []
+    assert table.apply((entry(11, 1, "{}"),), A, 0.0) == []
+
+
+def test_remove_owner_removes_only_that_peers_states() -> None:
+    """A departing peer's states are removed with a bumped clock; others stay."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 1, '{"a":1}'), entry(13, 7, "{}")), A, 0.0)
+    table.apply((entry(12, 1, '{"b":1}'),), B, 0.0)
+    assert sorted(table.owned_by(A)) == [11, 13]
+    removed = table.remove_owner(A)
+    assert sorted(removed, key=lambda e: e.client_id) == [entry(11, 2, None), entry(13, 8, None)]
+    assert table.entries() == [entry(12, 1, '{"b":1}')]
+    assert table.remove_owner(A) == []
+
+
+def test_reconnecting_client_takes_its_id_over() -> None:
+    """The latest connection to send an id owns it: the old one leaving removes nothing."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 1, "{}"),), A, 0.0)
+    table.apply((entry(11, 2, "{}"),), B, 0.0)
+    assert table.remove_owner(A) == []
+    assert table.owned_by(B) == [C1]
+
+
+def test_states_over_the_limit_are_refused_whole() -> None:
+    """A state over the size limit raises MessageTooBig and nothing of the batch applies."""
+    table = Awareness(max_state_size=10)
+    with pytest.raises(MessageTooBig, match="over 10 bytes"):
+        table.apply((entry(11, 1, "{}"), entry(12, 1, '{"x":"0123456789"}')), A, 0.0)
+    assert table.entries() == []
+    # Exactly at the limit is accepted.
+    assert table.apply((entry(11, 1, '{"x":"01"}'),), A, 0.0) != []
+
+
+def test_expire_removes_states_not_renewed_in_time() -> None:
+    """States older than the timeout are removed; renewed ones stay; old removals are forgotten."""
+    table = Awareness(max_state_size=100, outdated_timeout=30.0)
+    table.apply((entry(11, 1, "{}"),), A, 0.0)
+    table.apply((entry(12, 1, "{}"),), B, 0.0)
+    table.apply((entry(12, 2, "{}"),), B, 20.0)
+    assert table.expire(29.0) == []
+    assert table.expire(30.0) == [entry(11, 2, None)]
+    assert table.entries() == [entry(12, 2, "{}")]
+    table.expire(61.0)
+    # Client 11's clock is forgotten after a further timeout: the table stays bounded.
+    assert table.apply((entry(11, 1, "{}"),), A, 61.0) == [entry(11, 1, "{}")]

@@ -1,0 +1,214 @@
+"""A room applies each change once, fans it out as one frame, and isolates bad peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pycrdt import Doc, Map, Text
+
+from collab_engine import protocol
+from collab_engine.errors import MessageTooBig, PeerTooSlow, ProtocolError
+from collab_engine.peer import Peer
+from collab_engine.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncUpdate
+from collab_engine.room import Room
+from collab_engine.types import ClientId, DocumentName
+
+NewPeer = Callable[..., Peer]
+
+
+def messages(peer: Peer) -> list[protocol.Message]:
+    return [protocol.decode(frame) for frame in peer.drain()]
+
+
+def text_update(content: str) -> bytes:
+    doc = Doc()
+    doc["t"] = text = Text()
+    text += content
+    return doc.get_update()
+
+
+def new_room(**kwargs: object) -> Room:
+    return Room(DocumentName("r"), **kwargs)  # type: ignore[arg-type]
+
+
+def test_join_opens_with_sync_step1_then_awareness(new_peer: NewPeer) -> None:
+    """A joiner first gets the room's state vector, then every present awareness state."""
+    room = new_room()
+    first, second = new_peer(), new_peer()
+    room.join(first)
+    assert messages(first) == [SyncStep1(room.doc.get_state())]
+    state = AwarenessEntry(ClientId(7), 1, '{"user":"a"}')
+    room.receive(first, AwarenessUpdate((state,)))
+    room.join(second)
+    assert messages(second) == [SyncStep1(room.doc.get_state()), AwarenessUpdate((state,))]
+
+
+def test_update_is_applied_once_and_broadcast_as_one_frame(new_peer: NewPeer) -> None:
+    """A client's update changes the doc and reaches every peer, the sender included."""
+    room = new_room()
+    peers = [new_peer() for _ in range(3)]
+    for peer in peers:
+        room.join(peer)
+        peer.drain()
+    room.receive(peers[0], SyncUpdate(text_update("hello")))
+    assert str(room.doc.get("t", type=Text)) == "hello"
+    frames = [peer.drain() for peer in peers]
+    assert all(len(f) == 1 for f in frames)
+    # Encoded once: every peer gets the very same bytes object.
+    assert frames[0][0] is frames[1][0] is frames[2][0]
+
+
+def test_duplicate_update_is_not_broadcast_again(new_peer: NewPeer) -> None:
+    """Re-sending an update the room already has changes nothing and sends nothing."""
+    room = new_room()
+    peer = new_peer()
+    room.join(peer)
+    update = text_update("x")
+    room.receive(peer, SyncUpdate(update))
+    peer.drain()
+    room.receive(peer, SyncUpdate(update))
+    assert peer.drain() == []
+
+
+def test_sync_step1_is_answered_to_the_sender_only(new_peer: NewPeer) -> None:
+    """Sync step 1 gets sync step 2 with exactly what the sender misses."""
+    room = new_room()
+    asker, other = new_peer(), new_peer()
+    room.join(asker)
+    room.join(other)
+    room.apply(text_update("abc"))
+    asker.drain()
+    other.drain()
+    room.receive(asker, SyncStep1(Doc().get_state()))
+    [reply] = messages(asker)
+    assert isinstance(reply, protocol.SyncStep2)
+    replica = Doc()
+    replica.apply_update(reply.update)
+    assert str(replica.get("t", type=Text)) == "abc"
+    assert other.drain() == []
+
+
+def test_invalid_update_raises_and_leaves_the_doc_untouched(new_peer: NewPeer) -> None:
+    """A garbage update is a ProtocolError; the document and the other peers see nothing."""
+    room = new_room()
+    good, bad = new_peer(), new_peer()
+    room.join(good)
+    room.join(bad)
+    room.apply(text_update("keep"))
+    good.drain()
+    before = room.doc.get_update()
+    with pytest.raises(ProtocolError, match="invalid Yjs update"):
+        room.receive(bad, SyncUpdate(b"\x01\x02\x03garbage"))
+    with pytest.raises(ProtocolError, match="invalid state vector"):
+        room.receive(bad, SyncStep1(b"\xff\xff"))
+    assert room.doc.get_update() == before
+    assert good.drain() == []
+
+
+def test_client_auth_message_is_refused(new_peer: NewPeer) -> None:
+    """Auth messages only flow from server to client."""
+    room = new_room()
+    peer = new_peer()
+    room.join(peer)
+    with pytest.raises(ProtocolError, match="sent by the server"):
+        room.receive(peer, protocol.PermissionDenied("x"))
+
+
+def test_full_outbox_evicts_that_peer_only(new_peer: NewPeer) -> None:
+    """A peer whose outbox is full is closed with 1013; the others keep receiving."""
+    room = new_room()
+    slow, fast = new_peer(outbox_size=2), new_peer(outbox_size=100)
+    room.join(slow)
+    room.join(fast)
+    for i in range(3):
+        room.apply(text_update(f"u{i}"))
+    assert slow.closed
+    assert isinstance(slow.error, PeerTooSlow)
+    assert slow.error.close_code == 1013
+    assert not fast.closed
+    assert len(fast.drain()) == 4  # step 1 + three updates
+
+
+def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer) -> None:
+    """Awareness goes to the other peers; a leaving peer's states are removed for all."""
+    room = new_room()
+    a, b = new_peer(), new_peer()
+    room.join(a)
+    room.join(b)
+    a.drain()
+    b.drain()
+    state = AwarenessEntry(ClientId(5), 1, '{"cursor":1}')
+    room.receive(a, AwarenessUpdate((state,)))
+    assert a.drain() == []
+    assert messages(b) == [AwarenessUpdate((state,))]
+    room.leave(a)
+    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 2, None),))]
+    room.receive(b, protocol.QueryAwareness())
+    assert messages(b) == [AwarenessUpdate(())]
+
+
+def test_oversized_awareness_state_is_refused(new_peer: NewPeer) -> None:
+    """An awareness state over the room's limit raises MessageTooBig (close 1009)."""
+    room = new_room(max_awareness_state_size=16)
+    peer = new_peer()
+    room.join(peer)
+    big = AwarenessEntry(ClientId(1), 1, '{"x":"' + "y" * 20 + '"}')
+    with pytest.raises(MessageTooBig) as caught:
+        room.receive(peer, AwarenessUpdate((big,)))
+    assert caught.value.close_code == 1009
+    assert room.awareness.entries() == []
+
+
+def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
+    """States not renewed within the timeout are removed for everyone at the next sweep."""
+    now = [0.0]
+    room = new_room(awareness_timeout=30.0, clock=lambda: now[0])
+    a, b = new_peer(), new_peer()
+    room.join(a)
+    room.join(b)
+    room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(5), 1, "{}"),)))
+    b.drain()
+    now[0] = 29.0
+    assert room.sweep() == []
+    now[0] = 30.0
+    assert room.sweep() == [AwarenessEntry(ClientId(5), 2, None)]
+    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 2, None),))]
+
+
+def test_server_side_edits_are_broadcast_even_without_explicit_transaction(new_peer: NewPeer) -> None:
+    """Edits made directly on room.doc (implicit pycrdt transactions) reach the peers."""
+    room = new_room()
+    peer = new_peer()
+    room.join(peer)
+    peer.drain()
+    room.doc["m"] = settings = Map()
+    settings["theme"] = "dark"
+    replica = Doc()
+    for message in messages(peer):
+        assert isinstance(message, SyncUpdate)
+        replica.apply_update(message.update)
+    assert replica.get("m", type=Map).to_py() == {"theme": "dark"}
+
+
+def test_update_with_missing_dependencies_is_held_then_broadcast(new_peer: NewPeer) -> None:
+    """An update whose causal past is missing is kept pending, and goes out once complete."""
+    source = Doc()
+    source["t"] = text = Text()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    text += "ab"
+    text += "cd"
+    room = new_room()
+    peer = new_peer()
+    room.join(peer)
+    peer.drain()
+    room.apply(updates[1])
+    assert str(room.doc.get("t", type=Text)) == ""
+    room.apply(updates[0])
+    assert str(room.doc.get("t", type=Text)) == "abcd"
+    replica = Doc()
+    for message in messages(peer):
+        assert isinstance(message, SyncUpdate)
+        replica.apply_update(message.update)
+    assert str(replica.get("t", type=Text)) == "abcd"
