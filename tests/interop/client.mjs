@@ -1,0 +1,350 @@
+#!/usr/bin/env node
+// A scriptable y-websocket client: the real npm `yjs` + `y-websocket` in Node, driven
+// by the interop tests (test_yjs_client.py) through JSON lines.
+//
+//   node client.mjs --url ws://127.0.0.1:PORT --room NAME [--clients N] [--label L]
+//                   [--defer-connect] [--lifetime SECONDS]
+//
+// It opens N providers (one Y.Doc each, BroadcastChannel disabled so that everything
+// goes through the server) on ws://.../NAME, then reads one JSON command per line on
+// stdin and writes JSON lines on stdout:
+//
+//   {"event": "hello", "label": L, "clients": [{"client": 0, "clientID": 123}, ...]}
+//   {"event": "status" | "synced" | "connection-close" | "connection-error" | "awareness",
+//    "client": i, ...}                                 (unsolicited, as they happen)
+//   {"reply": ID, "ok": true, ...} / {"reply": ID, "ok": false, "error": "..."}
+//
+// Commands are {"id": ID, "op": OP, "client": i | "all", ...}; see `ops` below. Every
+// wait is bounded: a `wait` that times out replies with an error, says why on stderr
+// and exits with status 2; the whole process exits with status 3 after --lifetime
+// seconds, and with 0 when stdin closes (the test is gone).
+
+import { createHash } from 'node:crypto'
+import { createInterface } from 'node:readline'
+import { parseArgs } from 'node:util'
+import WebSocket from 'ws'
+import { WebsocketProvider } from 'y-websocket'
+import * as Y from 'yjs'
+
+const { values: args } = parseArgs({
+  options: {
+    url: { type: 'string' },
+    room: { type: 'string' },
+    clients: { type: 'string', default: '1' },
+    label: { type: 'string', default: 'node' },
+    'defer-connect': { type: 'boolean', default: false },
+    lifetime: { type: 'string', default: '60' }
+  }
+})
+if (!args.url || !args.room) {
+  die(64, 'usage: client.mjs --url ws://HOST:PORT --room NAME [--clients N] [--label L]')
+}
+const label = args.label
+
+function emit (obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n')
+}
+
+let dying = false
+
+function die (code, message) {
+  if (dying) return
+  dying = true
+  process.stderr.write(`client.mjs [${args.label ?? 'node'}]: ${message}\n`)
+  // Let stdout drain (a pipe is asynchronous in Node) before exiting; should the
+  // drain never end, exit anyway.
+  process.stdout.write('', () => process.exit(code))
+  setTimeout(() => process.exit(code), 2000)
+}
+
+const lifetime = Number(args.lifetime) * 1000
+setTimeout(() => die(3, `lifetime of ${args.lifetime} s exceeded: exiting`), lifetime).unref()
+
+process.on('uncaughtException', (err) => die(1, `uncaught exception: ${err?.stack ?? err}`))
+process.on('unhandledRejection', (err) => die(1, `unhandled rejection: ${err?.stack ?? err}`))
+
+/** The pending `wait` commands, re-checked by `poke()` whenever something changes. */
+const waiters = new Set()
+
+// -- the clients --------------------------------------------------------------------------
+
+const sha256 = (s) => createHash('sha256').update(s, 'utf8').digest('hex')
+const now = () => performance.timeOrigin + performance.now()
+
+/** Awareness states as a plain object {clientID: state}. */
+const awarenessStates = (c) => Object.fromEntries(c.provider.awareness.getStates())
+const userNames = (c) =>
+  [...c.provider.awareness.getStates().values()]
+    .map((s) => s?.user?.name)
+    .filter((n) => n !== undefined)
+    .sort()
+
+function makeClient (index) {
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(args.url, args.room, doc, {
+    connect: false,
+    disableBc: true,
+    WebSocketPolyfill: WebSocket
+  })
+  const c = { index, doc, provider, text: doc.getText('text'), map: doc.getMap('map'), status: 'new' }
+  provider.on('status', ({ status }) => {
+    c.status = status
+    emit({ event: 'status', client: index, status, t: now() })
+    poke()
+  })
+  provider.on('sync', (synced) => {
+    // The awareness states known when step 2 arrived: the server sends them before.
+    emit({
+      event: 'synced',
+      client: index,
+      synced,
+      textLength: c.text.length,
+      users: userNames(c),
+      awareness: awarenessStates(c),
+      t: now()
+    })
+    poke()
+  })
+  provider.on('connection-close', (event) => {
+    emit({ event: 'connection-close', client: index, code: event?.code ?? null, reason: event?.reason ?? null, t: now() })
+  })
+  provider.on('connection-error', (event) => {
+    emit({ event: 'connection-error', client: index, message: String(event?.message ?? event), t: now() })
+  })
+  provider.awareness.on('change', ({ added, updated, removed }, origin) => {
+    emit({ event: 'awareness', client: index, added, updated, removed, local: origin === 'local', t: now() })
+    poke()
+  })
+  doc.on('update', () => poke())
+  return c
+}
+
+const clients = Array.from({ length: Number(args.clients) }, (_, i) => makeClient(i))
+emit({
+  event: 'hello',
+  label,
+  clients: clients.map((c) => ({ client: c.index, clientID: c.doc.clientID }))
+})
+if (!args['defer-connect']) {
+  // All in one tick: the connections start together.
+  for (const c of clients) c.provider.connect()
+}
+
+function targets (cmd) {
+  const which = cmd.client ?? 0
+  if (which === 'all') return clients
+  const c = clients[which]
+  if (c === undefined) throw new Error(`no client ${which}`)
+  return [c]
+}
+
+function snapshot (c, full = true) {
+  const text = c.text.toString()
+  return {
+    client: c.index,
+    clientID: c.doc.clientID,
+    status: c.status,
+    synced: c.provider.synced,
+    textLength: c.text.length,
+    textSha256: sha256(text),
+    ...(full ? { text } : {}),
+    map: c.map.toJSON(),
+    awareness: awarenessStates(c),
+    users: userNames(c)
+  }
+}
+
+// -- waiting for a condition ----------------------------------------------------------------
+
+const canonical = (value) => JSON.stringify(value, (_k, v) =>
+  v && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+    : v)
+
+/** Each check takes a client and the expected value; every check given must hold. */
+const checks = {
+  synced: (c, v) => c.provider.synced === v,
+  status: (c, v) => c.status === v,
+  text: (c, v) => c.text.toString() === v,
+  textLength: (c, v) => c.text.length === v,
+  textIncludes: (c, v) => { const s = c.text.toString(); return v.every((x) => s.includes(x)) },
+  mapHas: (c, v) => v.every((k) => c.map.has(k)),
+  mapEquals: (c, v) => canonical(c.map.toJSON()) === canonical(v),
+  users: (c, v) => canonical(userNames(c)) === canonical([...v].sort()),
+  awarenessPresent: (c, v) => v.every((id) => c.provider.awareness.getStates().has(id)),
+  awarenessAbsent: (c, v) => v.every((id) => !c.provider.awareness.getStates().has(id))
+}
+
+function holds (cs, until) {
+  for (const [name, expected] of Object.entries(until)) {
+    const check = checks[name]
+    if (check === undefined) throw new Error(`unknown condition ${name}`)
+    if (!cs.every((c) => check(c, expected))) return false
+  }
+  return true
+}
+
+function poke () {
+  for (const w of [...waiters]) {
+    if (holds(w.clients, w.until)) {
+      waiters.delete(w)
+      clearTimeout(w.timer)
+      w.resolve()
+    }
+  }
+}
+
+function waitUntil (cs, until, timeoutSeconds) {
+  // Validate the condition names at once, and return at once if it already holds.
+  if (holds(cs, until)) return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const w = { clients: cs, until, resolve }
+    w.timer = setTimeout(() => {
+      waiters.delete(w)
+      const failing = Object.keys(until).filter((name) => !cs.every((c) => checks[name](c, until[name])))
+      reject(new WaitTimeout(
+        `timeout after ${timeoutSeconds} s waiting for ${JSON.stringify(until)} ` +
+        `(failing: ${failing.join(', ')}) on clients ${cs.map((c) => c.index).join(',')}; ` +
+        `states: ${JSON.stringify(cs.map((c) => snapshot(c, c.text.length <= 2000)))}`
+      ))
+    }, timeoutSeconds * 1000)
+    waiters.add(w)
+  })
+}
+
+class WaitTimeout extends Error {}
+
+// -- editing ------------------------------------------------------------------------------
+
+/** A small deterministic PRNG (mulberry32), so that a seed replays the same edits. */
+function prng (seed) {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+const ALPHABET = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;-_'
+
+function randomAscii (rnd, length) {
+  const out = new Array(length)
+  for (let i = 0; i < length; i++) out[i] = ALPHABET[Math.floor(rnd() * ALPHABET.length)]
+  return out.join('')
+}
+
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** `count` random edits of the text and the map, interleaved with the network. */
+async function randomEdits (c, { count, seed, tag }) {
+  const rnd = prng(seed)
+  for (let i = 0; i < count; i++) {
+    const r = rnd()
+    if (r < 0.45) {
+      const at = Math.floor(rnd() * (c.text.length + 1))
+      c.text.insert(at, `<${tag}${i}${rnd() < 0.3 ? 'é' : ''}>`)
+    } else if (r < 0.6 && c.text.length > 0) {
+      const at = Math.floor(rnd() * c.text.length)
+      c.text.delete(at, Math.min(1 + Math.floor(rnd() * 3), c.text.length - at))
+    } else if (r < 0.85) {
+      // Few keys: the clients overwrite each other's values concurrently.
+      c.map.set(`k${Math.floor(rnd() * 4)}`, `${tag}-${i}`)
+    } else {
+      c.doc.transact(() => {
+        c.text.insert(c.text.length, `[${tag}${i}]`)
+        c.map.set(`t${Math.floor(rnd() * 3)}`, { by: tag, i, nested: [i, `${tag}`] })
+      })
+    }
+    // Yield to the event loop (and so to incoming updates) between edits.
+    if (rnd() < 0.5) await pause(Math.floor(rnd() * 3))
+    else await new Promise(setImmediate)
+  }
+  // Updates travel in order: whoever sees this key has seen all of this client's edits.
+  c.map.set(`done:${tag}`, count)
+}
+
+// -- commands -----------------------------------------------------------------------------
+
+const ops = {
+  /** Insert `text` at `index` (UTF-16 units, as Yjs counts; -1 or absent: at the end). */
+  insert (cmd) {
+    for (const c of targets(cmd)) {
+      const at = cmd.index === undefined || cmd.index < 0 ? c.text.length : cmd.index
+      c.text.insert(at, cmd.text)
+    }
+    return {}
+  },
+  delete (cmd) {
+    for (const c of targets(cmd)) c.text.delete(cmd.index, cmd.length)
+    return {}
+  },
+  mapSet (cmd) {
+    for (const c of targets(cmd)) c.map.set(cmd.key, cmd.value)
+    return {}
+  },
+  setUser (cmd) {
+    for (const c of targets(cmd)) c.provider.awareness.setLocalStateField('user', cmd.user)
+    return {}
+  },
+  /** Insert `length` random ASCII characters in one transaction; reply with their hash. */
+  insertRandom (cmd) {
+    const [c] = targets(cmd)
+    const s = randomAscii(prng(cmd.seed ?? 1), cmd.length)
+    c.text.insert(cmd.index ?? c.text.length, s)
+    return { length: s.length, sha256: sha256(s) }
+  },
+  async randomEdits (cmd) {
+    await Promise.all(targets(cmd).map((c, k) =>
+      randomEdits(c, { count: cmd.count, seed: (cmd.seed ?? 1) + k, tag: cmd.tag ?? `${label}.${c.index}` })))
+    return {}
+  },
+  connect (cmd) {
+    for (const c of targets(cmd)) c.provider.connect()
+    return {}
+  },
+  disconnect (cmd) {
+    for (const c of targets(cmd)) c.provider.disconnect()
+    return {}
+  },
+  async wait (cmd) {
+    const started = now()
+    await waitUntil(targets(cmd), cmd.until, cmd.timeout ?? 10)
+    return { t: now(), elapsedMs: now() - started }
+  },
+  state (cmd) {
+    return { states: targets(cmd).map((c) => snapshot(c, cmd.full ?? true)) }
+  },
+  exit () {
+    dying = true
+    for (const c of clients) c.provider.destroy()
+    process.stdout.write(JSON.stringify({ event: 'bye' }) + '\n', () => process.exit(0))
+    return null
+  }
+}
+
+async function handle (line) {
+  let cmd
+  try {
+    cmd = JSON.parse(line)
+  } catch (err) {
+    die(64, `not a JSON command: ${line}`)
+    return
+  }
+  const op = ops[cmd.op]
+  try {
+    if (op === undefined) throw new Error(`unknown op ${cmd.op}`)
+    const result = await op(cmd)
+    if (result !== null) emit({ reply: cmd.id, ok: true, ...result })
+  } catch (err) {
+    emit({ reply: cmd.id, ok: false, error: String(err?.message ?? err) })
+    if (err instanceof WaitTimeout) die(2, err.message)
+  }
+}
+
+const input = createInterface({ input: process.stdin, crlfDelay: Infinity })
+input.on('line', (line) => { if (line.trim()) handle(line) })
+// The test closed our stdin (or died): leave.
+input.on('close', () => die(0, 'stdin closed: exiting'))
