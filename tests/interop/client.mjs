@@ -14,10 +14,11 @@
 //    "client": i, ...}                                 (unsolicited, as they happen)
 //   {"reply": ID, "ok": true, ...} / {"reply": ID, "ok": false, "error": "..."}
 //
-// Commands are {"id": ID, "op": OP, "client": i | "all", ...}; see `ops` below. Every
-// wait is bounded: a `wait` that times out replies with an error, says why on stderr
-// and exits with status 2; the whole process exits with status 3 after --lifetime
-// seconds, and with 0 when stdin closes (the test is gone).
+// Commands are {"id": ID, "op": OP, "client": i | "all", ...}; see `ops` below, e.g.
+//   {"id": 7, "op": "wait", "client": "all", "until": {"synced": true}, "within": 10}
+// Every wait is bounded: a `wait` not satisfied `within` seconds replies with an
+// error, says why on stderr and exits with status 2. The whole process exits with
+// status 3 after --lifetime seconds, and with 0 when stdin closes (the test is gone).
 
 import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
@@ -305,13 +306,18 @@ const ops = {
     for (const c of targets(cmd)) c.provider.connect()
     return {}
   },
+  /** Drop the socket abruptly, as a network failure would: y-websocket reconnects. */
+  dropSocket (cmd) {
+    for (const c of targets(cmd)) c.provider.ws?.terminate()
+    return {}
+  },
   disconnect (cmd) {
     for (const c of targets(cmd)) c.provider.disconnect()
     return {}
   },
   async wait (cmd) {
     const started = now()
-    await waitUntil(targets(cmd), cmd.until, cmd.timeout ?? 10)
+    await waitUntil(targets(cmd), cmd.until, cmd.within ?? 10)
     return { t: now(), elapsedMs: now() - started }
   },
   state (cmd) {
