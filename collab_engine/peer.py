@@ -42,6 +42,7 @@ class Peer:
         )
         self.error: CollabError | None = None
         self.closed = False
+        self._closed_event = anyio.Event()
 
     def send(self, frame: Frame) -> None:
         """Queue `frame` for this peer; evict the peer if its outbox is full."""
@@ -64,6 +65,11 @@ class Peer:
         self.error = error
         self._send_stream.close()
         self._receive_stream.close()
+        self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        """Return once the peer is closed, by whichever side."""
+        await self._closed_event.wait()
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Yield the queued frames in order until the peer is closed.

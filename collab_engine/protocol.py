@@ -272,13 +272,12 @@ def decode(frame: bytes) -> Message:
     message: Message
     if kind == MESSAGE_SYNC:
         step = reader.var_uint()
-        payload = reader.var_bytes()
         if step == SYNC_STEP1:
-            message = SyncStep1(payload)
+            message = SyncStep1(reader.var_bytes())
         elif step == SYNC_STEP2:
-            message = SyncStep2(payload)
+            message = SyncStep2(reader.var_bytes())
         elif step == SYNC_UPDATE:
-            message = SyncUpdate(payload)
+            message = SyncUpdate(reader.var_bytes())
         else:
             raise ProtocolError(f"unknown sync message type {step}")
     elif kind == MESSAGE_AWARENESS:

@@ -111,10 +111,15 @@ class Room:
     # -- peers -------------------------------------------------------------------------
 
     def broadcast(self, frame: Frame, *, exclude: Peer | None = None) -> None:
-        """Queue `frame` for every peer but `exclude`."""
-        for peer in list(self.peers.values()):
+        """Queue `frame` for every peer but `exclude`; peers evicted as too slow leave."""
+        evicted = []
+        for peer in self.peers.values():
             if peer is not exclude:
                 peer.send(frame)
+                if peer.closed:
+                    evicted.append(peer)
+        for peer in evicted:
+            self.leave(peer)
 
     def join(self, peer: Peer) -> None:
         """Add `peer`, and queue for it the opening of the sync: our state vector

@@ -1,20 +1,19 @@
 """One WebSocket connection: from ASGI frames to room calls, and errors to close codes.
 
-Each connection runs two tasks in its own task group: the reader (this
-coroutine's body: receive, decode, `Room.receive`) and the writer (drains the
-peer's outbox in order). Whichever side ends the connection closes the peer; the
-writer then sends the close frame (code and reason from the error) and cancels
-the reader. A bad frame ends this connection only.
+Each connection runs two tasks in its own task group: the reader (receive,
+decode, `Room.receive`) and the writer (drains the peer's outbox in order).
+Whatever ends the connection closes the peer: the client leaving, a bad frame,
+the room evicting a slow reader, the engine shutting down. Both tasks are then
+cancelled and the close frame goes out with the error's code and reason. A bad
+frame ends this connection only.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 from urllib.parse import parse_qs
 
 import anyio
-from anyio import CancelScope
 
 from collab_engine.engine import Engine
 from collab_engine.errors import (
@@ -26,11 +25,15 @@ from collab_engine.errors import (
 )
 from collab_engine.peer import Peer
 from collab_engine.protocol import decode
+from collab_engine.room import Room
 
 from .settings import Settings
 from .types import Receive, Scope, Send
 
 log = logging.getLogger("server.websocket")
+
+CLOSE_TIMEOUT = 1.0
+"""Seconds to try sending the close frame before giving up on the client."""
 
 
 def document_name(scope: Scope, max_length: int) -> str:
@@ -73,42 +76,49 @@ async def serve_websocket(
         room.join(peer)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_write, peer, send, tg.cancel_scope)
-                try:
-                    await _read(room, peer, receive, settings.max_frame_size)
-                except CollabError as error:
-                    peer.close(error)
-                else:
-                    peer.close()
+                tg.start_soon(_read, room, peer, receive, settings.max_frame_size)
+                tg.start_soon(_write, peer, send)
+                # Whoever closes the peer (reader, room, engine) ends the connection,
+                # even while the writer is stuck on a client that stopped reading.
+                await peer.wait_closed()
+                tg.cancel_scope.cancel()
         finally:
             room.leave(peer)
-
-
-async def _read(room: Any, peer: Peer, receive: Receive, max_frame_size: int) -> None:
-    while not peer.closed:
-        message = await receive()
-        kind = message["type"]
-        if kind == "websocket.disconnect":
-            return
-        if kind != "websocket.receive":
-            continue
-        data = message.get("bytes")
-        if data is None:
-            raise ProtocolError("text frames are not part of the y-websocket protocol")
-        if len(data) > max_frame_size:
-            raise MessageTooBig(f"frame of {len(data)} bytes is over {max_frame_size}")
-        room.receive(peer, decode(data))
-        # receive() returns at once while frames are buffered: let the writers run.
-        await anyio.lowlevel.checkpoint()
-
-
-async def _write(peer: Peer, send: Send, reader: CancelScope) -> None:
-    async for frame in peer.frames():
-        await send({"type": "websocket.send", "bytes": frame})
     if peer.error is not None:
         log.info("closing %s: %s (%d)", peer.label, peer.error.reason, peer.error.close_code)
-        await _close(send, peer.error)
-    reader.cancel()
+        # A client that stopped reading may never take the close frame: don't wait on it.
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await _close(send, peer.error)
+
+
+async def _read(room: Room, peer: Peer, receive: Receive, max_frame_size: int) -> None:
+    """Receive, decode and hand frames to the room until the client leaves or errs."""
+    try:
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                break
+            if kind != "websocket.receive":
+                continue
+            data = message.get("bytes")
+            if data is None:
+                raise ProtocolError("text frames are not part of the y-websocket protocol")
+            if len(data) > max_frame_size:
+                raise MessageTooBig(f"frame of {len(data)} bytes is over {max_frame_size}")
+            room.receive(peer, decode(data))
+            # receive() returns at once while frames are buffered: let the writers run.
+            await anyio.lowlevel.checkpoint()
+    except CollabError as error:
+        peer.close(error)
+    else:
+        peer.close()
+
+
+async def _write(peer: Peer, send: Send) -> None:
+    """Send the peer's frames in order, one at a time."""
+    async for frame in peer.frames():
+        await send({"type": "websocket.send", "bytes": frame})
 
 
 async def _close(send: Send, error: CollabError) -> None:

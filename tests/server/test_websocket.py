@@ -1,0 +1,263 @@
+"""End to end over a real hypercorn on 127.0.0.1: sync, awareness, limits and isolation."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from dataclasses import replace
+
+import anyio
+import httpx  # noqa: F401  (imported to fail early with a clear message if missing)
+import pytest
+from pycrdt import Doc, Map, Text
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError
+
+from collab_engine import protocol
+from collab_engine.engine import EngineConfig
+from server.app import App
+from server.settings import Settings
+from tests.conftest import TEST_ENGINE, running_server
+from tests.yclient import yclient
+
+pytestmark = pytest.mark.anyio
+
+Server = tuple[App, str]
+
+
+async def test_server_opens_with_sync_step1(server: Server) -> None:
+    """The first frame of a connection is the server's sync step 1."""
+    _, url = server
+    async with connect(f"{url}/doc") as ws:
+        first = protocol.decode(await ws.recv())  # type: ignore[arg-type]
+    assert isinstance(first, protocol.SyncStep1)
+
+
+async def test_two_clients_sync_and_a_late_joiner_gets_everything(server: Server) -> None:
+    """Edits on Text and Map reach the other client; a late joiner receives the whole doc."""
+    _, url = server
+    async with yclient(url, "notes/today") as a, yclient(url, "notes/today") as b:
+        a.doc["t"] = Text()
+        a.doc.get("t", type=Text).insert(0, "héllo 😀")
+        await a.flush()
+        b.doc["m"] = Map()
+        b.doc.get("m", type=Map)["k"] = [1, 2]
+        await b.flush()
+        await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == "héllo 😀")
+        await a.wait_for(lambda: a.doc.get("m", type=Map).to_py() == {"k": [1.0, 2.0]})
+        async with yclient(url, "notes/today") as late:
+            assert str(late.doc.get("t", type=Text)) == "héllo 😀"
+            assert late.doc.get("m", type=Map).to_py() == {"k": [1.0, 2.0]}
+
+
+async def test_names_address_separate_documents_and_ignore_the_query(server: Server) -> None:
+    """The whole path is the name (slashes included); the query string is not part of it."""
+    _, url = server
+    async with yclient(url, "a/b?token=xyz") as a, yclient(url, "a/b") as same, yclient(url, "a") as other:
+        a.doc.get("t", type=Text).insert(0, "x")
+        await a.flush()
+        await same.wait_for(lambda: str(same.doc.get("t", type=Text)) == "x")
+        await anyio.sleep(0.1)
+        assert str(other.doc.get("t", type=Text)) == ""
+
+
+async def test_embedded_edit_reaches_websocket_clients(server: Server) -> None:
+    """A change made through the engine in-process is seen by connected clients."""
+    app, url = server
+    async with yclient(url, "svc") as client:
+        async with app.engine.room("svc") as room:
+            with room.doc.transaction():
+                room.doc.get("t", type=Text).insert(0, "from python")
+        await client.wait_for(lambda: str(client.doc.get("t", type=Text)) == "from python")
+
+
+async def test_joiner_gets_awareness_and_disconnect_removes_it(server: Server) -> None:
+    """A joiner receives present states at once; an abrupt disconnect removes them fast."""
+    _, url = server
+    async with yclient(url, "aw") as watcher:
+        async with yclient(url, "aw") as leaver:
+            await leaver.set_awareness({"user": {"name": "Leaver"}})
+            await watcher.wait_for(lambda: leaver.doc.client_id in watcher.awareness)
+            async with yclient(url, "aw") as joiner:
+                await joiner.wait_for(lambda: leaver.doc.client_id in joiner.awareness)
+                assert joiner.awareness[leaver.doc.client_id] == {"user": {"name": "Leaver"}}
+            # Abrupt: drop the TCP connection without a close frame.
+            leaver.ws.transport.abort()
+            start = anyio.current_time()
+            await watcher.wait_for(lambda: leaver.doc.client_id not in watcher.awareness, timeout=1.0)
+            assert anyio.current_time() - start < 1.0
+
+
+async def test_query_awareness_is_answered(server: Server) -> None:
+    """Query awareness returns every present state."""
+    _, url = server
+    async with yclient(url, "q") as a, yclient(url, "q") as b:
+        await a.set_awareness({"status": "online"})
+        await b.wait_for(lambda: a.doc.client_id in b.awareness)
+        b.received.clear()
+        await b.send(protocol.encode_query_awareness())
+        await b.wait_for(lambda: any(isinstance(m, protocol.AwarenessUpdate) for m in b.received))
+        [answer] = [m for m in b.received if isinstance(m, protocol.AwarenessUpdate)]
+        assert [(e.client_id, json.loads(e.state or "null")) for e in answer.entries] == [
+            (a.doc.client_id, {"status": "online"})
+        ]
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        pytest.param(b"\x00\x07\xff", "unknown sync message type 7", id="unknown-sync"),
+        pytest.param(b"\x00\x02\x04junk", "invalid Yjs update", id="bad-update"),
+        pytest.param(b"\x09", "unknown message type 9", id="unknown-type"),
+        pytest.param("text", "text frames", id="text-frame"),
+    ],
+)
+async def test_malformed_frame_closes_only_that_connection(
+    server: Server, frame: bytes | str, reason: str
+) -> None:
+    """A bad frame closes its connection with 4400 and a reason; others and the doc are fine."""
+    app, url = server
+    async with yclient(url, "iso") as good:
+        good.doc.get("t", type=Text).insert(0, "safe")
+        await good.flush()
+        async with yclient(url, "iso") as bad:
+            await bad.wait_for(lambda: str(bad.doc.get("t", type=Text)) == "safe")
+            await bad.send(frame)  # type: ignore[arg-type]
+            with anyio.fail_after(5):
+                await bad.closed.wait()
+            assert bad.close_code == 4400
+            assert bad.close_reason is not None and reason in bad.close_reason
+        # The room, the other client and the document are untouched and still in sync.
+        assert str(app.engine.rooms["iso"].doc.get("t", type=Text)) == "safe"
+        good.doc.get("t", type=Text).insert(4, "!")
+        await good.flush()
+        async with yclient(url, "iso") as fresh:
+            await fresh.wait_for(lambda: str(fresh.doc.get("t", type=Text)) == "safe!")
+        assert not good.closed.is_set()
+
+
+async def test_frame_over_the_limit_closes_with_1009() -> None:
+    """A frame larger than max_frame_size closes that connection with 1009."""
+    settings = Settings(max_frame_size=4096, ping_interval=None, engine=TEST_ENGINE)
+    async with running_server(settings) as (app, url):
+        async with yclient(url, "big") as other, yclient(url, "big") as sender:
+            doc = Doc()
+            doc.get("t", type=Text).insert(0, "x" * 5000)
+            await sender.send(protocol.encode_sync_update(doc.get_update()))
+            with anyio.fail_after(5):
+                await sender.closed.wait()
+            assert sender.close_code == 1009
+            assert str(app.engine.rooms["big"].doc.get("t", type=Text)) == ""
+            assert not other.closed.is_set()
+            # Just under the limit passes.
+            small = Doc()
+            small.get("t", type=Text).insert(0, "y" * 3000)
+            await other.send(protocol.encode_sync_update(small.get_update()))
+            await other.wait_for(lambda: len(str(other.doc.get("t", type=Text))) == 3000)
+
+
+async def test_awareness_state_over_the_limit_closes_with_1009() -> None:
+    """An awareness state over the limit closes with 1009 and a reason; nobody sees it."""
+    settings = Settings(
+        ping_interval=None, engine=replace(TEST_ENGINE, max_awareness_state_size=256)
+    )
+    async with running_server(settings) as (_, url):
+        async with yclient(url, "aw") as watcher, yclient(url, "aw") as sender:
+            await sender.set_awareness({"pad": "x" * 300})
+            with anyio.fail_after(5):
+                await sender.closed.wait()
+            assert sender.close_code == 1009
+            assert sender.close_reason is not None and "over 256 bytes" in sender.close_reason
+            assert watcher.awareness == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("", "no document name"), ("n" * 600, "longer than 512 bytes")]
+)
+async def test_bad_document_name_is_refused_with_4400(server: Server, name: str, reason: str) -> None:
+    """An empty or over-long document name is refused with 4400 and a reason."""
+    _, url = server
+    async with connect(f"{url}/{name}") as ws:
+        with anyio.fail_after(5), pytest.raises(ConnectionClosedError):
+            async for _ in ws:
+                pass
+    assert ws.close_code == 4400
+    assert ws.close_reason is not None and reason in ws.close_reason
+
+
+async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect() -> None:
+    """A client that stops reading is closed with 1013; the room goes on; reconnecting heals."""
+    settings = Settings(ping_interval=None, engine=replace(TEST_ENGINE, outbox_size=8))
+    async with running_server(settings) as (app, url):
+        host, port = url.removeprefix("ws://").split(":")
+        async with yclient(url, "slow") as writer:
+            # A client with a tiny receive window that completes the handshake, then
+            # never reads. No compression: the payload must really fill the buffers.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            async with connect(
+                f"{url}/slow", sock=sock, compression=None, max_size=None, ping_interval=None
+            ) as stalled:
+                stalled.transport.pause_reading()
+                room = app.engine.rooms["slow"]
+                text = writer.doc.get("t", type=Text)
+                with anyio.fail_after(30):
+                    while len(room.peers) == 2:
+                        # Incompressible text, so that no layer can shrink it.
+                        text.insert(len(text), secrets.token_hex(128 * 1024))
+                        await writer.flush()
+                        await anyio.sleep(0.01)
+                stalled.transport.resume_reading()
+                with anyio.fail_after(10), pytest.raises(ConnectionClosedError):
+                    async for _ in stalled:
+                        pass
+                assert stalled.close_code == 1013
+            assert not writer.closed.is_set()
+            expected = str(text)
+            async with yclient(url, "slow") as healed:
+                assert str(healed.doc.get("t", type=Text)) == expected
+
+
+async def test_healthz_and_unknown_paths() -> None:
+    """GET /healthz answers 200 with the load; other HTTP paths are 404."""
+    async with running_server() as (_, url):
+        base = url.replace("ws://", "http://")
+        async with yclient(url, "h"):
+            async with httpx.AsyncClient() as http:
+                health = await http.get(f"{base}/healthz")
+                missing = await http.get(f"{base}/nope")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "rooms": 1, "peers": 1}
+    assert missing.status_code == 404
+
+
+async def test_idle_connection_is_kept_alive_with_pings() -> None:
+    """With a ping interval set, the server pings an idle connection, which stays open."""
+    settings = Settings(ping_interval=0.1, engine=EngineConfig(unload_grace=0.2))
+    async with running_server(settings) as (_, url):
+        host, port = url.removeprefix("ws://").split(":")
+        pings = await count_pings(host, int(port), seconds=0.75)
+    assert pings >= 3
+
+
+async def count_pings(host: str, port: int, seconds: float) -> int:
+    """Open a raw WebSocket with wsproto and count the server's pings for `seconds`."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Ping, Request
+
+    ws = WSConnection(ConnectionType.CLIENT)
+    pings = 0
+    async with await anyio.connect_tcp(host, port) as stream:
+        await stream.send(ws.send(Request(host=host, target="/ping-doc")))
+        with anyio.move_on_after(seconds):
+            while True:
+                ws.receive_data(await stream.receive())
+                for event in ws.events():
+                    if isinstance(event, Ping):
+                        pings += 1
+                        await stream.send(ws.send(event.response()))
+                    elif isinstance(event, AcceptConnection):
+                        pass
+    return pings
