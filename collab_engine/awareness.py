@@ -9,7 +9,11 @@ Rules, as y-protocols applies them:
 - an entry is accepted when its clock is greater than the known one, or equal to it
   and it removes a state that is still present;
 - an accepted entry is what gets forwarded; a rejected (stale) one goes nowhere;
-- a removal keeps the clock, so an older copy of the state cannot come back.
+- a removal keeps the clock, so an older copy of the state cannot come back;
+- a removal made here (the owner left, or its state timed out) is sent at the
+  state's own clock, as y-protocols does: receivers accept a null state at an equal
+  clock, and the client, if it comes back, is heard again at its next clock
+  (a removal at clock + 1 would make that next change look stale to everyone).
 """
 
 from __future__ import annotations
@@ -86,7 +90,6 @@ class Awareness:
         removed: list[AwarenessEntry] = []
         for client_id, record in self._records.items():
             if record.owner == owner and record.state is not None:
-                record.clock += 1
                 record.state = None
                 record.owner = None
                 removed.append(AwarenessEntry(client_id, record.clock, None))
@@ -106,7 +109,6 @@ class Awareness:
             if record.state is None:
                 forget.append(client_id)
                 continue
-            record.clock += 1
             record.state = None
             record.owner = None
             record.updated_at = now

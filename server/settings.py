@@ -19,6 +19,8 @@ class Settings:
     """Longest document name accepted, in UTF-8 bytes; longer closes with 4400."""
     ping_interval: float | None = 20.0
     """Seconds between WebSocket pings that keep idle connections (and proxies) alive."""
-    graceful_timeout: float = 5.0
-    """Seconds hypercorn gives open connections to finish on shutdown."""
+    graceful_timeout: float = 1.0
+    """Seconds hypercorn gives connections to finish on shutdown. Peers are closed
+    with 1001 before it starts; what remains is hypercorn's ping task of each recently
+    closed WebSocket, which sleeps a full ping interval: no need to wait for it."""
     engine: EngineConfig = field(default_factory=EngineConfig)

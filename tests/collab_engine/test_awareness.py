@@ -44,13 +44,13 @@ def test_removing_an_unknown_client_forwards_nothing() -> None:
 
 
 def test_remove_owner_removes_only_that_peers_states() -> None:
-    """A departing peer's states are removed with a bumped clock; others stay."""
+    """A departing peer's states are removed at their own clock; others stay."""
     table = Awareness(max_state_size=100)
     table.apply((entry(11, 1, '{"a":1}'), entry(13, 7, "{}")), A, 0.0)
     table.apply((entry(12, 1, '{"b":1}'),), B, 0.0)
     assert sorted(table.owned_by(A)) == [11, 13]
     removed = table.remove_owner(A)
-    assert sorted(removed, key=lambda e: e.client_id) == [entry(11, 2, None), entry(13, 8, None)]
+    assert sorted(removed, key=lambda e: e.client_id) == [entry(11, 1, None), entry(13, 7, None)]
     assert table.entries() == [entry(12, 1, '{"b":1}')]
     assert table.remove_owner(A) == []
 
@@ -81,8 +81,22 @@ def test_expire_removes_states_not_renewed_in_time() -> None:
     table.apply((entry(12, 1, "{}"),), B, 0.0)
     table.apply((entry(12, 2, "{}"),), B, 20.0)
     assert table.expire(29.0) == []
-    assert table.expire(30.0) == [entry(11, 2, None)]
+    assert table.expire(30.0) == [entry(11, 1, None)]
     assert table.entries() == [entry(12, 2, "{}")]
     table.expire(61.0)
     # Client 11's clock is forgotten after a further timeout: the table stays bounded.
     assert table.apply((entry(11, 1, "{}"),), A, 61.0) == [entry(11, 1, "{}")]
+
+
+def test_client_is_heard_again_at_its_next_clock_after_a_server_removal() -> None:
+    """After its connection dropped, a returning client's next change is accepted.
+
+    Regression: removals used to be sent at clock + 1, so the client's next change,
+    at clock + 1 from its own point of view, looked stale and was dropped.
+    """
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 4, '{"v":1}'),), A, 0.0)
+    assert table.remove_owner(A) == [entry(11, 4, None)]
+    # y-websocket re-announces at the same clock on reconnect: stale, as in y-protocols.
+    assert table.apply((entry(11, 4, '{"v":1}'),), B, 0.0) == []
+    assert table.apply((entry(11, 5, '{"v":2}'),), B, 0.0) == [entry(11, 5, '{"v":2}')]

@@ -91,7 +91,7 @@ async def test_sweeper_expires_awareness() -> None:
                 while room.awareness.entries():
                     await anyio.sleep(0.02)
             removals = [protocol.decode(f) for f in b.drain()][-1]
-            assert removals == AwarenessUpdate((AwarenessEntry(ClientId(9), 2, None),))
+            assert removals == AwarenessUpdate((AwarenessEntry(ClientId(9), 1, None),))
             a.close()
             b.close()
 

@@ -143,7 +143,7 @@ def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer
     assert a.drain() == []
     assert messages(b) == [AwarenessUpdate((state,))]
     room.leave(a)
-    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 2, None),))]
+    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 1, None),))]
     room.receive(b, protocol.QueryAwareness())
     assert messages(b) == [AwarenessUpdate(())]
 
@@ -172,8 +172,8 @@ def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
     now[0] = 29.0
     assert room.sweep() == []
     now[0] = 30.0
-    assert room.sweep() == [AwarenessEntry(ClientId(5), 2, None)]
-    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 2, None),))]
+    assert room.sweep() == [AwarenessEntry(ClientId(5), 1, None)]
+    assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 1, None),))]
 
 
 def test_server_side_edits_are_broadcast_even_without_explicit_transaction(new_peer: NewPeer) -> None:

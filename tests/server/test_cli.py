@@ -1,0 +1,77 @@
+"""The `collab-engine serve` command as a user runs it: a separate process, signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import anyio
+import pytest
+from pycrdt import Text
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from collab_engine import protocol
+from tests.yclient import yclient
+
+pytestmark = pytest.mark.anyio
+
+
+async def start_server(*args: str) -> tuple[anyio.abc.Process, str]:
+    process = await anyio.open_process(
+        [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    buffer = b""
+    with anyio.fail_after(20):
+        while b"listening on " not in buffer or not buffer.endswith(b"\n"):
+            buffer += await process.stdout.receive()
+    line = next(l for l in buffer.decode().splitlines() if "listening on " in l)
+    return process, line.split("listening on ")[1].strip()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_syncs_and_stops_cleanly_on_signal(signum: signal.Signals) -> None:
+    """The CLI serves clients, and on SIGTERM/SIGINT closes them with 1001 and exits 0."""
+    process, url = await start_server("--log-level", "WARNING")
+    try:
+        async with yclient(url, "cli/doc") as a, yclient(url, "cli/doc") as b:
+            a.doc.get("t", type=Text).insert(0, "via the cli")
+            await a.flush()
+            await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == "via the cli")
+            process.send_signal(signum)
+            with anyio.fail_after(10):
+                await a.closed.wait()
+                await b.closed.wait()
+            assert (a.close_code, b.close_code) == (1001, 1001)
+        with anyio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+
+
+async def test_cli_limits_are_applied() -> None:
+    """--max-frame-size and --max-name-length given on the command line are enforced."""
+    process, url = await start_server("--max-frame-size", "1000", "--max-name-length", "8", "--log-level", "WARNING")
+    try:
+        async with connect(f"{url}/123456789") as ws:
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed):
+                async for _ in ws:
+                    pass
+        assert ws.close_code == 4400
+        async with connect(f"{url}/short") as ws:
+            await ws.send(protocol.encode_sync_update(b"\x00" * 1500))
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed):
+                async for _ in ws:
+                    pass
+        assert ws.close_code == 1009
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+        await process.aclose()
