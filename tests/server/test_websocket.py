@@ -8,7 +8,7 @@ import socket
 from dataclasses import replace
 
 import anyio
-import httpx  # noqa: F401  (imported to fail early with a clear message if missing)
+import httpx
 import pytest
 from pycrdt import Doc, Map, Text
 from websockets.asyncio.client import connect
