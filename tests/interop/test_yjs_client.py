@@ -312,6 +312,17 @@ def disconnections(client: NodeClient) -> list[dict[str, Any]]:
 # -- the scenarios ------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def server_and_pair(room: str) -> AsyncIterator[tuple[App, str, NodeClient, NodeClient]]:
+    """A fresh server, and two Node clients "a" and "b" in `room`, each with its user set."""
+    async with running_server() as (app, url):
+        async with (
+            node_client(url, room, label="a", user={"name": "a"}) as a,
+            node_client(url, room, label="b", user={"name": "b"}) as b,
+        ):
+            yield app, url, a, b
+
+
 async def test_three_clients_converge_on_text_and_map() -> None:
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/converge"
@@ -365,36 +376,32 @@ async def test_late_joiner_gets_content_and_awareness() -> None:
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/late-joiner"
     with anyio.fail_after(30):
-        async with running_server() as (app, url):
-            async with (
-                node_client(url, room, label="a", user={"name": "a"}) as a,
-                node_client(url, room, label="b", user={"name": "b"}) as b,
-            ):
-                await a.request("insert", index=0, text="written before the late joiner came; ")
-                await b.request("mapSet", key="from-b", value={"list": [1, 2, 3], "ok": True})
-                await b.request("insert", index=-1, text="and more from b.")
-                for node in (a, b):
-                    await node.wait({"users": ["a", "b"], "mapHas": ["from-b"], "textIncludes": ["from b."]})
-                expected = await a.state()
+        async with server_and_pair(room) as (app, url, a, b):
+            await a.request("insert", index=0, text="written before the late joiner came; ")
+            await b.request("mapSet", key="from-b", value={"list": [1, 2, 3], "ok": True})
+            await b.request("insert", index=-1, text="and more from b.")
+            for node in (a, b):
+                await node.wait({"users": ["a", "b"], "mapHas": ["from-b"], "textIncludes": ["from b."]})
+            expected = await a.state()
 
-                async with node_client(url, room, label="late") as late:
-                    # The awareness states come before sync step 2: they are known at sync.
-                    synced = await late.wait_event(lambda e: e["event"] == "synced" and e["synced"])
-                    assert synced["users"] == ["a", "b"]
-                    assert synced["textLength"] == expected["textLength"]
-                    state = await late.state()
-                    assert state["text"] == expected["text"]
-                    assert _normalise(state["map"]) == _normalise(expected["map"])
-                    assert state["awareness"] == {
-                        str(late.client_id): {},  # its own, empty so far
-                        str(a.client_id): {"user": {"name": "a"}},
-                        str(b.client_id): {"user": {"name": "b"}},
-                    }
-                    # And the others see it arrive.
-                    await late.request("setUser", user={"name": "late"})
-                    for node in (a, b):
-                        await node.wait({"users": ["a", "b", "late"]})
-                    assert_converged([expected, state], app, room)
+            async with node_client(url, room, label="late") as late:
+                # The awareness states come before sync step 2: they are known at sync.
+                synced = await late.wait_event(lambda e: e["event"] == "synced" and e["synced"])
+                assert synced["users"] == ["a", "b"]
+                assert synced["textLength"] == expected["textLength"]
+                state = await late.state()
+                assert state["text"] == expected["text"]
+                assert _normalise(state["map"]) == _normalise(expected["map"])
+                assert state["awareness"] == {
+                    str(late.client_id): {},  # its own, empty so far
+                    str(a.client_id): {"user": {"name": "a"}},
+                    str(b.client_id): {"user": {"name": "b"}},
+                }
+                # And the others see it arrive.
+                await late.request("setUser", user={"name": "late"})
+                for node in (a, b):
+                    await node.wait({"users": ["a", "b", "late"]})
+                assert_converged([expected, state], app, room)
 
 
 async def test_twenty_clients_join_cold_room_at_once() -> None:
@@ -431,42 +438,38 @@ async def test_offline_edits_merge_both_ways_on_reconnect() -> None:
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/offline"
     with anyio.fail_after(30):
-        async with running_server() as (app, url):
-            async with (
-                node_client(url, room, label="a", user={"name": "a"}) as a,
-                node_client(url, room, label="b", user={"name": "b"}) as b,
-            ):
-                await a.request("insert", index=0, text="shared base.")
-                await b.wait({"text": "shared base.", "users": ["a", "b"]})
+        async with server_and_pair(room) as (app, url, a, b):
+            await a.request("insert", index=0, text="shared base.")
+            await b.wait({"text": "shared base.", "users": ["a", "b"]})
 
-                await a.request("disconnect")
-                await a.wait_event(lambda e: e["event"] == "status" and e["status"] == "disconnected")
-                await b.wait({"awarenessAbsent": [a.client_id]})
-                await wait_server(app, room, lambda: len(app.engine.rooms[room].peers) == 1)
+            await a.request("disconnect")
+            await a.wait_event(lambda e: e["event"] == "status" and e["status"] == "disconnected")
+            await b.wait({"awarenessAbsent": [a.client_id]})
+            await wait_server(app, room, lambda: len(app.engine.rooms[room].peers) == 1)
 
-                # Both sides edit while apart.
-                await a.request("insert", index=0, text="A-offline:")
-                await a.request("mapSet", key="a", value="offline edit")
-                await b.request("insert", index=-1, text=":B-online")
-                await b.request("mapSet", key="b", value="online edit")
-                await wait_server(app, room, lambda: ":B-online" in server_text(app, room))
-                assert "A-offline" not in server_text(app, room)
-                assert "A-offline" not in (await b.state())["text"]
-                assert ":B-online" not in (await a.state())["text"]
+            # Both sides edit while apart.
+            await a.request("insert", index=0, text="A-offline:")
+            await a.request("mapSet", key="a", value="offline edit")
+            await b.request("insert", index=-1, text=":B-online")
+            await b.request("mapSet", key="b", value="online edit")
+            await wait_server(app, room, lambda: ":B-online" in server_text(app, room))
+            assert "A-offline" not in server_text(app, room)
+            assert "A-offline" not in (await b.state())["text"]
+            assert ":B-online" not in (await a.state())["text"]
 
-                await a.request("connect")
-                both = {"textIncludes": ["A-offline:", ":B-online"], "mapHas": ["a", "b"]}
-                await a.wait({"synced": True, **both})
-                await b.wait(both)
-                # y-websocket re-announces a's awareness at the clock of its removal, which
-                # y-protocols ignores: it reappears with a's next change (or 15 s renewal).
-                await a.request("setUser", user={"name": "a", "back": True})
-                await b.wait({"users": ["a", "b"]})
-                states = [await a.state(), await b.state()]
-                assert states[0]["text"] == "A-offline:shared base.:B-online"
-                assert states[0]["map"] == {"a": "offline edit", "b": "online edit"}
-                assert_converged(states, app, room)
-                assert disconnections(b) == []
+            await a.request("connect")
+            both = {"textIncludes": ["A-offline:", ":B-online"], "mapHas": ["a", "b"]}
+            await a.wait({"synced": True, **both})
+            await b.wait(both)
+            # y-websocket re-announces a's awareness at the clock of its removal, which
+            # y-protocols ignores: it reappears with a's next change (or 15 s renewal).
+            await a.request("setUser", user={"name": "a", "back": True})
+            await b.wait({"users": ["a", "b"]})
+            states = [await a.state(), await b.state()]
+            assert states[0]["text"] == "A-offline:shared base.:B-online"
+            assert states[0]["map"] == {"a": "offline edit", "b": "online edit"}
+            assert_converged(states, app, room)
+            assert disconnections(b) == []
 
 
 async def test_one_mib_update_propagates() -> None:
@@ -548,38 +551,34 @@ async def test_malformed_frame_closes_only_that_socket() -> None:
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/malformed"
     with anyio.fail_after(30):
-        async with running_server() as (app, url):
-            async with (
-                node_client(url, room, label="a", user={"name": "a"}) as a,
-                node_client(url, room, label="b", user={"name": "b"}) as b,
-            ):
-                await a.request("insert", index=0, text="before.")
-                await b.wait({"text": "before.", "users": ["a", "b"]})
+        async with server_and_pair(room) as (app, url, a, b):
+            await a.request("insert", index=0, text="before.")
+            await b.wait({"text": "before.", "users": ["a", "b"]})
 
-                for bad in BAD_FRAMES:
-                    async with connect(f"{url}/{room}", ping_interval=None, max_size=None) as raw:
-                        await raw.send(bad)
-                        with anyio.fail_after(5):
-                            try:
-                                async for _ in raw:  # sync step 1 and awareness, then the close
-                                    pass
-                            except ConnectionClosed:
+            for bad in BAD_FRAMES:
+                async with connect(f"{url}/{room}", ping_interval=None, max_size=None) as raw:
+                    await raw.send(bad)
+                    with anyio.fail_after(5):
+                        try:
+                            async for _ in raw:  # sync step 1 and awareness, then the close
                                 pass
-                        assert raw.close_code == 4400, (bad, raw.close_code, raw.close_reason)
-                        assert raw.close_reason, f"no close reason for {bad!r}"
+                        except ConnectionClosed:
+                            pass
+                    assert raw.close_code == 4400, (bad, raw.close_code, raw.close_reason)
+                    assert raw.close_reason, f"no close reason for {bad!r}"
 
-                # The Node clients never noticed, and still sync both ways.
-                await a.request("insert", index=-1, text=" after the bad frames (a).")
-                await b.request("mapSet", key="b", value="after")
-                for node in (a, b):
-                    await node.wait({"text": "before. after the bad frames (a).", "mapHas": ["b"]})
-                assert_converged([await a.state(), await b.state()], app, room)
-                assert disconnections(a) == []
-                assert disconnections(b) == []
-                for node in (a, b):
-                    statuses = [e["status"] for e in node.events if e["event"] == "status"]
-                    assert statuses == ["connecting", "connected"]
-                assert len(app.engine.rooms[room].peers) == 2
+            # The Node clients never noticed, and still sync both ways.
+            await a.request("insert", index=-1, text=" after the bad frames (a).")
+            await b.request("mapSet", key="b", value="after")
+            for node in (a, b):
+                await node.wait({"text": "before. after the bad frames (a).", "mapHas": ["b"]})
+            assert_converged([await a.state(), await b.state()], app, room)
+            assert disconnections(a) == []
+            assert disconnections(b) == []
+            for node in (a, b):
+                statuses = [e["status"] for e in node.events if e["event"] == "status"]
+                assert statuses == ["connecting", "connected"]
+            assert len(app.engine.rooms[room].peers) == 2
 
 
 def utf16_insert(text: str, index: int, insert: str) -> str:
@@ -625,21 +624,17 @@ async def test_awareness_change_after_connection_drop_reaches_others() -> None:
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/drop"
     with anyio.fail_after(30):
-        async with running_server() as (app, url):
-            async with (
-                node_client(url, room, label="a", user={"name": "a"}) as a,
-                node_client(url, room, label="b", user={"name": "b"}) as b,
-            ):
-                await a.wait({"users": ["a", "b"]})
-                await b.wait({"users": ["a", "b"]})
-                # A network failure: no goodbye; y-websocket reconnects by itself.
-                await a.request("dropSocket")
-                await b.wait({"awarenessAbsent": [a.client_id]})
-                await a.wait_event(lambda e: e["event"] == "connection-close")
-                await a.wait({"status": "connected", "synced": True})
-                assert len(app.engine.rooms[room].peers) == 2
-                # y-websocket re-sends a's state at its old clock, which y-protocols
-                # ignores (the reference server as well); a's next change, at clock + 1,
-                # must reach b.
-                await a.request("setUser", user={"name": "a", "cursor": 1})
-                await b.wait({"users": ["a", "b"]}, timeout=3)
+        async with server_and_pair(room) as (app, url, a, b):
+            await a.wait({"users": ["a", "b"]})
+            await b.wait({"users": ["a", "b"]})
+            # A network failure: no goodbye; y-websocket reconnects by itself.
+            await a.request("dropSocket")
+            await b.wait({"awarenessAbsent": [a.client_id]})
+            await a.wait_event(lambda e: e["event"] == "connection-close")
+            await a.wait({"status": "connected", "synced": True})
+            assert len(app.engine.rooms[room].peers) == 2
+            # y-websocket re-sends a's state at its old clock, which y-protocols
+            # ignores (the reference server as well); a's next change, at clock + 1,
+            # must reach b.
+            await a.request("setUser", user={"name": "a", "cursor": 1})
+            await b.wait({"users": ["a", "b"]}, timeout=3)
