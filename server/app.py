@@ -8,6 +8,7 @@ the last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -140,8 +141,18 @@ async def serve(
         task_status.started(port)
 
 
+def _drop_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # At shutdown hypercorn cancels the tasks of recently closed WebSockets (their ping
+    # loop sleeps a full interval), and asyncio reports each as an error with a
+    # traceback. A cancellation is not an error: report everything else as usual.
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; print the address once listening."""
+    asyncio.get_running_loop().set_exception_handler(_drop_cancelled)
     app = App(settings)
     shutdown = anyio.Event()
     async with anyio.create_task_group() as tg:

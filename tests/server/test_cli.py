@@ -49,10 +49,22 @@ async def test_serve_syncs_and_stops_cleanly_on_signal(signum: signal.Signals) -
             assert (a.close_code, b.close_code) == (1001, 1001)
         with anyio.fail_after(10):
             assert await process.wait() == 0
+        output = await rest_of_output(process)
+        # Shutdown is clean: no traceback, even for connections closed moments before.
+        assert "Traceback" not in output and "ERROR" not in output, output
     finally:
         if process.returncode is None:
             process.kill()
         await process.aclose()
+
+
+async def rest_of_output(process: anyio.abc.Process) -> str:
+    assert process.stdout is not None
+    chunks = []
+    with anyio.fail_after(5):
+        async for chunk in process.stdout:
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 async def test_cli_limits_are_applied() -> None:
