@@ -10,7 +10,12 @@ from pycrdt import Doc, Map, Text
 from collab_engine import protocol
 from collab_engine.errors import MessageTooBig, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
-from collab_engine.protocol import AwarenessEntry, AwarenessUpdate, SyncStep1, SyncUpdate
+from collab_engine.protocol import (
+    AwarenessEntry,
+    AwarenessUpdate,
+    SyncStep1,
+    SyncUpdate,
+)
 from collab_engine.room import Room
 from collab_engine.types import ClientId, DocumentName
 

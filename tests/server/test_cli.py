@@ -29,7 +29,7 @@ async def start_server(*args: str) -> tuple[anyio.abc.Process, str]:
     with anyio.fail_after(20):
         while b"listening on " not in buffer or not buffer.endswith(b"\n"):
             buffer += await process.stdout.receive()
-    line = next(l for l in buffer.decode().splitlines() if "listening on " in l)
+    line = next(text for text in buffer.decode().splitlines() if "listening on " in text)
     return process, line.split("listening on ")[1].strip()
 
 
@@ -60,11 +60,8 @@ async def test_serve_syncs_and_stops_cleanly_on_signal(signum: signal.Signals) -
 
 async def rest_of_output(process: anyio.abc.Process) -> str:
     assert process.stdout is not None
-    chunks = []
     with anyio.fail_after(5):
-        async for chunk in process.stdout:
-            chunks.append(chunk)
-    return b"".join(chunks).decode()
+        return b"".join([chunk async for chunk in process.stdout]).decode()
 
 
 async def test_cli_limits_are_applied() -> None:
