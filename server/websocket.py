@@ -11,8 +11,6 @@ frame ends this connection only.
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qs
-
 import anyio
 
 from collab_engine.engine import Engine
@@ -48,12 +46,6 @@ def document_name(scope: Scope, max_length: int) -> str:
     if len(name.encode()) > max_length:
         raise InvalidDocumentName(f"document name longer than {max_length} bytes")
     return name
-
-
-def token(scope: Scope) -> str | None:
-    """The `token` query parameter, if any (what y-websocket's `params` sends)."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return values[0] if values else None
 
 
 async def serve_websocket(
