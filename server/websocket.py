@@ -11,6 +11,7 @@ frame ends this connection only.
 from __future__ import annotations
 
 import logging
+
 import anyio
 
 from collab_engine.engine import Engine
