@@ -1,0 +1,78 @@
+"""The Store protocol: the port through which the engine's journal reads and writes.
+
+A store keeps, per document, an append-only log of updates numbered 1, 2, 3, ...
+(`seq`), and snapshots: the merged state of the log up to some `seq`. Loading a
+document is its latest snapshot plus the updates after it. A snapshot never
+deletes log rows: version history needs them (what compaction gives up is load
+time, never content). Implementations live in the `storage` package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .types import Update
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One update to append to a document's log."""
+
+    document: str
+    update: Update
+    author: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a store holds for one document: enough to rebuild it."""
+
+    snapshot: Update | None = None
+    """The merged state up to `snapshot_seq`, or None when there is no snapshot."""
+    snapshot_seq: int = 0
+    updates: list[tuple[int, Update]] = field(default_factory=list)
+    """The log entries after `snapshot_seq`, as (seq, update), in seq order."""
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest update (0 for a document with none)."""
+        return self.updates[-1][0] if self.updates else self.snapshot_seq
+
+
+class Store(Protocol):
+    """Durable storage of document updates and snapshots.
+
+    Every method is one transaction: it happens whole or not at all.
+    """
+
+    async def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append `entries` (any documents, in order); return the seq given to each.
+
+        Once this returns, the entries are durable.
+        """
+        ...
+
+    async def load(self, document: str) -> Stored:
+        """The latest snapshot of `document` and every update after it."""
+        ...
+
+    async def snapshot(self, document: str, state: Update, seq: int) -> None:
+        """Record `state` as the merged content of `document` up to `seq`.
+
+        A snapshot older than the newest one is ignored (stored data is never
+        replaced by less).
+
+        Raises:
+            ValueError: `document` has no update `seq`.
+        """
+        ...
+
+    async def documents(self) -> list[str]:
+        """The names of every stored document."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the store is not used after this."""
+        ...

@@ -1,0 +1,84 @@
+"""The tables, in SQLAlchemy Core (rows are blobs: no ORM), and their migrations.
+
+    documents(name PK, last_seq, created_at)
+    updates(document, seq, data, author, created_at)   PK (document, seq): the log
+    snapshots(document, seq, state, created_at)        PK (document, seq)
+    schema_version(version)                            one row
+
+The same schema runs on SQLite and PostgreSQL. Migrations are keyed by version
+number and applied in order at start-up, in one transaction each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("name", String(1024), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+updates = Table(
+    "updates",
+    metadata,
+    Column("document", String(1024), ForeignKey("documents.name"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("author", String(256)),
+    Column("created_at", Float, nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("document", String(1024), ForeignKey("documents.name"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+
+def _v1(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[documents, updates, snapshots])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+"""Migration N (1-based) brings the schema from version N - 1 to N."""
+
+
+def migrate(connection: Connection) -> int:
+    """Apply the missing migrations; return the resulting version."""
+    schema_version.create(connection, checkfirst=True)
+    current = connection.execute(schema_version.select()).scalar()
+    if current is None:
+        connection.execute(schema_version.insert().values(version=0))
+        current = 0
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the database has schema version {current}, newer than this program's "
+            f"{len(MIGRATIONS)}: upgrade collab-engine"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        MIGRATIONS[version - 1](connection)
+        connection.execute(schema_version.update().values(version=version))
+    return len(MIGRATIONS)

@@ -1,0 +1,159 @@
+"""One contract, every Store: memory, SQLite in a temp dir, PostgreSQL at 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from pycrdt import Doc, Text
+
+from collab_engine.store import Entry, Store
+from storage import MemoryStore, SQLStore, sqlite_url
+
+pytestmark = pytest.mark.anyio
+
+POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+def postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """A function that opens the backend under test; each call reopens the same data."""
+    opened: list[Store] = []
+    if request.param == "memory":
+        memory = MemoryStore()
+
+        async def opener() -> Store:
+            return memory
+
+    elif request.param == "sqlite":
+
+        async def opener() -> Store:
+            store = await SQLStore.connect(sqlite_url(str(tmp_path / "collab.db")))
+            opened.append(store)
+            return store
+
+    else:
+        if not postgres_answers():
+            pytest.skip("no PostgreSQL answers at 127.0.0.1:5432 (see shared/services.md)")
+        schema = f"contract_{uuid.uuid4().hex[:12]}"
+        admin = await SQLStore.connect(POSTGRES)
+        async with admin.engine.begin() as connection:
+            await connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+
+        async def opener() -> Store:
+            store = await SQLStore.connect(
+                POSTGRES, connect_args={"server_settings": {"search_path": schema}}
+            )
+            opened.append(store)
+            return store
+
+    yield opener
+    for store in opened:
+        await store.aclose()
+    if request.param == "postgresql":
+        async with admin.engine.begin() as connection:
+            await connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.aclose()
+
+
+def rebuild(stored_snapshot: bytes | None, updates: list[tuple[int, bytes]]) -> str:
+    doc: Doc = Doc()
+    if stored_snapshot is not None:
+        doc.apply_update(stored_snapshot)
+    for _, update in updates:
+        doc.apply_update(update)
+    return str(doc.get("t", type=Text))
+
+
+async def test_append_numbers_each_documents_log_from_one(open_store: Opener) -> None:
+    """Seqs start at 1 per document and follow the order of the batch."""
+    store = await open_store()
+    assert await store.append([Entry("a", b"1"), Entry("b", b"x"), Entry("a", b"2")]) == [1, 1, 2]
+    assert await store.append([Entry("a", b"3", author="alice")]) == [3]
+    loaded = await store.load("a")
+    assert loaded.updates == [(1, b"1"), (2, b"2"), (3, b"3")]
+    assert loaded.snapshot is None and loaded.last_seq == 3
+    assert await store.documents() == ["a", "b"]
+
+
+async def test_unknown_document_loads_empty(open_store: Opener) -> None:
+    """A document never written loads as nothing at all."""
+    store = await open_store()
+    loaded = await store.load("nobody")
+    assert (loaded.snapshot, loaded.snapshot_seq, loaded.updates, loaded.last_seq) == (None, 0, [], 0)
+
+
+async def test_live_document_equals_reloaded_one(open_store: Opener) -> None:
+    """Every update appended, reopened and replayed, rebuilds the live document."""
+    rng = random.Random(7)
+    live: Doc = Doc()
+    text = live.get("t", type=Text)
+    captured: list[bytes] = []
+    live.observe(lambda event: captured.append(event.update))
+    for _ in range(200):
+        if len(text) and rng.random() < 0.3:
+            start = rng.randrange(len(text))
+            del text[start : start + 1]
+        else:
+            text.insert(rng.randint(0, len(text)), rng.choice("abcdef"))
+    store = await open_store()
+    for i in range(0, len(captured), 37):
+        await store.append([Entry("doc", u) for u in captured[i : i + 37]])
+    reopened = await open_store()
+    loaded = await reopened.load("doc")
+    assert len(loaded.updates) == len(captured)
+    assert rebuild(loaded.snapshot, loaded.updates) == str(text)
+
+
+async def test_snapshot_replaces_the_prefix_and_keeps_the_log(open_store: Opener) -> None:
+    """After a snapshot at seq N, load gives it plus the updates after N; nothing is lost."""
+    store = await open_store()
+    doc: Doc = Doc()
+    text = doc.get("t", type=Text)
+    updates = []
+    doc.observe(lambda event: updates.append(event.update))
+    for word in ["one ", "two ", "three "]:
+        text += word
+    await store.append([Entry("d", u) for u in updates])
+    await store.snapshot("d", doc.get_update(), 3)
+    text += "four"
+    await store.append([Entry("d", updates[-1])])
+    loaded = await (await open_store()).load("d")
+    assert loaded.snapshot_seq == 3
+    assert loaded.updates == [(4, updates[-1])]
+    assert rebuild(loaded.snapshot, loaded.updates) == "one two three four"
+
+
+async def test_older_snapshot_never_replaces_a_newer_one(open_store: Opener) -> None:
+    """Stored data is never overwritten with less: an older snapshot is ignored."""
+    store = await open_store()
+    await store.append([Entry("d", b"u1"), Entry("d", b"u2")])
+    await store.snapshot("d", b"state@2", 2)
+    await store.snapshot("d", b"state@1", 1)
+    loaded = await store.load("d")
+    assert (loaded.snapshot, loaded.snapshot_seq) == (b"state@2", 2)
+
+
+@pytest.mark.parametrize("seq", [0, 3])
+async def test_snapshot_outside_the_log_is_refused(open_store: Opener, seq: int) -> None:
+    """A snapshot must name an update the log has."""
+    store = await open_store()
+    await store.append([Entry("d", b"u1"), Entry("d", b"u2")])
+    with pytest.raises(ValueError, match=f"no update {seq}"):
+        await store.snapshot("d", b"state", seq)
+    with pytest.raises(ValueError, match="no update 1"):
+        await store.snapshot("missing", b"state", 1)
