@@ -38,14 +38,13 @@ class YClient:
         self.closed = anyio.Event()
         self._changed = anyio.Event()
         self._applying = False
+        self._outgoing: list[bytes] = []  # local updates not sent yet, oldest first
         doc.observe(self._on_change)
 
     def _on_change(self, event: TransactionEvent) -> None:
         if self._applying or event.update == b"\x00\x00":
             return
         self._outgoing.append(protocol.encode_sync_update(event.update))
-
-    _outgoing: list[bytes]
 
     async def flush(self) -> None:
         """Send every local change made since the last flush."""
@@ -116,7 +115,6 @@ async def yclient(
     kwargs.setdefault("ping_interval", None)
     async with connect(f"{base_url}/{name}", **kwargs) as ws:
         client = YClient(ws, doc if doc is not None else Doc())
-        client._outgoing = []
         async with anyio.create_task_group() as tg:
             tg.start_soon(client._read)
             if sync:
