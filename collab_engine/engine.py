@@ -1,15 +1,29 @@
 """The engine: the owner of rooms, and the embedding API.
 
-    async with Engine() as engine:
+    async with Engine(store=store) as engine:
         async with engine.room("notes/today") as room:
             with room.doc.transaction():
                 room.doc.get("body", type=Text).insert(0, "Hello")
+            await room.flush()          # stored
 
-A room is created on its first use and unloaded once nobody has used it for
-`unload_grace` seconds. Connected clients see an in-process change exactly as they
-see another client's: both go through the room's document observer. The engine
-owns one background task, the sweeper (awareness timeouts, idle rooms); it lives
-and dies with the `async with` block.
+A room is loaded from the store on its first use (its latest snapshot, then the
+updates after it) and unloaded once nobody has used it for `unload_grace` seconds
+and everything it took is stored. Connected clients see an in-process change
+exactly as they see another client's: both go through the room's document
+observer, which also hands the update to the journal.
+
+The engine owns its background tasks in one task group that lives and dies with
+the `async with` block: the journal's writer, the sweeper (awareness timeouts,
+idle rooms, compaction due) and the compactor. Leaving the block closes every
+peer with 1001, stops the rooms taking changes, and writes everything accepted.
+
+Compaction runs on its own schedule, never inside a write: when a loaded
+document has `compact_after_updates` updates or `compact_after_bytes` bytes since
+its latest snapshot, the compactor rebuilds it from the store and writes a new
+snapshot in one transaction. The update log is kept whole: version history needs
+it, and compaction only shortens loading.
+
+Without a store, documents live in memory only and nothing is acknowledged.
 """
 
 from __future__ import annotations
@@ -18,15 +32,19 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from pycrdt import Doc
 
-from .errors import GoingAway
+from .errors import GoingAway, StorageError
+from .journal import Journal, describe_error
 from .room import Room
-from .types import DocumentName
+from .store import Store, Stored
+from .types import DocumentName, Update
 
 log = logging.getLogger("collab_engine.engine")
 
@@ -44,29 +62,66 @@ class EngineConfig:
     unload_grace: float = 2.0
     """Seconds a room stays loaded after its last user leaves."""
     sweep_interval: float = 0.25
-    """Seconds between two sweeps (awareness timeouts, idle rooms)."""
+    """Seconds between two sweeps (awareness timeouts, idle rooms, compaction due)."""
+    journal_max_pending: int = 10_000
+    """Updates that may wait for the disk before connections stop reading updates."""
+    journal_max_pending_bytes: int = 64 * 1024 * 1024
+    """Bytes of updates that may wait for the disk before connections stop reading."""
+    journal_max_batch: int = 2_000
+    """The most updates written in one transaction (1 = a commit per update)."""
+    compact_after_updates: int = 1_000
+    """Write a snapshot once a document has this many updates after its latest one."""
+    compact_after_bytes: int = 1024 * 1024
+    """... or this many bytes of updates."""
+    compaction_retry: float = 60.0
+    """Seconds before a document whose compaction failed is tried again."""
+    drain_timeout: float = 30.0
+    """Seconds the engine waits, when it stops, for the journal to write what it holds."""
 
 
 @dataclass(slots=True)
 class _Slot:
-    room: Room
+    loaded: anyio.Event = field(default_factory=anyio.Event)
+    room: Room | None = None
+    error: StorageError | None = None
     users: int = 0
     idle_since: float = 0.0
 
 
 class Engine:
-    """The rooms of one process. Use as `async with Engine(config) as engine:`."""
+    """The rooms of one process. Use as `async with Engine(config, store) as engine:`.
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    Args:
+        config: limits and timings.
+        store: where documents are kept; None keeps them in memory only.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, store: Store | None = None) -> None:
         self.config = config or EngineConfig()
+        self.store = store
+        self.journal: Journal | None = None
+        if store is not None:
+            self.journal = Journal(
+                store,
+                max_pending=self.config.journal_max_pending,
+                max_pending_bytes=self.config.journal_max_pending_bytes,
+                max_batch=self.config.journal_max_batch,
+            )
         self._slots: dict[DocumentName, _Slot] = {}
         self._task_group: TaskGroup | None = None
+        # Documents due for compaction, oldest first: one entry per document at most.
+        self._compaction_due: dict[DocumentName, None] = {}
+        self._compaction_wakeup = anyio.Event()
+        self._compaction_not_before: dict[DocumentName, float] = {}
 
     async def __aenter__(self) -> Engine:
         if self._task_group is not None:
             raise RuntimeError("engine already running")
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if self.journal is not None:
+            await self._task_group.start(self.journal.run)
+            self._task_group.start_soon(self._compact_forever)
         self._task_group.start_soon(self._sweep_forever)
         return self
 
@@ -78,19 +133,35 @@ class Engine:
     ) -> bool | None:
         assert self._task_group is not None
         self.close_peers()
+        for slot in self._slots.values():
+            if slot.room is not None:
+                slot.room.close()
+        if self.journal is not None:
+            await self._drain(self.journal)
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
         finally:
             self._task_group = None
-            for slot in self._slots.values():
-                slot.room.close()
             self._slots.clear()
+
+    async def _drain(self, journal: Journal) -> None:
+        # Shielded: an engine leaving because it was cancelled still writes what it
+        # accepted, within the drain timeout.
+        with anyio.move_on_after(self.config.drain_timeout, shield=True):
+            await journal.drain()
+        if journal.pending():
+            log.error(
+                "the store did not take %d update(s) within %s s: they are lost to this "
+                "process (their authors were not acknowledged and resend them on reconnect)",
+                journal.pending(),
+                self.config.drain_timeout,
+            )
 
     @property
     def rooms(self) -> dict[DocumentName, Room]:
         """The rooms loaded now, by document name."""
-        return {name: slot.room for name, slot in self._slots.items()}
+        return {name: slot.room for name, slot in self._slots.items() if slot.room is not None}
 
     @asynccontextmanager
     async def room(self, name: str) -> AsyncIterator[Room]:
@@ -103,42 +174,199 @@ class Engine:
             raise RuntimeError("the engine is not running: use `async with Engine()`")
         doc_name = DocumentName(name)
         slot = self._slots.get(doc_name)
+        if slot is not None and slot.room is not None and slot.room.failed is not None:
+            # A room whose storage failed is done; this opening loads what is stored.
+            del self._slots[doc_name]
+            slot = None
+        loading = slot is None
         if slot is None:
-            slot = _Slot(self._new_room(doc_name))
-            self._slots[doc_name] = slot
-            log.debug("room %r loaded", name)
+            slot = self._slots[doc_name] = _Slot()
         slot.users += 1
         try:
+            if loading:
+                await self._fill(doc_name, slot)
+            else:
+                await slot.loaded.wait()
+            if slot.error is not None:
+                raise slot.error
+            assert slot.room is not None
             yield slot.room
         finally:
             slot.users -= 1
             if slot.users == 0:
                 slot.idle_since = time.monotonic()
 
-    def _new_room(self, name: DocumentName) -> Room:
-        return Room(
+    async def _fill(self, name: DocumentName, slot: _Slot) -> None:
+        try:
+            slot.room = await self._load(name)
+            log.debug("room %r loaded", name)
+        except BaseException as exc:
+            slot.error = (
+                exc
+                if isinstance(exc, StorageError)
+                else StorageError(f"loading document {name!r} was interrupted")
+            )
+            if self._slots.get(name) is slot:
+                del self._slots[name]
+            raise
+        finally:
+            slot.loaded.set()
+
+    async def _load(self, name: DocumentName) -> Room:
+        options: dict[str, Any] = {
+            "max_awareness_state_size": self.config.max_awareness_state_size,
+            "awareness_timeout": self.config.awareness_timeout,
+        }
+        if self.store is None:
+            return Room(name, **options)
+        try:
+            stored = await self.store.load(name)
+        except Exception as exc:
+            error = StorageError(f"cannot load document {name!r}: {describe_error(exc)}")
+            log.error("%s", error.reason)
+            raise error from exc
+        # A long history takes a while to integrate: off the event loop.
+        doc = await anyio.to_thread.run_sync(rebuild, name, stored)
+        room = Room(
             name,
-            max_awareness_state_size=self.config.max_awareness_state_size,
-            awareness_timeout=self.config.awareness_timeout,
+            doc=doc,
+            journal=self.journal,
+            stored_seq=stored.last_seq,
+            snapshot_seq=stored.snapshot_seq,
+            since_snapshot_bytes=sum(len(update) for _, update in stored.updates),
+            **options,
         )
+        return room
 
     def close_peers(self) -> None:
         """Close every connected peer with 1001 (the server is going away)."""
-        for slot in self._slots.values():
-            for peer in list(slot.room.peers.values()):
+        for room in self.rooms.values():
+            for peer in list(room.peers.values()):
                 peer.close(GoingAway("server shutting down"))
 
     def sweep(self) -> None:
-        """Expire stale awareness states and unload rooms idle past the grace."""
+        """Expire stale awareness states, unload rooms idle past the grace whose
+        changes are all stored, and find the documents due for compaction."""
         now = time.monotonic()
         for name, slot in list(self._slots.items()):
-            slot.room.sweep()
-            if slot.users == 0 and now - slot.idle_since >= self.config.unload_grace:
+            room = slot.room
+            if room is None:
+                continue  # still loading
+            room.sweep()
+            if slot.users == 0 and (
+                room.failed is not None
+                or (room.stored and now - slot.idle_since >= self.config.unload_grace)
+            ):
                 del self._slots[name]
-                slot.room.close()
+                room.close()
                 log.debug("room %r unloaded", name)
+            elif self._due_for_compaction(room, now):
+                self._compaction_due[name] = None
+                self._compaction_wakeup.set()
+
+    def _due_for_compaction(self, room: Room, now: float) -> bool:
+        if self.store is None or room.failed is not None or room.name in self._compaction_due:
+            return False
+        if now < self._compaction_not_before.get(room.name, 0.0):
+            return False
+        return (
+            room.stored_seq - room.snapshot_seq >= self.config.compact_after_updates
+            or room.since_snapshot_bytes >= self.config.compact_after_bytes
+        )
+
+    async def compact(self, name: str) -> int | None:
+        """Write a snapshot of document `name` as stored now, in one transaction.
+
+        Returns the sequence number the snapshot covers, or None when the document
+        has no update after its latest snapshot. Log rows are kept.
+
+        Raises:
+            StorageError: the document cannot be read, rebuilt or written.
+        """
+        if self.store is None:
+            raise RuntimeError("an engine without a store has nothing to compact")
+        doc_name = DocumentName(name)
+        try:
+            stored = await self.store.load(doc_name)
+        except Exception as exc:
+            raise StorageError(f"cannot load document {name!r}: {describe_error(exc)}") from exc
+        if not stored.updates:
+            return None
+        state = await anyio.to_thread.run_sync(_state_of, doc_name, stored)
+        try:
+            await self.store.snapshot(doc_name, state, stored.last_seq)
+        except Exception as exc:
+            raise StorageError(
+                f"cannot write the snapshot of document {name!r} at seq {stored.last_seq}: "
+                f"{describe_error(exc)}"
+            ) from exc
+        room = self.rooms.get(doc_name)
+        if room is not None and stored.last_seq > room.snapshot_seq:
+            room.snapshot_seq = stored.last_seq
+            compacted = sum(len(update) for _, update in stored.updates)
+            room.since_snapshot_bytes = max(0, room.since_snapshot_bytes - compacted)
+        log.info(
+            "document %r compacted: snapshot at seq %d (%d updates folded in)",
+            name,
+            stored.last_seq,
+            len(stored.updates),
+        )
+        return stored.last_seq
+
+    async def _compact_forever(self) -> None:
+        while True:
+            if not self._compaction_due:
+                self._compaction_wakeup = anyio.Event()
+                await self._compaction_wakeup.wait()
+                continue
+            name = next(iter(self._compaction_due))
+            try:
+                await self.compact(name)
+            except StorageError as error:
+                log.error("compaction skipped: %s", error.reason)
+                self._compaction_not_before[name] = time.monotonic() + self.config.compaction_retry
+            finally:
+                del self._compaction_due[name]
 
     async def _sweep_forever(self) -> None:
         while True:
             await anyio.sleep(self.config.sweep_interval)
             self.sweep()
+
+
+def rebuild(name: str, stored: Stored) -> Doc[Any]:
+    """The document `stored` describes: its snapshot, then every update after it.
+
+    Raises:
+        StorageError: the snapshot or an update cannot be decoded; it names the
+            document and the sequence number. No partial document is returned.
+    """
+    doc: Doc[Any] = Doc()
+    if stored.snapshot is not None:
+        _integrate(
+            doc, stored.snapshot, f"document {name!r}: the snapshot at seq {stored.snapshot_seq}"
+        )
+    for seq, update in stored.updates:
+        _integrate(doc, update, f"document {name!r}: update {seq}")
+    return doc
+
+
+def _integrate(doc: Doc[Any], update: Update, what: str) -> None:
+    try:
+        doc.apply_update(update)
+    except Exception as exc:
+        error = StorageError(f"{what} cannot be decoded ({exc})")
+        log.error("%s", error.reason)
+        raise error from exc
+    except BaseException as exc:
+        # Yrs panics (pyo3's PanicException is a BaseException) on some garbage.
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        error = StorageError(f"{what} cannot be decoded (the decoder panicked)")
+        log.error("%s", error.reason)
+        raise error from exc
+
+
+def _state_of(name: str, stored: Stored) -> Update:
+    state: Update = rebuild(name, stored).get_update()
+    return state

@@ -5,7 +5,8 @@
     │   └── InvalidDocumentName 4400  empty or over-long document name
     ├── MessageTooBig        1009   a frame or an awareness state over its limit
     ├── PeerTooSlow          1013   a peer whose outbox filled up ("try again later")
-    └── GoingAway            1001   the server is shutting down
+    ├── GoingAway            1001   the server is shutting down
+    └── StorageError         1011   the document cannot be read from or written to storage
 
 An error ends exactly one connection: the server closes that WebSocket with
 `close_code` and `reason`; the room, its other peers and the document are
@@ -64,3 +65,14 @@ class GoingAway(CollabError):
     """The server is shutting down; the client should reconnect later."""
 
     close_code = 1001
+
+
+class StorageError(CollabError):
+    """A document that cannot be loaded from, or written to, its store.
+
+    The reason names the document and, where one is known, the sequence number of
+    the update at fault. The server refuses the document (or ends its connections)
+    rather than serve part of it; stored data is never replaced by less.
+    """
+
+    close_code = 1011

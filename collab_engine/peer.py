@@ -10,6 +10,7 @@ while waiting for it would stall the whole room.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator
 
 import anyio
@@ -28,11 +29,16 @@ class Peer:
         outbox_size: how many frames may wait for the writer before the peer is
             evicted as too slow.
         label: what logs call this peer (an address, a user).
+        author: who its updates are from, in the update log.
     """
 
-    def __init__(self, *, outbox_size: int = 1024, label: str = "") -> None:
+    def __init__(
+        self, *, outbox_size: int = 1024, label: str = "", author: str | None = None
+    ) -> None:
         self.id = PeerId(next(_ids))
         self.label = label or f"peer-{self.id}"
+        self.author = author
+        """Who this peer's updates are recorded as from (None: anonymous)."""
         self.outbox_size = outbox_size
         self._send_stream: MemoryObjectSendStream[Frame]
         self._receive_stream: MemoryObjectReceiveStream[Frame]
@@ -43,6 +49,16 @@ class Peer:
         self.error: CollabError | None = None
         self.closed = False
         self._closed_event = anyio.Event()
+        # Persisted acknowledgements (see protocol.Persisted), kept by the room.
+        self.wants_acks = False
+        """Whether the client asked for persisted acknowledgements."""
+        self.updates_received = 0
+        """Update messages (sync step 2 and update) taken from this peer."""
+        self.acked = 0
+        """How many of those are known to be durable."""
+        self.unacked: deque[tuple[int, int]] = deque()
+        """(journal ticket, updates_received) still waiting to be durable, oldest first,
+        one entry per ticket: never longer than the journal's queue."""
 
     def send(self, frame: Frame) -> None:
         """Queue `frame` for this peer; evict the peer if its outbox is full."""

@@ -12,6 +12,18 @@ One binary WebSocket frame carries one message, in lib0 encoding
     permissionDenied(r)  := varUint(2) varUint(0) varString(reason)
     queryAwareness       := varUint(3)
 
+and two messages of ours, under a message type y-websocket does not use (100):
+
+    requestPersisted     := varUint(100) varUint(0)
+    persisted(count)     := varUint(100) varUint(1) varUint(count)
+
+A client that sends `requestPersisted` is told, with `persisted(count)`, whenever
+more of its updates are durable: the first `count` update messages (sync step 2
+and update) it sent on this connection are stored and survive a crash of the
+server. The server answers `requestPersisted` at once with the current count, so
+a client learns whether a server acknowledges at all. Only clients that ask get
+these messages: y-websocket logs an error for every message type it does not know.
+
 `decode` accepts exactly these and nothing else: any other input raises
 `ProtocolError`, and no other exception escapes it (property-tested). The CRDT
 payloads (state vectors, updates) are returned as opaque bytes; whether they are
@@ -37,6 +49,11 @@ SYNC_STEP2: Final = 1
 SYNC_UPDATE: Final = 2
 
 AUTH_PERMISSION_DENIED: Final = 0
+
+MESSAGE_COLLAB: Final = 100
+"""The message type of collab-engine's own messages (y-websocket uses 0 to 3)."""
+COLLAB_REQUEST_PERSISTED: Final = 0
+COLLAB_PERSISTED: Final = 1
 
 MAX_VAR_UINT: Final = 2**53 - 1
 """The largest integer lib0 (JavaScript) can read back; larger ones are refused."""
@@ -95,8 +112,27 @@ class QueryAwareness:
     """A request for the awareness states of every client in the room."""
 
 
+@dataclass(frozen=True, slots=True)
+class RequestPersisted:
+    """Ours: "tell me when my updates are durable" (client to server)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """Ours: the first `count` updates this connection sent are durable (server to client)."""
+
+    count: int
+
+
 Message: TypeAlias = (
-    SyncStep1 | SyncStep2 | SyncUpdate | AwarenessUpdate | PermissionDenied | QueryAwareness
+    SyncStep1
+    | SyncStep2
+    | SyncUpdate
+    | AwarenessUpdate
+    | PermissionDenied
+    | QueryAwareness
+    | RequestPersisted
+    | Persisted
 )
 
 
@@ -153,6 +189,16 @@ def encode_query_awareness() -> Frame:
     return b"\x03"
 
 
+def encode_request_persisted() -> Frame:
+    """Encode our request for persisted acknowledgements."""
+    return b"\x64\x00"
+
+
+def encode_persisted(count: int) -> Frame:
+    """Encode our acknowledgement: the first `count` updates received are durable."""
+    return b"\x64\x01" + _var_uint(count)
+
+
 def encode(message: Message) -> Frame:
     """Encode any message; the inverse of `decode`."""
     match message:
@@ -168,6 +214,10 @@ def encode(message: Message) -> Frame:
             return encode_permission_denied(reason)
         case QueryAwareness():
             return encode_query_awareness()
+        case RequestPersisted():
+            return encode_request_persisted()
+        case Persisted(count):
+            return encode_persisted(count)
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -289,6 +339,14 @@ def decode(frame: bytes) -> Message:
         message = PermissionDenied(reader.var_string())
     elif kind == MESSAGE_QUERY_AWARENESS:
         message = QueryAwareness()
+    elif kind == MESSAGE_COLLAB:
+        sub = reader.var_uint()
+        if sub == COLLAB_REQUEST_PERSISTED:
+            message = RequestPersisted()
+        elif sub == COLLAB_PERSISTED:
+            message = Persisted(reader.var_uint())
+        else:
+            raise ProtocolError(f"unknown collab-engine message type {sub}")
     else:
         raise ProtocolError(f"unknown message type {kind}")
     reader.end()

@@ -6,8 +6,14 @@ once and queues that one frame for every peer (`Peer.send` never blocks). A
 client's update, a server-side edit through the embedding API, or an implicit
 pycrdt transaction (`text += "x"`) are broadcast alike.
 
-Everything here is synchronous and runs on the event loop's thread: nothing can
-interleave inside `apply`, so there is no lock around the document.
+With a journal, the observer also submits the update for writing, and the room
+tracks which updates are stored: when the journal reports them (`persisted`), each
+peer that sent some learns how many of its update messages are durable. A peer's
+message that changed nothing (content the room already had) is acknowledged once
+everything the room held at that moment is stored.
+
+Everything here, but `flush`, is synchronous and runs on the event loop's thread:
+nothing can interleave inside `apply`, so there is no lock around the document.
 """
 
 from __future__ import annotations
@@ -20,18 +26,22 @@ from typing import Any
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import Awareness
-from .errors import ProtocolError
+from .errors import ProtocolError, StorageError
+from .journal import Journal
 from .peer import Peer
 from .protocol import (
     AwarenessEntry,
     AwarenessUpdate,
     Message,
     PermissionDenied,
+    Persisted,
     QueryAwareness,
+    RequestPersisted,
     SyncStep1,
     SyncStep2,
     SyncUpdate,
     encode_awareness,
+    encode_persisted,
     encode_sync_step1,
     encode_sync_step2,
     encode_sync_update,
@@ -53,6 +63,11 @@ class Room:
         awareness_timeout: seconds after which an awareness state that was not
             renewed is removed for everyone.
         clock: the time source for awareness (monotonic seconds).
+        journal: where the document's updates are written; None keeps them in
+            memory only (and acknowledges nothing).
+        stored_seq: the sequence number of the newest stored update `doc` holds.
+        snapshot_seq: the sequence number of the snapshot it was loaded from.
+        since_snapshot_bytes: the bytes of stored updates after that snapshot.
     """
 
     def __init__(
@@ -63,6 +78,10 @@ class Room:
         max_awareness_state_size: int = 64 * 1024,
         awareness_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        journal: Journal | None = None,
+        stored_seq: int = 0,
+        snapshot_seq: int = 0,
+        since_snapshot_bytes: int = 0,
     ) -> None:
         self.name = name
         self.doc: Doc[Any] = doc if doc is not None else Doc()
@@ -71,6 +90,18 @@ class Room:
         )
         self.peers: dict[PeerId, Peer] = {}
         self._clock = clock
+        self.journal = journal
+        self.last_ticket = 0
+        """The journal ticket of the newest update submitted for this room."""
+        self.written_ticket = 0
+        """Every update of this room up to this ticket is stored."""
+        self.stored_seq = stored_seq
+        self.snapshot_seq = snapshot_seq
+        self.since_snapshot_bytes = since_snapshot_bytes
+        self.failed: StorageError | None = None
+        """Set when the room's updates could not be stored; the room is then done."""
+        self.author: str | None = None
+        """Who the update being applied is from, for the update log (set by `apply`)."""
         self._subscription = self.doc.observe(self._on_transaction)
 
     # -- the document ------------------------------------------------------------------
@@ -82,20 +113,89 @@ class Room:
         update = event.update
         if update == _EMPTY_UPDATE:
             return
+        if self.journal is not None and self.failed is None:
+            self.last_ticket = self.journal.submit(self, update, self.author)
         self.broadcast(encode_sync_update(update))
 
-    def apply(self, update: Update, origin: Any = None) -> None:
-        """Apply a Yjs update to the document and broadcast what it changed.
+    def apply(self, update: Update, origin: Any = None, author: str | None = None) -> None:
+        """Apply a Yjs update to the document, store and broadcast what it changed.
 
         Raises:
             ProtocolError: `update` is not a valid Yjs update; the document is unchanged
                 (Yrs decodes the whole update before it integrates anything).
+            StorageError: the room's storage has failed; it takes no more changes.
         """
+        if self.failed is not None:
+            raise self.failed
+        self.author = author
         try:
             with self.doc.transaction(origin=origin):
                 self.doc.apply_update(update)
         except ValueError as exc:
             raise ProtocolError(f"invalid Yjs update: {exc}") from exc
+        finally:
+            self.author = None
+
+    @property
+    def stored(self) -> bool:
+        """Whether every change the room has taken is stored (or it has no journal)."""
+        return self.written_ticket >= self.last_ticket
+
+    async def flush(self) -> None:
+        """Return once every change made so far is stored.
+
+        Raises:
+            StorageError: it could not be stored.
+        """
+        if self.journal is not None:
+            await self.journal.wait_written(self.last_ticket)
+        if self.failed is not None:
+            raise self.failed
+
+    # -- the journal's reports ---------------------------------------------------------
+
+    def persisted(self, ticket: int, seq: int, count: int, size: int) -> None:
+        """The journal stored this room's updates up to `ticket`, the last as `seq`."""
+        self.written_ticket = ticket
+        self.stored_seq = seq
+        self.since_snapshot_bytes += size
+        for peer in self.peers.values():
+            self._ack(peer)
+
+    def storage_failed(self, error: StorageError) -> None:
+        """The room's updates cannot be stored: close every peer with `error` (1011).
+
+        What the room holds in memory is no longer trusted to match storage; the
+        engine discards the room, and the next opening loads what is stored.
+        """
+        if self.failed is not None:
+            return
+        self.failed = error
+        for peer in list(self.peers.values()):
+            peer.close(error)
+            self.leave(peer)
+
+    def _ack(self, peer: Peer) -> None:
+        acked = peer.acked
+        while peer.unacked and peer.unacked[0][0] <= self.written_ticket:
+            acked = peer.unacked.popleft()[1]
+        if acked != peer.acked:
+            peer.acked = acked
+            if peer.wants_acks:
+                peer.send(encode_persisted(acked))
+
+    def _received_update(self, peer: Peer) -> None:
+        # Everything the document held after this message must be stored before
+        # the message is acknowledged, even when it changed nothing itself.
+        peer.updates_received += 1
+        if self.journal is None:
+            return
+        ticket = self.last_ticket
+        if peer.unacked and peer.unacked[-1][0] == ticket:
+            peer.unacked[-1] = (ticket, peer.updates_received)
+        else:
+            peer.unacked.append((ticket, peer.updates_received))
+        self._ack(peer)
 
     def update_since(self, state_vector: StateVector) -> Update:
         """The update a replica at `state_vector` is missing.
@@ -146,7 +246,8 @@ class Room:
         """
         match message:
             case SyncUpdate(update) | SyncStep2(update):
-                self.apply(update, origin=peer.id)
+                self.apply(update, origin=peer.id, author=peer.author)
+                self._received_update(peer)
             case SyncStep1(state_vector):
                 peer.send(encode_sync_step2(self.update_since(state_vector)))
             case AwarenessUpdate(entries):
@@ -156,8 +257,11 @@ class Room:
                     self.broadcast(encode_awareness(accepted), exclude=peer)
             case QueryAwareness():
                 peer.send(encode_awareness(self.awareness.entries()))
-            case PermissionDenied():
-                raise ProtocolError("auth messages are sent by the server, not to it")
+            case RequestPersisted():
+                peer.wants_acks = True
+                peer.send(encode_persisted(peer.acked))
+            case PermissionDenied() | Persisted():
+                raise ProtocolError("this message is sent by the server, not to it")
 
     def sweep(self) -> list[AwarenessEntry]:
         """Remove awareness states that were not renewed in time, for everyone."""

@@ -3,7 +3,9 @@
 Routes: a WebSocket on any path is a y-websocket connection to the document named
 by that path; `GET /healthz` answers 200 with a small JSON status. The engine lives
 in the ASGI lifespan, so it starts before the first connection and drains after
-the last.
+the last: every accepted update is written before the lifespan ends. The store is
+opened by whoever runs the app (`run`, or a test) before it starts and closed
+after it stops.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ import anyio
 from anyio.abc import TaskStatus
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from sqlalchemy.engine import make_url
 
 from collab_engine.engine import Engine
+from collab_engine.errors import StorageError
+from collab_engine.journal import describe_error
+from collab_engine.store import Store
+from storage import SQLStore
 
 from .settings import Settings
 from .types import Receive, Scope, Send
@@ -35,11 +42,13 @@ class App:
 
     `app.engine` is the engine the server runs on: the embedding API of the same
     process (open a room, change its document, and connected clients see it).
+    `store` is where its documents are kept (None: in memory only); the app uses it
+    and does not close it.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
         self.settings = settings or Settings()
-        self.engine = Engine(self.settings.engine)
+        self.engine = Engine(self.settings.engine, store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -73,6 +82,30 @@ class App:
             )
         else:
             await _json(send, 404, {"error": "not found"})
+
+
+async def open_store(settings: Settings) -> Store | None:
+    """The store `settings.database_url` names, schema brought up to date (None: no URL).
+
+    Raises:
+        StorageError: the database cannot be opened or migrated; the reason says why.
+    """
+    if settings.database_url is None:
+        return None
+    try:
+        return await SQLStore.connect(settings.database_url)
+    except Exception as exc:
+        raise StorageError(
+            f"cannot open the database {_safe_url(settings.database_url)}: {describe_error(exc)}"
+        ) from exc
+
+
+def _safe_url(url: str) -> str:
+    # Never print a password that came in a URL.
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as the scheme only
+        return url.split(":", 1)[0] + "://..."
 
 
 async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -151,15 +184,29 @@ def _drop_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM; print the address once listening."""
+    """Open the store, serve until SIGINT or SIGTERM, write everything accepted, and
+    close the store; print the address once listening.
+
+    Raises:
+        StorageError: the database cannot be opened.
+    """
     asyncio.get_running_loop().set_exception_handler(_drop_cancelled)
-    app = App(settings)
-    shutdown = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(partial(serve, app, shutdown=shutdown))
-        print(f"collab-engine listening on ws://{settings.host}:{port}", flush=True)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                shutdown.set()
-                break
+    store = await open_store(settings)
+    if settings.database_url is not None:
+        log.info("documents are stored in %s", _safe_url(settings.database_url))
+    else:
+        log.warning("no database: documents are kept in memory only and lost at exit")
+    try:
+        app = App(settings, store)
+        shutdown = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(partial(serve, app, shutdown=shutdown))
+            print(f"collab-engine listening on ws://{settings.host}:{port}", flush=True)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    break
+    finally:
+        if store is not None:
+            await store.aclose()

@@ -23,4 +23,8 @@ class Settings:
     """Seconds hypercorn gives connections to finish on shutdown. Peers are closed
     with 1001 before it starts; what remains is hypercorn's ping task of each recently
     closed WebSocket, which sleeps a full ping interval: no need to wait for it."""
+    database_url: str | None = None
+    """Where documents are stored, as a SQLAlchemy async URL (`sqlite+aiosqlite:///PATH`,
+    `postgresql+asyncpg://...`); None keeps them in memory only. The command line
+    defaults to the SQLite file `./collab.db`."""
     engine: EngineConfig = field(default_factory=EngineConfig)

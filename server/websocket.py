@@ -20,10 +20,12 @@ from collab_engine.errors import (
     InvalidDocumentName,
     MessageTooBig,
     ProtocolError,
+    StorageError,
     close_reason,
 )
+from collab_engine.journal import Journal
 from collab_engine.peer import Peer
-from collab_engine.protocol import decode
+from collab_engine.protocol import SyncStep2, SyncUpdate, decode
 from collab_engine.room import Room
 
 from .settings import Settings
@@ -65,18 +67,12 @@ async def serve_websocket(
         await _close(send, error)
         return
     peer = Peer(outbox_size=engine.config.outbox_size, label=f"{client[0]}:{client[1]} {name!r}")
-    async with engine.room(name) as room:
-        room.join(peer)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_read, room, peer, receive, settings.max_frame_size)
-                tg.start_soon(_write, peer, send)
-                # Whoever closes the peer (reader, room, engine) ends the connection,
-                # even while the writer is stuck on a client that stopped reading.
-                await peer.wait_closed()
-                tg.cancel_scope.cancel()
-        finally:
-            room.leave(peer)
+    try:
+        async with engine.room(name) as room:
+            await _attend(room, peer, receive, send, settings, engine.journal)
+    except StorageError as error:
+        # The document could not be loaded: refuse it whole rather than serve part.
+        peer.close(error)
     if peer.error is not None:
         log.info("closing %s: %s (%d)", peer.label, peer.error.reason, peer.error.close_code)
         # A client that stopped reading may never take the close frame: don't wait on it.
@@ -84,8 +80,35 @@ async def serve_websocket(
             await _close(send, peer.error)
 
 
-async def _read(room: Room, peer: Peer, receive: Receive, max_frame_size: int) -> None:
-    """Receive, decode and hand frames to the room until the client leaves or errs."""
+async def _attend(
+    room: Room,
+    peer: Peer,
+    receive: Receive,
+    send: Send,
+    settings: Settings,
+    journal: Journal | None,
+) -> None:
+    room.join(peer)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_read, room, peer, receive, settings.max_frame_size, journal)
+            tg.start_soon(_write, peer, send)
+            # Whoever closes the peer (reader, room, engine) ends the connection,
+            # even while the writer is stuck on a client that stopped reading.
+            await peer.wait_closed()
+            tg.cancel_scope.cancel()
+    finally:
+        room.leave(peer)
+
+
+async def _read(
+    room: Room, peer: Peer, receive: Receive, max_frame_size: int, journal: Journal | None
+) -> None:
+    """Receive, decode and hand frames to the room until the client leaves or errs.
+
+    While the journal is full, an update waits here before the room takes it: the
+    client's later frames stay unread, and TCP slows the client down.
+    """
     try:
         while True:
             message = await receive()
@@ -99,7 +122,10 @@ async def _read(room: Room, peer: Peer, receive: Receive, max_frame_size: int) -
                 raise ProtocolError("text frames are not part of the y-websocket protocol")
             if len(data) > max_frame_size:
                 raise MessageTooBig(f"frame of {len(data)} bytes is over {max_frame_size}")
-            room.receive(peer, decode(data))
+            decoded = decode(data)
+            if journal is not None and isinstance(decoded, SyncUpdate | SyncStep2):
+                await journal.room_for_more()
+            room.receive(peer, decoded)
             # receive() returns at once while frames are buffered: let the writers run.
             await anyio.lowlevel.checkpoint()
     except CollabError as error:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import pytest
 
 from collab_engine.engine import EngineConfig
-from server.app import App, serve
+from server.app import App, open_store, serve
 from server.settings import Settings
+from storage import sqlite_url
 
 
 @pytest.fixture
@@ -27,19 +30,31 @@ TEST_ENGINE = EngineConfig(unload_grace=0.2, sweep_interval=0.05)
 @asynccontextmanager
 async def running_server(settings: Settings | None = None) -> AsyncIterator[tuple[App, str]]:
     """A real hypercorn serving a fresh `App` on 127.0.0.1:<free port>; yields the app
-    and its base URL `ws://127.0.0.1:PORT`."""
+    and its base URL `ws://127.0.0.1:PORT`.
+
+    Documents go to `settings.database_url`; without one, to a new SQLite file in a
+    temporary directory removed afterwards. The store is closed after the server
+    has stopped (and its journal drained).
+    """
     # No pings by default: hypercorn's ping task keeps a closed connection's task alive
     # until its next tick; the ping test sets a short interval of its own.
     settings = settings or Settings(host="127.0.0.1", port=0, ping_interval=None, engine=TEST_ENGINE)
     settings = replace(settings, host="127.0.0.1", port=0)
-    app = App(settings)
-    shutdown = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(_serve, app, shutdown)
-        try:
-            yield app, f"ws://127.0.0.1:{port}"
-        finally:
-            shutdown.set()
+    async with AsyncExitStack() as stack:
+        if settings.database_url is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory())
+            settings = replace(settings, database_url=sqlite_url(str(Path(directory) / "test.db")))
+        store = await open_store(settings)
+        assert store is not None
+        stack.push_async_callback(store.aclose)
+        app = App(settings, store)
+        shutdown = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(_serve, app, shutdown)
+            try:
+                yield app, f"ws://127.0.0.1:{port}"
+            finally:
+                shutdown.set()
 
 
 async def _serve(app: App, shutdown: anyio.Event, *, task_status: anyio.abc.TaskStatus[int]) -> None:

@@ -39,6 +39,10 @@ class YClient:
         self._changed = anyio.Event()
         self._applying = False
         self._outgoing: list[bytes] = []  # local updates not sent yet, oldest first
+        self.updates_sent = 0
+        """Update messages (sync step 2 and update) sent on this connection."""
+        self.persisted = -1
+        """The server's latest persisted acknowledgement (-1: none received)."""
         doc.observe(self._on_change)
 
     def _on_change(self, event: TransactionEvent) -> None:
@@ -49,10 +53,23 @@ class YClient:
     async def flush(self) -> None:
         """Send every local change made since the last flush."""
         while self._outgoing:
-            await self.ws.send(self._outgoing.pop(0))
+            await self.send(self._outgoing.pop(0))
 
     async def send(self, frame: bytes) -> None:
+        """Send one frame as is, counting the update messages among them."""
+        if frame[:2] in (b"\x00\x01", b"\x00\x02"):
+            self.updates_sent += 1
         await self.ws.send(frame)
+
+    async def request_persisted(self) -> None:
+        """Ask the server for persisted acknowledgements; wait for its first answer."""
+        await self.ws.send(protocol.encode_request_persisted())
+        await self.wait_for(lambda: self.persisted >= 0)
+
+    async def wait_persisted(self, timeout: float = 5.0) -> None:
+        """Wait until every update message sent so far is acknowledged as durable."""
+        sent = self.updates_sent
+        await self.wait_for(lambda: self.persisted >= sent, timeout)
 
     async def set_awareness(self, state: dict[str, Any] | None, client_id: int | None = None) -> None:
         cid = self.doc.client_id if client_id is None else client_id
@@ -69,7 +86,7 @@ class YClient:
                 self.received.append(message)
                 match message:
                     case protocol.SyncStep1(sv):
-                        await self.ws.send(protocol.encode_sync_step2(self.doc.get_update(sv)))
+                        await self.send(protocol.encode_sync_step2(self.doc.get_update(sv)))
                     case protocol.SyncStep2(update) | protocol.SyncUpdate(update):
                         self._applying = True
                         try:
@@ -78,6 +95,8 @@ class YClient:
                             self._applying = False
                         if isinstance(message, protocol.SyncStep2):
                             self.synced.set()
+                    case protocol.Persisted(count):
+                        self.persisted = count
                     case protocol.AwarenessUpdate(entries):
                         for entry in entries:
                             if entry.state is None:

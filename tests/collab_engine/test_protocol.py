@@ -16,7 +16,9 @@ from collab_engine.protocol import (
     AwarenessEntry,
     AwarenessUpdate,
     PermissionDenied,
+    Persisted,
     QueryAwareness,
+    RequestPersisted,
     SyncStep1,
     SyncStep2,
     SyncUpdate,
@@ -48,6 +50,8 @@ messages = st.one_of(
     st.builds(AwarenessUpdate, st.lists(entries, max_size=5).map(tuple)),
     st.builds(PermissionDenied, st.text(max_size=40)),
     st.just(QueryAwareness()),
+    st.just(RequestPersisted()),
+    st.builds(Persisted, var_uints),
 )
 
 
@@ -96,6 +100,12 @@ def test_known_bytes_match_y_protocols() -> None:
     assert encode(AwarenessUpdate((entry,))) == b"\x01" + bytes([len(body)]) + body
 
 
+def test_our_messages_bytes() -> None:
+    """Our own messages, as the README documents them."""
+    assert encode(RequestPersisted()) == b"\x64\x00"
+    assert encode(Persisted(300)) == b"\x64\x01\xac\x02"
+
+
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
@@ -105,6 +115,8 @@ def test_known_bytes_match_y_protocols() -> None:
         pytest.param(b"\x00\x02\x05ab", "5 bytes announced", id="short-payload"),
         pytest.param(b"\x03\x00", "unexpected bytes", id="trailing"),
         pytest.param(b"\x02\x01", "unknown auth message type", id="unknown-auth"),
+        pytest.param(b"\x64\x09", "unknown collab-engine message type 9", id="unknown-ours"),
+        pytest.param(b"\x64\x01", "truncated", id="persisted-without-count"),
         pytest.param(b"\x00\x02" + b"\xff" * 9 + b"\x01", "53 bits", id="huge-varuint"),
         pytest.param(b"\x01\x06\x01\x01\x01\x02\xc3\x28", "UTF-8", id="bad-utf8"),
         pytest.param(b"\x01\x06\x01\x01\x01\x02[]", "object or null", id="not-object"),

@@ -1,0 +1,234 @@
+"""The journal: one writer per process between the rooms and the store.
+
+Rooms hand it every update their document takes (`submit`, synchronous, from the
+document observer). One writer task takes whatever is waiting, for all documents,
+and appends it to the store in one transaction (group commit): under load, a
+single commit makes hundreds of updates durable. When the append returns, the
+journal tells each room which of its updates are now stored (`Room.persisted`),
+and the room acknowledges its senders.
+
+The queue is bounded, in updates and in bytes. Nothing is ever dropped from it:
+when it is full, connections wait in `room_for_more()` before they take their next
+update from the network, so a client that writes faster than the disk is slowed
+down (TCP backpressure), while edits already applied in memory are always kept.
+In-process edits are not gated (they cannot be refused after the fact); a program
+that writes in a loop awaits `room_for_more()` or `Room.flush()` itself.
+
+`drain()` writes everything submitted before it returns: the engine calls it on
+shutdown, after it has stopped its rooms taking changes.
+
+A write that fails (database locked past its busy timeout, disk full, read-only)
+is retried document by document, so that one bad document does not take others
+down; a document whose updates still cannot be written is failed with a
+`StorageError` naming it and the sequence number it was to be written at: its
+connections are closed with 1011 and the room is discarded, so the next opening
+reloads exactly what is stored. Its unwritten updates were never acknowledged:
+their authors still hold them and send them again when they reconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .errors import StorageError
+from .store import Entry, Store
+from .types import Update
+
+log = logging.getLogger("collab_engine.journal")
+
+
+class Journaled(Protocol):
+    """What the journal needs of a room: its name and where to report."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def failed(self) -> StorageError | None: ...
+
+    @property
+    def stored_seq(self) -> int:
+        """The sequence number of the room's newest stored update."""
+        ...
+
+    def persisted(self, ticket: int, seq: int, count: int, size: int) -> None:
+        """Updates up to `ticket` are stored; the last of them has sequence `seq`;
+        `count` updates of `size` bytes were written for this room."""
+
+    def storage_failed(self, error: StorageError) -> None:
+        """The room's updates cannot be written: stop serving it."""
+
+
+@dataclass(slots=True)
+class _Write:
+    ticket: int
+    room: Journaled
+    entry: Entry
+
+
+class Journal:
+    """The process's one writer to `store`.
+
+    Args:
+        store: where updates go.
+        max_pending: how many updates may wait to be written before senders wait.
+        max_pending_bytes: how many bytes of updates may wait before senders wait.
+        max_batch: the most updates written in one transaction (1 = one commit
+            per update, for comparison in the benchmarks).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_pending: int = 10_000,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_batch: int = 2_000,
+    ) -> None:
+        if max_pending < 1 or max_pending_bytes < 1 or max_batch < 1:
+            raise ValueError("journal limits must be positive")
+        self.store = store
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.max_batch = max_batch
+        self._pending: deque[_Write] = deque()
+        self._pending_bytes = 0
+        self.submitted = 0
+        """The ticket of the newest submitted update (tickets count from 1)."""
+        self.written = 0
+        """Every update with a ticket up to this one has been written, or failed."""
+        self.commits = 0
+        """How many transactions the writer has committed (for the benchmarks)."""
+        self._wakeup = anyio.Event()
+        self._progress = anyio.Event()
+        self._running = False
+
+    # -- the rooms' side ---------------------------------------------------------------
+
+    def submit(self, room: Journaled, update: Update, author: str | None = None) -> int:
+        """Queue `update` of `room` for writing; return its ticket. Never blocks."""
+        self.submitted += 1
+        self._pending.append(_Write(self.submitted, room, Entry(room.name, update, author)))
+        self._pending_bytes += len(update)
+        self._wakeup.set()
+        return self.submitted
+
+    def full(self) -> bool:
+        """Whether senders must wait before the next update is taken."""
+        return (
+            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
+        )
+
+    def pending(self) -> int:
+        """How many updates wait to be written."""
+        return len(self._pending)
+
+    async def room_for_more(self) -> None:
+        """Wait while the queue is full (the writer is behind)."""
+        while self.full():
+            await self._progress.wait()
+
+    async def wait_written(self, ticket: int) -> None:
+        """Wait until the update with `ticket`, and every one before it, is written
+        (or has failed: the caller checks its room)."""
+        while self.written < ticket:
+            await self._progress.wait()
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is written."""
+        await self.wait_written(self.submitted)
+
+    # -- the writer --------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer task: write batches until cancelled. One per journal."""
+        if self._running:
+            raise RuntimeError("the journal already has a writer")
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._pending:
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                    continue
+                batch: list[_Write] = []
+                while self._pending and len(batch) < self.max_batch:
+                    write = self._pending.popleft()
+                    self._pending_bytes -= len(write.entry.update)
+                    batch.append(write)
+                # Shielded: a batch that has started is finished, so cancelling the
+                # writer (at shutdown, after drain) never leaves acknowledgements unsent.
+                with anyio.CancelScope(shield=True):
+                    await self._write(batch)
+                    self.written = batch[-1].ticket
+                    progress, self._progress = self._progress, anyio.Event()
+                    progress.set()
+        finally:
+            self._running = False
+
+    async def _write(self, batch: list[_Write]) -> None:
+        batch = [write for write in batch if write.room.failed is None]
+        if not batch:
+            return
+        try:
+            seqs = await self.store.append([write.entry for write in batch])
+        except Exception as exc:  # noqa: BLE001 - any store failure is handled below
+            documents = {write.entry.document for write in batch}
+            if len(documents) == 1:
+                self._fail(batch, exc)
+                return
+            log.warning(
+                "writing %d updates of %d documents failed (%s): retrying document by document",
+                len(batch),
+                len(documents),
+                exc,
+            )
+            for document in documents:
+                await self._write_alone([w for w in batch if w.entry.document == document])
+            return
+        self.commits += 1
+        self._report(batch, seqs)
+
+    async def _write_alone(self, batch: list[_Write]) -> None:
+        try:
+            seqs = await self.store.append([write.entry for write in batch])
+        except Exception as exc:  # noqa: BLE001
+            self._fail(batch, exc)
+            return
+        self.commits += 1
+        self._report(batch, seqs)
+
+    def _report(self, batch: Sequence[_Write], seqs: Sequence[int]) -> None:
+        last: dict[int, tuple[Journaled, int, int, int, int]] = {}
+        for write, seq in zip(batch, seqs, strict=True):
+            key = id(write.room)
+            _, _, _, count, size = last.get(key, (write.room, 0, 0, 0, 0))
+            last[key] = (write.room, write.ticket, seq, count + 1, size + len(write.entry.update))
+        for room, ticket, seq, count, size in last.values():
+            room.persisted(ticket, seq, count, size)
+
+    def _fail(self, batch: Sequence[_Write], exc: Exception) -> None:
+        rooms = {id(write.room): write.room for write in batch}
+        for room in rooms.values():
+            count = sum(1 for write in batch if write.room is room)
+            error = StorageError(
+                f"cannot store document {room.name!r} from seq {room.stored_seq + 1} "
+                f"({count} update(s)): {describe_error(exc)}"
+            )
+            log.error("%s", error.reason)
+            room.storage_failed(error)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The first line of what went wrong in a store, without SQLAlchemy's SQL dump."""
+    # SQLAlchemy's messages carry the SQL and a link; the driver's first line says it.
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
