@@ -7,7 +7,8 @@ single commit makes hundreds of updates durable. When the append returns, the
 journal tells each room which of its updates are now stored (`Room.persisted`),
 and the room acknowledges its senders.
 
-The queue is bounded, in updates and in bytes. Nothing is ever dropped from it:
+The queue is bounded, in updates and in bytes (plus the one batch the writer is
+writing, at most `max_batch` updates). Nothing is ever dropped from it:
 when it is full, connections wait in `room_for_more()` before they take their next
 update from the network, so a client that writes faster than the disk is slowed
 down (TCP backpressure), while edits already applied in memory are always kept.
@@ -164,15 +165,20 @@ class Journal:
                     write = self._pending.popleft()
                     self._pending_bytes -= len(write.entry.update)
                     batch.append(write)
+                self._changed()  # the queue has room again: senders may go on
                 # Shielded: a batch that has started is finished, so cancelling the
                 # writer (at shutdown, after drain) never leaves acknowledgements unsent.
                 with anyio.CancelScope(shield=True):
                     await self._write(batch)
                     self.written = batch[-1].ticket
-                    progress, self._progress = self._progress, anyio.Event()
-                    progress.set()
+                    self._changed()
         finally:
             self._running = False
+
+    def _changed(self) -> None:
+        # Wake every waiter; each re-checks its own condition.
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
 
     async def _write(self, batch: list[_Write]) -> None:
         batch = [write for write in batch if write.room.failed is None]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import anyio
 import pytest
@@ -19,6 +23,15 @@ pytestmark = pytest.mark.anyio
 
 
 async def start_server(*args: str) -> tuple[anyio.abc.Process, str]:
+    """Run `collab-engine serve` on a free port; return the process and its ws:// URL.
+
+    Without `--db` or `--database-url` in `args`, documents go to a SQLite file in a
+    fresh temporary directory (never to ./collab.db of the test run).
+    """
+    if "--db" not in args and "--database-url" not in args:
+        directory = tempfile.mkdtemp(prefix="collab-cli-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        args = ("--db", str(Path(directory) / "collab.db"), *args)
     process = await anyio.open_process(
         [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,

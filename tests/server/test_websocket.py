@@ -6,6 +6,7 @@ import json
 import secrets
 import socket
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 import httpx
@@ -16,8 +17,10 @@ from websockets.exceptions import ConnectionClosedError
 
 from collab_engine import protocol
 from collab_engine.engine import EngineConfig
+from collab_engine.store import Entry
 from server.app import App
 from server.settings import Settings
+from storage import SQLStore, sqlite_url
 from tests.conftest import TEST_ENGINE, running_server
 from tests.yclient import yclient
 
@@ -261,3 +264,48 @@ async def count_pings(host: str, port: int, seconds: float) -> int:
                     elif isinstance(event, AcceptConnection):
                         pass
     return pings
+
+
+async def test_an_unreadable_document_is_refused_with_1011(tmp_path: Path) -> None:
+    """A document whose stored update does not decode is refused whole (1011, with the
+    document and sequence in the reason); another document on the server is served,
+    and the stored rows are left as they were."""
+    url_db = sqlite_url(str(tmp_path / "bad.db"))
+    store = await SQLStore.connect(url_db)
+    try:
+        await store.append([Entry("bad", b"\xff\xff garbage")])
+    finally:
+        await store.aclose()
+    settings = Settings(ping_interval=None, engine=TEST_ENGINE, database_url=url_db)
+    async with running_server(settings) as (_, url):
+        async with yclient(url, "good") as good:
+            async with yclient(url, "bad", sync=False) as bad:
+                with anyio.fail_after(5):
+                    await bad.closed.wait()
+                assert bad.close_code == 1011
+                assert bad.close_reason is not None
+                assert "'bad': update 1 cannot be decoded" in bad.close_reason
+            good.doc.get("t", type=Text).insert(0, "still served")
+            await good.flush()
+            await good.request_persisted()
+            await good.wait_persisted()
+    store = await SQLStore.connect(url_db)
+    try:
+        assert (await store.load("bad")).updates == [(1, b"\xff\xff garbage")]
+        assert len((await store.load("good")).updates) == 1
+    finally:
+        await store.aclose()
+
+
+async def test_acknowledgements_over_the_wire(server: Server) -> None:
+    """A client that asks is told, with our Persisted message, when its updates are stored."""
+    app, url = server
+    async with yclient(url, "acked") as client:
+        await client.request_persisted()
+        text = client.doc.get("t", type=Text)
+        for i in range(30):
+            text += f"{i} "
+            await client.flush()
+        await client.wait_persisted()
+        assert client.persisted == client.updates_sent == 31  # with the sync step 2
+        assert app.engine.rooms["acked"].stored
