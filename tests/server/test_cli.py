@@ -71,6 +71,18 @@ async def test_serve_syncs_and_stops_cleanly_on_signal(signum: signal.Signals) -
         await process.aclose()
 
 
+async def stop(process: anyio.abc.Process) -> int:
+    """SIGTERM `process`, wait for it (10 s at most) and return its exit status."""
+    try:
+        process.terminate()
+        with anyio.fail_after(10):
+            return await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
+
+
 async def rest_of_output(process: anyio.abc.Process) -> str:
     assert process.stdout is not None
     with anyio.fail_after(5):
