@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from sqlalchemy import event, func, select, update
@@ -25,7 +26,8 @@ from collab_engine.types import Update
 
 from .schema import documents, migrate, snapshots, updates
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BUSY_TIMEOUT = 5.0
+"""Seconds a SQLite write waits for another connection's lock before it fails."""
 
 
 def sqlite_url(path: str) -> str:
@@ -41,11 +43,22 @@ class SQLStore:
         self._dialect = engine.dialect.name
 
     @classmethod
-    async def connect(cls, url: str, **engine_options: Any) -> SQLStore:
-        """Open the database at `url` and bring its schema up to date."""
+    async def connect(
+        cls, url: str, *, sqlite_busy_timeout: float = SQLITE_BUSY_TIMEOUT, **engine_options: Any
+    ) -> SQLStore:
+        """Open the database at `url` and bring its schema up to date.
+
+        `sqlite_busy_timeout` is how long, in seconds, a SQLite write waits for a lock
+        held by another connection before it fails with "database is locked".
+        `engine_options` go to SQLAlchemy's `create_async_engine`.
+        """
         engine = create_async_engine(url, **engine_options)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(
+                engine.sync_engine,
+                "connect",
+                partial(_sqlite_pragmas, busy_timeout_ms=round(sqlite_busy_timeout * 1000)),
+            )
         try:
             async with engine.begin() as connection:
                 await connection.run_sync(migrate)
@@ -146,10 +159,10 @@ class SQLStore:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

@@ -224,3 +224,27 @@ async def test_room_without_journal_acknowledges_nothing() -> None:
     room.receive(peer, SyncUpdate(updates(1)[0]))
     assert acks(peer) == [0]
     assert peer.acked == 0
+
+
+async def test_a_locked_database_fails_the_write_with_a_clear_reason(tmp_path: Path) -> None:
+    """A lock held past the busy timeout fails the write: 1011, with the document, the
+    sequence and SQLite's words; once the lock is gone, reopening serves what is stored."""
+    path = tmp_path / "locked.db"
+    store = await SQLStore.connect(sqlite_url(str(path)), sqlite_busy_timeout=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with Engine(FAST, store) as engine:
+            async with engine.room("doc") as room:
+                first, second = updates(2)
+                room.apply(first)
+                await room.flush()
+                blocker.execute("BEGIN IMMEDIATE")
+                room.apply(second)
+                with pytest.raises(StorageError, match=r"'doc' from seq 2 .*database is locked"):
+                    await room.flush()
+            blocker.execute("ROLLBACK")
+            async with engine.room("doc") as again:
+                assert text_of(again.doc) == "0;"
+    finally:
+        blocker.close()
+        await store.aclose()
