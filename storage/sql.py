@@ -5,9 +5,9 @@
 
 SQLite connections get `journal_mode=WAL`, `synchronous=FULL` (an append that has
 returned survives a power cut, not only a process crash), `busy_timeout` and
-`foreign_keys=ON`. Sequence numbers come from `documents.last_seq`, incremented in
-the appending transaction, which also serialises concurrent writers of one
-document on PostgreSQL (the UPDATE takes the row lock).
+`foreign_keys=ON`. Sequence numbers come from `documents.last_seq`, read and
+advanced in the appending transaction, which also serialises concurrent writers of
+one document (SQLite's write lock; PostgreSQL's row locks, `FOR UPDATE`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from sqlalchemy import event, func, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from collab_engine.store import Entry, Stored
 from collab_engine.types import Update
@@ -68,43 +68,50 @@ class SQLStore:
         return cls(engine)
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
-        by_document: dict[str, list[int]] = {}
-        for index, entry in enumerate(entries):
-            by_document.setdefault(entry.document, []).append(index)
-        seqs = [0] * len(entries)
+        # Four statements whatever the number of documents in the batch: the journal
+        # writes the updates of every document in one call (group commit).
+        if not entries:
+            return []
+        names = sorted({entry.document for entry in entries})
         now = time.time()
-        async with self.engine.begin() as connection:
-            for name, indexes in by_document.items():
-                last = await self._reserve(connection, name, len(indexes), now)
-                first = last - len(indexes) + 1
-                rows = []
-                for offset, index in enumerate(indexes):
-                    seqs[index] = first + offset
-                    entry = entries[index]
-                    rows.append(
-                        {
-                            "document": name,
-                            "seq": first + offset,
-                            "data": entry.update,
-                            "author": entry.author,
-                            "created_at": now,
-                        }
-                    )
-                await connection.execute(updates.insert(), rows)
-        return seqs
-
-    async def _reserve(self, connection: AsyncConnection, name: str, count: int, now: float) -> int:
         insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(documents)
-        await connection.execute(
-            insert.values(name=name, last_seq=0, created_at=now).on_conflict_do_nothing()
-        )
-        result = await connection.execute(
-            update(documents)
-            .where(documents.c.name == name)
-            .values(last_seq=documents.c.last_seq + count)
-            .returning(documents.c.last_seq)
-        )
-        return int(result.scalar_one())
+        async with self.engine.begin() as connection:
+            # A write first: on SQLite it takes the database's write lock, so the read
+            # below cannot race another writer; on PostgreSQL, FOR UPDATE locks the rows
+            # (in name order, so that two writers never deadlock).
+            await connection.execute(
+                insert.on_conflict_do_nothing(),
+                [{"name": name, "last_seq": 0, "created_at": now} for name in names],
+            )
+            result = await connection.execute(
+                select(documents.c.name, documents.c.last_seq)
+                .where(documents.c.name.in_(names))
+                .order_by(documents.c.name)
+                .with_for_update()
+            )
+            last = {row.name: int(row.last_seq) for row in result}
+            seqs = []
+            rows = []
+            for entry in entries:
+                seq = last[entry.document] = last[entry.document] + 1
+                seqs.append(seq)
+                rows.append(
+                    {
+                        "document": entry.document,
+                        "seq": seq,
+                        "data": entry.update,
+                        "author": entry.author,
+                        "created_at": now,
+                    }
+                )
+            await connection.execute(
+                update(documents)
+                .where(documents.c.name == bindparam("document_name"))
+                .values(last_seq=bindparam("new_last_seq")),
+                [{"document_name": name, "new_last_seq": last[name]} for name in names],
+            )
+            await connection.execute(updates.insert(), rows)
+        return seqs
 
     async def load(self, document: str) -> Stored:
         async with self.engine.connect() as connection:

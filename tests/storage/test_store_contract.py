@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 from pycrdt import Doc, Text
 
@@ -88,6 +89,29 @@ async def test_append_numbers_each_documents_log_from_one(open_store: Opener) ->
     assert loaded.updates == [(1, b"1"), (2, b"2"), (3, b"3")]
     assert loaded.snapshot is None and loaded.last_seq == 3
     assert await store.documents() == ["a", "b"]
+
+
+async def test_concurrent_writers_never_share_a_seq(open_store: Opener) -> None:
+    """Two stores on one database (two server processes) appending to the same
+    documents at once: every entry is kept, and each log is numbered 1..N, no gap."""
+    first, second = await open_store(), await open_store()
+
+    async def writer(store: Store, tag: str) -> None:
+        for i in range(20):
+            await store.append([Entry("shared", f"{tag}{i}".encode()), Entry(f"own-{tag}", b"x")])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer, first, "a")
+        tg.start_soon(writer, second, "b")
+    loaded = await first.load("shared")
+    assert [seq for seq, _ in loaded.updates] == list(range(1, 41))
+    data = [update for _, update in loaded.updates]
+    assert sorted(data) == sorted([f"{t}{i}".encode() for t in "ab" for i in range(20)])
+    # Each writer's own entries keep their order.
+    for tag in "ab":
+        mine = [d for d in data if d.startswith(tag.encode())]
+        assert mine == [f"{tag}{i}".encode() for i in range(20)]
+    assert [seq for seq, _ in (await second.load("own-b")).updates] == list(range(1, 21))
 
 
 async def test_unknown_document_loads_empty(open_store: Opener) -> None:
