@@ -114,7 +114,6 @@ import argparse
 import contextlib
 import datetime
 import gzip
-import importlib.metadata
 import json
 import math
 import os
@@ -122,7 +121,6 @@ import shlex
 import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -133,6 +131,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+from provenance import git, version
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -711,22 +710,6 @@ class Options:
     skip_history: bool
     output: Path | None
     quick: bool
-
-
-def version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 def filesystem_of(path: str) -> str:

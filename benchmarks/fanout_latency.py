@@ -73,7 +73,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import importlib.metadata
 import math
 import os
 import re
@@ -90,6 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provenance import git, version
 from pycrdt import Doc, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -538,20 +538,6 @@ def load_average() -> str:
 def header(
     options: Options, argv: Sequence[str], server_command: Sequence[str], load: tuple[str, str]
 ) -> str:
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-
     commit = git("rev-parse", "--short", "HEAD")
     if git("status", "--porcelain", "--", "collab_engine", "server"):
         commit += " plus uncommitted changes to the server"
