@@ -220,7 +220,11 @@ class Engine:
         if self.store is None:
             return Room(name, **options)
         try:
-            stored = await self.store.load(name)
+            # Shielded, as every store call: SQLAlchemy's aiosqlite adapter cannot
+            # recover a connection cancelled in the middle of a query (its close then
+            # waits forever). A load is bounded; a caller that left finds it done.
+            with anyio.CancelScope(shield=True):
+                stored = await self.store.load(name)
         except Exception as exc:
             error = StorageError(f"cannot load document {name!r}: {describe_error(exc)}")
             log.error("%s", error.reason)
@@ -321,7 +325,10 @@ class Engine:
                 continue
             name = next(iter(self._compaction_due))
             try:
-                await self.compact(name)
+                # Shielded: the engine stopping waits for a compaction under way (see
+                # `_load` for why a store call is never cancelled midway).
+                with anyio.CancelScope(shield=True):
+                    await self.compact(name)
             except StorageError as error:
                 log.error("compaction skipped: %s", error.reason)
                 self._compaction_not_before[name] = time.monotonic() + self.config.compaction_retry

@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from collab_engine.store import Entry, Stored
@@ -52,6 +54,7 @@ class SQLStore:
         held by another connection before it fails with "database is locked".
         `engine_options` go to SQLAlchemy's `create_async_engine`.
         """
+        _check_sqlite_directory(url)
         engine = create_async_engine(url, **engine_options)
         if engine.dialect.name == "sqlite":
             event.listen(
@@ -164,6 +167,20 @@ class SQLStore:
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+def _check_sqlite_directory(url: str) -> None:
+    # Refuse before aiosqlite starts its thread: when it fails to open a file, its
+    # worker thread outlives the failure and reports to a closed event loop at exit.
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):
+        return  # a URI filename: SQLite parses it, and says what is wrong
+    directory = Path(database).parent
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no directory {str(directory)!r} for the SQLite file")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_timeout_ms: int) -> None:
