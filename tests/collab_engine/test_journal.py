@@ -6,10 +6,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from pycrdt import Doc, Text
+from sqlalchemy import event
 
 from collab_engine.engine import Engine, EngineConfig, rebuild
 from collab_engine.errors import StorageError
@@ -248,3 +250,34 @@ async def test_a_locked_database_fails_the_write_with_a_clear_reason(tmp_path: P
     finally:
         blocker.close()
         await store.aclose()
+
+
+async def test_a_full_database_fails_the_write_and_keeps_what_is_stored(tmp_path: Path) -> None:
+    """SQLITE_FULL (here a page limit on the connection, the way SQLite reports a full
+    disk): the room fails with 1011 and SQLite's words; what was stored stays whole."""
+    path = tmp_path / "full.db"
+    store = await SQLStore.connect(sqlite_url(str(path)))
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA max_page_count=20")
+
+    event.listen(store.engine.sync_engine, "connect", cap)
+    await store.engine.dispose()  # new connections get the cap
+    try:
+        async with Engine(FAST, store) as engine, engine.room("doc") as room:
+            room.apply(updates(1, "small")[0])
+            await room.flush()
+            big = Doc()
+            big.get("t", type=Text).insert(0, "x" * 200_000)
+            room.apply(big.get_update())
+            with pytest.raises(StorageError, match=r"'doc' from seq 2 .*full"):
+                await room.flush()
+    finally:
+        await store.aclose()
+    reopened = await SQLStore.connect(sqlite_url(str(path)))
+    try:
+        stored = await reopened.load("doc")
+        assert [seq for seq, _ in stored.updates] == [1]
+        assert text_of(rebuild("doc", stored)) == "small0;"
+    finally:
+        await reopened.aclose()
