@@ -14,11 +14,21 @@ Rules, as y-protocols applies them:
   state's own clock, as y-protocols does: receivers accept a null state at an equal
   clock, and the client, if it comes back, is heard again at its next clock
   (a removal at clock + 1 would make that next change look stale to everyone).
+
+And ours, on top:
+- a client id belongs to the connection that set its present state: another
+  connection's entries for it are refused (`Applied.refused`), unless the caller's
+  `may_take_over` allows it (the same authenticated user reconnecting);
+- the server may change a state itself (`put`: identity, idle, typing): it is issued
+  at clock + 1, so every replica takes it, the owner's own included (y-protocols
+  adopts a newer copy of its own state). Should the owner send its own clock + 1
+  before it has seen ours, the tie goes to the owner: its entry is accepted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .errors import MessageTooBig
 from .protocol import AwarenessEntry
@@ -31,6 +41,23 @@ class _Record:
     state: str | None
     owner: PeerId | None
     updated_at: float
+    by_server: bool = False
+    """The present state was issued by the server (`put`), not by its owner."""
+
+
+@dataclass(slots=True)
+class Applied:
+    """What `Awareness.apply` did with a batch of entries."""
+
+    accepted: list[AwarenessEntry] = field(default_factory=list)
+    """Entries now in the table, as they were sent."""
+    refused: list[AwarenessEntry] = field(default_factory=list)
+    """Entries for client ids another connection holds: ignored."""
+
+
+SERVER_OWNER = PeerId(0)
+"""The owner of the server's own entries: they never time out here (the server
+renews them for the clients' sake) and no connection may take them."""
 
 
 class Awareness:
@@ -48,12 +75,19 @@ class Awareness:
         self._records: dict[ClientId, _Record] = {}
 
     def apply(
-        self, entries: tuple[AwarenessEntry, ...], owner: PeerId, now: float
-    ) -> list[AwarenessEntry]:
-        """Apply entries sent by `owner`; return the accepted ones, to forward.
+        self,
+        entries: tuple[AwarenessEntry, ...],
+        owner: PeerId,
+        now: float,
+        may_take_over: Callable[[PeerId], bool] = lambda _holder: False,
+    ) -> Applied:
+        """Apply entries sent by `owner`: the accepted ones are to be forwarded.
 
-        The sender of an accepted entry becomes the owner of its client id (a client
-        that reconnects takes its id over from its previous connection).
+        The sender of an accepted entry becomes the owner of its client id. A client
+        id whose present state another connection holds is refused, unless
+        `may_take_over(holder)` says the sender may have it. A client id with no
+        present state (its owner left) is free: a client that reconnects uses its
+        id again.
 
         Raises:
             MessageTooBig: a state is over `max_state_size`; nothing is applied.
@@ -64,7 +98,7 @@ class Awareness:
                     f"awareness state of client {entry.client_id} is over "
                     f"{self.max_state_size} bytes"
                 )
-        accepted: list[AwarenessEntry] = []
+        applied = Applied()
         for entry in entries:
             record = self._records.get(entry.client_id)
             if record is None:
@@ -73,17 +107,71 @@ class Awareness:
                     self._records[entry.client_id] = _Record(entry.clock, None, None, now)
                     continue
                 self._records[entry.client_id] = _Record(entry.clock, entry.state, owner, now)
-                accepted.append(entry)
+                applied.accepted.append(entry)
                 continue
-            if record.clock < entry.clock or (
-                record.clock == entry.clock and entry.state is None and record.state is not None
+            holder = record.owner
+            if holder is not None and holder != owner and not may_take_over(holder):
+                applied.refused.append(entry)
+                continue
+            owners_tie = record.by_server and holder == owner and record.clock == entry.clock
+            if (
+                record.clock < entry.clock
+                or owners_tie
+                or (
+                    record.clock == entry.clock and entry.state is None and record.state is not None
+                )
             ):
                 record.clock = entry.clock
                 record.state = entry.state
                 record.owner = owner if entry.state is not None else None
                 record.updated_at = now
-                accepted.append(entry)
-        return accepted
+                record.by_server = False
+                applied.accepted.append(entry)
+        return applied
+
+    def put(self, client_id: ClientId, state: str, now: float) -> AwarenessEntry:
+        """Set the present state of `client_id` as the server: at clock + 1, owner kept.
+
+        Raises:
+            KeyError: `client_id` has no present state.
+        """
+        record = self._records[client_id]
+        if record.state is None:
+            raise KeyError(client_id)
+        record.clock += 1
+        record.state = state
+        record.updated_at = now
+        record.by_server = True
+        return AwarenessEntry(client_id, record.clock, state)
+
+    def add_own(self, client_id: ClientId, state: str, owner: PeerId, now: float) -> AwarenessEntry:
+        """Set a state the server itself owns (its own entry): clock + 1 if known."""
+        record = self._records.get(client_id)
+        if record is None:
+            record = self._records[client_id] = _Record(0, None, owner, now)
+        record.clock += 1
+        record.state = state
+        record.owner = owner
+        record.updated_at = now
+        record.by_server = True
+        return AwarenessEntry(client_id, record.clock, state)
+
+    def get(self, client_id: ClientId) -> AwarenessEntry | None:
+        """The present state of `client_id`, as an entry, or None."""
+        record = self._records.get(client_id)
+        if record is None or record.state is None:
+            return None
+        return AwarenessEntry(client_id, record.clock, record.state)
+
+    def owner_of(self, client_id: ClientId) -> PeerId | None:
+        """The connection that holds the present state of `client_id`, if any."""
+        record = self._records.get(client_id)
+        return None if record is None or record.state is None else record.owner
+
+    def clock_of(self, client_id: ClientId) -> int | None:
+        """The clock known for `client_id` (of a state or of its removal), if any."""
+        record = self._records.get(client_id)
+        return None if record is None else record.clock
 
     def remove_owner(self, owner: PeerId) -> list[AwarenessEntry]:
         """Remove every state `owner` holds; return the removal entries, to forward."""
@@ -104,7 +192,7 @@ class Awareness:
         removed: list[AwarenessEntry] = []
         forget: list[ClientId] = []
         for client_id, record in self._records.items():
-            if now - record.updated_at < self.outdated_timeout:
+            if now - record.updated_at < self.outdated_timeout or record.owner == SERVER_OWNER:
                 continue
             if record.state is None:
                 forget.append(client_id)

@@ -42,6 +42,7 @@ from pycrdt import Doc
 
 from .errors import GoingAway, StorageError
 from .journal import Journal, describe_error
+from .presence import PresencePolicy
 from .room import Room
 from .store import Store, Stored
 from .types import DocumentName, Update
@@ -63,6 +64,10 @@ class EngineConfig:
     """Seconds a room stays loaded after its last user leaves."""
     sweep_interval: float = 0.25
     """Seconds between two sweeps (awareness timeouts, idle rooms, compaction due)."""
+    presence: PresencePolicy = PresencePolicy()
+    """Identity, rate, typing and idle rules of awareness (see `presence`)."""
+    presence_interval: float = 0.05
+    """Seconds between two presence ticks (coalesced states go out, timers fire)."""
     journal_max_pending: int = 10_000
     """Updates that may wait for the disk before connections stop reading updates."""
     journal_max_pending_bytes: int = 64 * 1024 * 1024
@@ -216,6 +221,7 @@ class Engine:
         options: dict[str, Any] = {
             "max_awareness_state_size": self.config.max_awareness_state_size,
             "awareness_timeout": self.config.awareness_timeout,
+            "presence": self.config.presence,
         }
         if self.store is None:
             return Room(name, **options)
@@ -335,10 +341,20 @@ class Engine:
             finally:
                 del self._compaction_due[name]
 
+    def tick(self) -> None:
+        """Let presence time pass in every room (see `Room.tick`)."""
+        for room in self.rooms.values():
+            room.tick()
+
     async def _sweep_forever(self) -> None:
+        # One task for both rhythms: presence ticks often, the sweep less so.
+        next_sweep = anyio.current_time() + self.config.sweep_interval
         while True:
-            await anyio.sleep(self.config.sweep_interval)
-            self.sweep()
+            await anyio.sleep(min(self.config.presence_interval, self.config.sweep_interval))
+            self.tick()
+            if anyio.current_time() >= next_sweep:
+                next_sweep = anyio.current_time() + self.config.sweep_interval
+                self.sweep()
 
 
 def rebuild(name: str, stored: Stored) -> Doc[Any]:

@@ -17,6 +17,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import CollabError, PeerTooSlow
+from .identity import Identity
 from .types import Frame, PeerId
 
 _ids = itertools.count(1)
@@ -29,16 +30,25 @@ class Peer:
         outbox_size: how many frames may wait for the writer before the peer is
             evicted as too slow.
         label: what logs call this peer (an address, a user).
-        author: who its updates are from, in the update log.
+        identity: who is connected (an anonymous identity of its own by default).
+        read_only: whether the peer may only read (its presence may be hidden).
     """
 
     def __init__(
-        self, *, outbox_size: int = 1024, label: str = "", author: str | None = None
+        self,
+        *,
+        outbox_size: int = 1024,
+        label: str = "",
+        identity: Identity | None = None,
+        read_only: bool = False,
     ) -> None:
         self.id = PeerId(next(_ids))
         self.label = label or f"peer-{self.id}"
-        self.author = author
-        """Who this peer's updates are recorded as from (None: anonymous)."""
+        self.identity = identity or Identity.anonymous_for(self.id)
+        """Who is on the other end, as far as the server can vouch."""
+        self.read_only = read_only
+        self.author = self.identity.user_id
+        """Who this peer's updates are recorded as from, in the update log."""
         self.outbox_size = outbox_size
         self._send_stream: MemoryObjectSendStream[Frame]
         self._receive_stream: MemoryObjectReceiveStream[Frame]

@@ -310,6 +310,24 @@ def _decode_awareness(payload: bytes) -> AwarenessUpdate:
     return AwarenessUpdate(tuple(entries))
 
 
+def decode_state_vector(state_vector: StateVector) -> dict[int, int]:
+    """A Yjs state vector as {client id: clock} (the number of its items known).
+
+    Raises:
+        ProtocolError: the bytes are not a state vector.
+    """
+    reader = _Reader(state_vector)
+    count = reader.var_uint()
+    if count * 2 > len(state_vector):
+        raise ProtocolError(f"state vector announces {count} clients in {len(state_vector)} bytes")
+    clocks = {}
+    for _ in range(count):
+        client = reader.var_uint()
+        clocks[client] = reader.var_uint()
+    reader.end()
+    return clocks
+
+
 def decode(frame: bytes) -> Message:
     """Decode one frame into a message.
 

@@ -29,6 +29,7 @@ from .awareness import Awareness
 from .errors import ProtocolError, StorageError
 from .journal import Journal
 from .peer import Peer
+from .presence import Presence, PresenceInfo, PresencePolicy
 from .protocol import (
     AwarenessEntry,
     AwarenessUpdate,
@@ -41,6 +42,7 @@ from .protocol import (
     SyncStep2,
     SyncUpdate,
     encode_awareness,
+    encode_permission_denied,
     encode_persisted,
     encode_sync_step1,
     encode_sync_step2,
@@ -63,6 +65,7 @@ class Room:
         awareness_timeout: seconds after which an awareness state that was not
             renewed is removed for everyone.
         clock: the time source for awareness (monotonic seconds).
+        presence: the presence policy (identity, rate, typing, idle).
         journal: where the document's updates are written; None keeps them in
             memory only (and acknowledges nothing).
         stored_seq: the sequence number of the newest stored update `doc` holds.
@@ -78,6 +81,7 @@ class Room:
         max_awareness_state_size: int = 64 * 1024,
         awareness_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        presence: PresencePolicy | None = None,
         journal: Journal | None = None,
         stored_seq: int = 0,
         snapshot_seq: int = 0,
@@ -90,6 +94,12 @@ class Room:
         )
         self.peers: dict[PeerId, Peer] = {}
         self._clock = clock
+        self.presence = Presence(
+            self.awareness,
+            presence or PresencePolicy(),
+            server_state={"name": "collab-engine", "document": name},
+            now=clock(),
+        )
         self.journal = journal
         self.last_ticket = 0
         """The journal ticket of the newest update submitted for this room."""
@@ -223,17 +233,19 @@ class Room:
 
     def join(self, peer: Peer) -> None:
         """Add `peer`, and queue for it the opening of the sync: our state vector
-        (sync step 1), then every present awareness state."""
+        (sync step 1), then every awareness state it may see (the server's included)."""
         self.peers[peer.id] = peer
+        self.presence.connect(peer.id, peer.identity, peer.read_only, self._clock())
         peer.send(encode_sync_step1(self.doc.get_state()))
-        entries = self.awareness.entries()
+        entries = self.presence.visible_entries()
         if entries:
             peer.send(encode_awareness(entries))
 
     def leave(self, peer: Peer) -> None:
         """Remove `peer`, and remove its awareness states for everyone else."""
-        self.peers.pop(peer.id, None)
-        removed = self.awareness.remove_owner(peer.id)
+        if self.peers.pop(peer.id, None) is None:
+            return
+        removed = self.presence.disconnect(peer.id)
         if removed:
             self.broadcast(encode_awareness(removed))
 
@@ -248,15 +260,29 @@ class Room:
             case SyncUpdate(update) | SyncStep2(update):
                 self.apply(update, origin=peer.id, author=peer.author)
                 self._received_update(peer)
+                if isinstance(message, SyncUpdate):
+                    # An edit is activity (idle ends); the handshake's step 2 is not.
+                    changed = self.presence.activity(peer.id, self._clock())
+                    if changed:
+                        self.broadcast(encode_awareness(changed))
             case SyncStep1(state_vector):
                 peer.send(encode_sync_step2(self.update_since(state_vector)))
             case AwarenessUpdate(entries):
-                accepted = self.awareness.apply(entries, peer.id, self._clock())
-                if accepted:
+                outcome = self.presence.receive(peer.id, entries, self._clock())
+                if outcome.refused:
+                    ids = ", ".join(str(cid) for cid in outcome.refused)
+                    peer.send(
+                        encode_permission_denied(
+                            f"awareness client id {ids} belongs to another connection"
+                        )
+                    )
+                if outcome.to_others:
                     # The sender knows its own state: forward to the others only.
-                    self.broadcast(encode_awareness(accepted), exclude=peer)
+                    self.broadcast(encode_awareness(outcome.to_others), exclude=peer)
+                if outcome.to_all:
+                    self.broadcast(encode_awareness(outcome.to_all))
             case QueryAwareness():
-                peer.send(encode_awareness(self.awareness.entries()))
+                peer.send(encode_awareness(self.presence.visible_entries()))
             case RequestPersisted():
                 peer.wants_acks = True
                 peer.send(encode_persisted(peer.acked))
@@ -265,10 +291,21 @@ class Room:
 
     def sweep(self) -> list[AwarenessEntry]:
         """Remove awareness states that were not renewed in time, for everyone."""
-        removed = self.awareness.expire(self._clock())
+        removed = self.presence.expire(self._clock())
         if removed:
             self.broadcast(encode_awareness(removed))
         return removed
+
+    def tick(self) -> None:
+        """Let presence time pass: coalesced states go out, typing and idle timers
+        fire, the server's own entry is renewed."""
+        changed = self.presence.tick(self._clock())
+        if changed:
+            self.broadcast(encode_awareness(changed))
+
+    def who(self) -> list[PresenceInfo]:
+        """Who is connected: identity, status, activity, cursors resolved now."""
+        return self.presence.describe(self.doc, self._clock())
 
     def close(self) -> None:
         """Detach from the document: no more broadcasts. The room is done."""

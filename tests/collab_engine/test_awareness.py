@@ -20,10 +20,10 @@ def entry(client: int, clock: int, state: str | None) -> AwarenessEntry:
 def test_newer_clock_wins_and_stale_entries_are_not_forwarded() -> None:
     """Only entries with a newer clock are accepted; older or equal ones are dropped."""
     table = Awareness(max_state_size=100)
-    assert table.apply((entry(11, 2, '{"x":1}'),), A, 0.0) == [entry(11, 2, '{"x":1}')]
-    assert table.apply((entry(11, 1, '{"x":0}'),), A, 0.0) == []
-    assert table.apply((entry(11, 2, '{"x":9}'),), A, 0.0) == []
-    assert table.apply((entry(11, 3, '{"x":1}'),), A, 0.0) == [entry(11, 3, '{"x":1}')]
+    assert table.apply((entry(11, 2, '{"x":1}'),), A, 0.0).accepted == [entry(11, 2, '{"x":1}')]
+    assert table.apply((entry(11, 1, '{"x":0}'),), A, 0.0).accepted == []
+    assert table.apply((entry(11, 2, '{"x":9}'),), A, 0.0).accepted == []
+    assert table.apply((entry(11, 3, '{"x":1}'),), A, 0.0).accepted == [entry(11, 3, '{"x":1}')]
     assert table.entries() == [entry(11, 3, '{"x":1}')]
 
 
@@ -31,16 +31,16 @@ def test_removal_at_same_clock_is_accepted_and_blocks_older_copies() -> None:
     """A null state at the current clock removes; an older copy cannot come back."""
     table = Awareness(max_state_size=100)
     table.apply((entry(11, 5, "{}"),), A, 0.0)
-    assert table.apply((entry(11, 5, None),), A, 0.0) == [entry(11, 5, None)]
-    assert table.apply((entry(11, 4, '{"old":1}'),), A, 0.0) == []
+    assert table.apply((entry(11, 5, None),), A, 0.0).accepted == [entry(11, 5, None)]
+    assert table.apply((entry(11, 4, '{"old":1}'),), A, 0.0).accepted == []
     assert table.entries() == []
 
 
 def test_removing_an_unknown_client_forwards_nothing() -> None:
     """A removal for a client nobody knows is remembered but not forwarded."""
     table = Awareness(max_state_size=100)
-    assert table.apply((entry(11, 1, None),), A, 0.0) == []
-    assert table.apply((entry(11, 1, "{}"),), A, 0.0) == []
+    assert table.apply((entry(11, 1, None),), A, 0.0).accepted == []
+    assert table.apply((entry(11, 1, "{}"),), A, 0.0).accepted == []
 
 
 def test_remove_owner_removes_only_that_peers_states() -> None:
@@ -55,13 +55,42 @@ def test_remove_owner_removes_only_that_peers_states() -> None:
     assert table.remove_owner(A) == []
 
 
-def test_reconnecting_client_takes_its_id_over() -> None:
-    """The latest connection to send an id owns it: the old one leaving removes nothing."""
+def test_another_connections_id_is_refused_until_it_is_free() -> None:
+    """A connection cannot set or remove a client id another connection holds; once
+    the holder leaves, the id is free (a reconnecting client uses it again)."""
     table = Awareness(max_state_size=100)
     table.apply((entry(11, 1, "{}"),), A, 0.0)
-    table.apply((entry(11, 2, "{}"),), B, 0.0)
+    spoof = table.apply((entry(11, 2, '{"evil":1}'), entry(12, 1, "{}")), B, 0.0)
+    assert spoof.refused == [entry(11, 2, '{"evil":1}')]
+    assert spoof.accepted == [entry(12, 1, "{}")]
+    assert table.apply((entry(11, 3, None),), B, 0.0).refused == [entry(11, 3, None)]
+    assert table.get(C1) == entry(11, 1, "{}")
+    table.remove_owner(A)
+    assert table.apply((entry(11, 2, "{}"),), B, 0.0).accepted == [entry(11, 2, "{}")]
+    assert table.owned_by(B) == [C1, ClientId(12)]
+
+
+def test_take_over_when_allowed() -> None:
+    """`may_take_over` lets a connection have an id another one holds (the same user
+    reconnecting before the server noticed the old connection died)."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 1, "{}"),), A, 0.0)
+    taken = table.apply((entry(11, 2, "{}"),), B, 0.0, may_take_over=lambda holder: holder == A)
+    assert taken.accepted == [entry(11, 2, "{}")]
     assert table.remove_owner(A) == []
     assert table.owned_by(B) == [C1]
+
+
+def test_server_put_is_one_clock_ahead_and_the_owner_wins_a_tie() -> None:
+    """`put` issues the server's version at clock + 1; an owner's entry at that same
+    clock (sent before it saw ours) is accepted; a stranger's is not."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 4, '{"a":1}'),), A, 0.0)
+    assert table.put(C1, '{"a":2}', 1.0) == entry(11, 5, '{"a":2}')
+    assert table.apply((entry(11, 5, '{"a":3}'),), A, 2.0).accepted == [entry(11, 5, '{"a":3}')]
+    # Now the owner's own entry holds clock 5: another equal clock is stale again.
+    assert table.apply((entry(11, 5, '{"a":4}'),), A, 2.0).accepted == []
+    assert table.owner_of(C1) == A and table.clock_of(C1) == 5
 
 
 def test_states_over_the_limit_are_refused_whole() -> None:
@@ -71,7 +100,7 @@ def test_states_over_the_limit_are_refused_whole() -> None:
         table.apply((entry(11, 1, "{}"), entry(12, 1, '{"x":"0123456789"}')), A, 0.0)
     assert table.entries() == []
     # Exactly at the limit is accepted.
-    assert table.apply((entry(11, 1, '{"x":"01"}'),), A, 0.0) != []
+    assert table.apply((entry(11, 1, '{"x":"01"}'),), A, 0.0).accepted != []
 
 
 def test_expire_removes_states_not_renewed_in_time() -> None:
@@ -85,7 +114,7 @@ def test_expire_removes_states_not_renewed_in_time() -> None:
     assert table.entries() == [entry(12, 2, "{}")]
     table.expire(61.0)
     # Client 11's clock is forgotten after a further timeout: the table stays bounded.
-    assert table.apply((entry(11, 1, "{}"),), A, 61.0) == [entry(11, 1, "{}")]
+    assert table.apply((entry(11, 1, "{}"),), A, 61.0).accepted == [entry(11, 1, "{}")]
 
 
 def test_client_is_heard_again_at_its_next_clock_after_a_server_removal() -> None:
@@ -98,5 +127,5 @@ def test_client_is_heard_again_at_its_next_clock_after_a_server_removal() -> Non
     table.apply((entry(11, 4, '{"v":1}'),), A, 0.0)
     assert table.remove_owner(A) == [entry(11, 4, None)]
     # y-websocket re-announces at the same clock on reconnect: stale, as in y-protocols.
-    assert table.apply((entry(11, 4, '{"v":1}'),), B, 0.0) == []
-    assert table.apply((entry(11, 5, '{"v":2}'),), B, 0.0) == [entry(11, 5, '{"v":2}')]
+    assert table.apply((entry(11, 4, '{"v":1}'),), B, 0.0).accepted == []
+    assert table.apply((entry(11, 5, '{"v":2}'),), B, 0.0).accepted == [entry(11, 5, '{"v":2}')]

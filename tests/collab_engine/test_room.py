@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -37,16 +38,26 @@ def new_room(**kwargs: object) -> Room:
     return Room(DocumentName("r"), **kwargs)  # type: ignore[arg-type]
 
 
+def own_state(peer: Peer, **fields: object) -> str:
+    """An awareness state the presence policy leaves as it is: the peer's own identity."""
+    return json.dumps({"user": {"id": peer.identity.user_id, "anonymous": True}, **fields})
+
+
 def test_join_opens_with_sync_step1_then_awareness(new_peer: NewPeer) -> None:
     """A joiner first gets the room's state vector, then every present awareness state."""
     room = new_room()
     first, second = new_peer(), new_peer()
     room.join(first)
-    assert messages(first) == [SyncStep1(room.doc.get_state())]
-    state = AwarenessEntry(ClientId(7), 1, '{"user":"a"}')
+    server = room.awareness.get(room.presence.server_client_id)
+    assert server is not None
+    assert messages(first) == [SyncStep1(room.doc.get_state()), AwarenessUpdate((server,))]
+    state = AwarenessEntry(ClientId(7), 1, own_state(first))
     room.receive(first, AwarenessUpdate((state,)))
     room.join(second)
-    assert messages(second) == [SyncStep1(room.doc.get_state()), AwarenessUpdate((state,))]
+    assert messages(second) == [
+        SyncStep1(room.doc.get_state()),
+        AwarenessUpdate((server, state)),
+    ]
 
 
 def test_update_is_applied_once_and_broadcast_as_one_frame(new_peer: NewPeer) -> None:
@@ -132,7 +143,7 @@ def test_full_outbox_evicts_that_peer_only(new_peer: NewPeer) -> None:
     assert isinstance(slow.error, PeerTooSlow)
     assert slow.error.close_code == 1013
     assert not fast.closed
-    assert len(fast.drain()) == 4  # step 1 + three updates
+    assert len(fast.drain()) == 5  # step 1, the server's awareness, three updates
 
 
 def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer) -> None:
@@ -143,14 +154,16 @@ def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer
     room.join(b)
     a.drain()
     b.drain()
-    state = AwarenessEntry(ClientId(5), 1, '{"cursor":1}')
+    state = AwarenessEntry(ClientId(5), 1, own_state(a, cursor=1))
     room.receive(a, AwarenessUpdate((state,)))
     assert a.drain() == []
     assert messages(b) == [AwarenessUpdate((state,))]
     room.leave(a)
     assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 1, None),))]
     room.receive(b, protocol.QueryAwareness())
-    assert messages(b) == [AwarenessUpdate(())]
+    [reply] = messages(b)
+    assert isinstance(reply, AwarenessUpdate)
+    assert [entry.client_id for entry in reply.entries] == [room.presence.server_client_id]
 
 
 def test_oversized_awareness_state_is_refused(new_peer: NewPeer) -> None:
@@ -162,7 +175,7 @@ def test_oversized_awareness_state_is_refused(new_peer: NewPeer) -> None:
     with pytest.raises(MessageTooBig) as caught:
         room.receive(peer, AwarenessUpdate((big,)))
     assert caught.value.close_code == 1009
-    assert room.awareness.entries() == []
+    assert room.awareness.get(ClientId(1)) is None
 
 
 def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
@@ -172,7 +185,7 @@ def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
     a, b = new_peer(), new_peer()
     room.join(a)
     room.join(b)
-    room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(5), 1, "{}"),)))
+    room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(5), 1, own_state(a)),)))
     b.drain()
     now[0] = 29.0
     assert room.sweep() == []

@@ -173,7 +173,8 @@ const checks = {
   mapEquals: (c, v) => canonical(c.map.toJSON()) === canonical(v),
   users: (c, v) => canonical(userNames(c)) === canonical([...v].sort()),
   awarenessPresent: (c, v) => v.every((id) => c.provider.awareness.getStates().has(id)),
-  awarenessAbsent: (c, v) => v.every((id) => !c.provider.awareness.getStates().has(id))
+  awarenessAbsent: (c, v) => v.every((id) => !c.provider.awareness.getStates().has(id)),
+  stampedUsers: (c, v) => v.every((id) => typeof c.provider.awareness.getStates().get(id)?.user?.id === 'string')
 }
 
 function holds (cs, until) {

@@ -361,15 +361,24 @@ async def test_clients_see_each_others_awareness() -> None:
             ]
             for node in nodes:
                 await node.wait({"users": names, "awarenessPresent": [n.client_id for n in nodes]})
+            server_id = app.engine.rooms[room].presence.server_client_id
+            user_ids = set()
             for node in nodes:
+                # Each client's own state comes back stamped, so wait for that too.
+                await node.wait({"stampedUsers": [n.client_id for n in nodes]})
                 awareness = (await node.state())["awareness"]
-                assert len(awareness) == 3
+                # Three users, and the server's own entry (no `user`: no cursor drawn).
+                assert set(awareness) == {str(n.client_id) for n in nodes} | {str(server_id)}
+                assert set(awareness[str(server_id)]) == {"server"}
                 for i, other in enumerate(nodes):
-                    assert awareness[str(other.client_id)] == {
-                        "user": {"name": other.label, "color": f"#{i}{i}{i}"}
-                    }
+                    user = awareness[str(other.client_id)]["user"]
+                    # The chosen name and colour stay; the id is the connection's own.
+                    assert user["name"] == other.label and user["color"] == f"#{i}{i}{i}"
+                    assert user["anonymous"] is True and user["id"].startswith("anonymous:")
+                    user_ids.add(user["id"])
+            assert len(user_ids) == 3
             entries = app.engine.rooms[room].awareness.entries()
-            assert {entry.client_id for entry in entries} == {node.client_id for node in nodes}
+            assert {entry.client_id for entry in entries} == {n.client_id for n in nodes} | {server_id}
 
 
 async def test_late_joiner_gets_content_and_awareness() -> None:
@@ -392,11 +401,13 @@ async def test_late_joiner_gets_content_and_awareness() -> None:
                 state = await late.state()
                 assert state["text"] == expected["text"]
                 assert _normalise(state["map"]) == _normalise(expected["map"])
-                assert state["awareness"] == {
-                    str(late.client_id): {},  # its own, empty so far
-                    str(a.client_id): {"user": {"name": "a"}},
-                    str(b.client_id): {"user": {"name": "b"}},
-                }
+                aw = state["awareness"]
+                server_id = str(app.engine.rooms[room].presence.server_client_id)
+                assert set(aw) == {str(late.client_id), str(a.client_id), str(b.client_id), server_id}
+                assert aw[str(a.client_id)]["user"]["name"] == "a"
+                assert aw[str(b.client_id)]["user"]["name"] == "b"
+                # Its own: empty so far, or already stamped with its id by the server.
+                assert set(aw[str(late.client_id)]) <= {"user"}
                 # And the others see it arrive.
                 await late.request("setUser", user={"name": "late"})
                 for node in (a, b):

@@ -84,7 +84,10 @@ async def test_joiner_gets_awareness_and_disconnect_removes_it(server: Server) -
             await watcher.wait_for(lambda: leaver.doc.client_id in watcher.awareness)
             async with yclient(url, "aw") as joiner:
                 await joiner.wait_for(lambda: leaver.doc.client_id in joiner.awareness)
-                assert joiner.awareness[leaver.doc.client_id] == {"user": {"name": "Leaver"}}
+                user = joiner.awareness[leaver.doc.client_id]["user"]
+                # The name is the client's; the id is stamped by the server.
+                assert user == {"name": "Leaver", "id": user["id"], "anonymous": True}
+                assert user["id"].startswith("anonymous:")
             # Abrupt: drop the TCP connection without a close frame.
             leaver.ws.transport.abort()
             start = anyio.current_time()
@@ -93,8 +96,8 @@ async def test_joiner_gets_awareness_and_disconnect_removes_it(server: Server) -
 
 
 async def test_query_awareness_is_answered(server: Server) -> None:
-    """Query awareness returns every present state."""
-    _, url = server
+    """Query awareness returns every present state, the server's own included."""
+    app, url = server
     async with yclient(url, "q") as a, yclient(url, "q") as b:
         await a.set_awareness({"status": "online"})
         await b.wait_for(lambda: a.doc.client_id in b.awareness)
@@ -102,9 +105,11 @@ async def test_query_awareness_is_answered(server: Server) -> None:
         await b.send(protocol.encode_query_awareness())
         await b.wait_for(lambda: any(isinstance(m, protocol.AwarenessUpdate) for m in b.received))
         [answer] = [m for m in b.received if isinstance(m, protocol.AwarenessUpdate)]
-        assert [(e.client_id, json.loads(e.state or "null")) for e in answer.entries] == [
-            (a.doc.client_id, {"status": "online"})
-        ]
+        states = {e.client_id: json.loads(e.state or "null") for e in answer.entries}
+        server_id = app.engine.rooms["q"].presence.server_client_id
+        assert set(states) == {a.doc.client_id, server_id}
+        assert states[a.doc.client_id]["status"] == "online"
+        assert "server" in states[server_id]
 
 
 @pytest.mark.parametrize(
@@ -172,7 +177,7 @@ async def test_awareness_state_over_the_limit_closes_with_1009() -> None:
                 await sender.closed.wait()
             assert sender.close_code == 1009
             assert sender.close_reason is not None and "over 256 bytes" in sender.close_reason
-            assert watcher.awareness == {}
+            assert sender.doc.client_id not in watcher.awareness
 
 
 @pytest.mark.parametrize(
