@@ -15,6 +15,7 @@ import anyio
 
 from collab_engine.engine import EngineConfig
 from collab_engine.errors import StorageError
+from collab_engine.presence import PresencePolicy
 from storage import sqlite_url
 
 from .app import run
@@ -93,6 +94,36 @@ def _parser() -> argparse.ArgumentParser:
         default=engine.journal_max_batch,
         help="most updates written in one transaction; 1 commits each (default %(default)s)",
     )
+    presence = engine.presence
+    serve.add_argument(
+        "--presence-rate",
+        type=float,
+        default=presence.rate,
+        help="awareness messages per second per connection before coalescing (default %(default)s)",
+    )
+    serve.add_argument(
+        "--presence-burst",
+        type=int,
+        default=presence.burst,
+        help="awareness messages a connection may send at once (default %(default)s)",
+    )
+    serve.add_argument(
+        "--typing-timeout",
+        type=float,
+        default=presence.typing_timeout,
+        help="seconds without activity before `typing` is cleared (default %(default)s)",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=presence.idle_timeout,
+        help="seconds without activity before a client is shown away (default %(default)s)",
+    )
+    serve.add_argument(
+        "--hide-read-only-presence",
+        action="store_true",
+        help="do not show read-only connections' presence to the others",
+    )
     serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
@@ -116,6 +147,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             compact_after_updates=args.compact_after_updates,
             compact_after_bytes=args.compact_after_bytes,
             journal_max_batch=args.journal_batch,
+            presence=PresencePolicy(
+                rate=args.presence_rate,
+                burst=args.presence_burst,
+                typing_timeout=args.typing_timeout,
+                idle_timeout=args.idle_timeout,
+                show_read_only=not args.hide_read_only_presence,
+            ),
         ),
     )
     try:

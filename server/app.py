@@ -1,7 +1,8 @@
 """The ASGI application and the way hypercorn serves it.
 
 Routes: a WebSocket on any path is a y-websocket connection to the document named
-by that path; `GET /healthz` answers 200 with a small JSON status. The engine lives
+by that path; `GET /healthz` answers 200 with a small JSON status;
+`GET /api/documents/<name>/presence` lists who is connected to a document. The engine lives
 in the ASGI lifespan, so it starts before the first connection and drains after
 the last: every accepted update is written before the lifespan ends. The store is
 opened by whoever runs the app (`run`, or a test) before it starts and closed
@@ -28,6 +29,7 @@ from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
 from collab_engine.journal import describe_error
 from collab_engine.store import Store
+from collab_engine.types import DocumentName
 from storage import SQLStore
 
 from .settings import Settings
@@ -69,7 +71,13 @@ class App:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, send: Send) -> None:
-        if scope["path"] == "/healthz" and scope["method"] in ("GET", "HEAD"):
+        path: str = scope["path"]
+        if path.startswith(DOCUMENTS) and path.endswith(PRESENCE):
+            if scope["method"] not in ("GET", "HEAD"):
+                await _json(send, 405, {"error": "method not allowed: use GET"})
+                return
+            await self._presence(path[len(DOCUMENTS) : -len(PRESENCE)], send)
+        elif path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             rooms = self.engine.rooms
             await _json(
                 send,
@@ -82,6 +90,19 @@ class App:
             )
         else:
             await _json(send, 404, {"error": "not found"})
+
+    async def _presence(self, name: str, send: Send) -> None:
+        if not name or len(name.encode()) > self.settings.max_name_length:
+            await _json(send, 400, {"error": "bad document name"})
+            return
+        # A document nobody has open has nobody present: don't load it to say so.
+        room = self.engine.rooms.get(DocumentName(name))
+        people = [] if room is None else [info.to_json() for info in room.who()]
+        await _json(send, 200, {"document": name, "presence": people})
+
+
+DOCUMENTS = "/api/documents/"
+PRESENCE = "/presence"
 
 
 async def open_store(settings: Settings) -> Store | None:
