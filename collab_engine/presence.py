@@ -53,9 +53,10 @@ from typing import Any
 from pycrdt import Doc, StickyIndex, Text
 
 from .awareness import SERVER_OWNER, Awareness
+from .blocks import client_blocks
 from .errors import ProtocolError
 from .identity import Identity
-from .protocol import AwarenessEntry, decode_state_vector
+from .protocol import AwarenessEntry, decode_state_vector, encode_state_vector
 from .types import ClientId, PeerId
 
 STATUSES = ("online", "away", "busy", "offline")
@@ -512,19 +513,17 @@ def resolve_cursor(doc: Doc[Any], cursor: Any) -> Cursor | None:
 
 def resolve_position(doc: Doc[Any], position: dict[str, Any]) -> int | None:
     """The index a Yjs relative position (as JSON) points at now, in UTF-16 code units
-    as Yjs counts them; None when it cannot be resolved (unknown item, nested type)."""
+    as Yjs counts them; None when it cannot be resolved (an unknown item, a position
+    inside a nested type rather than a root Text)."""
     assoc = position.get("assoc", 0)
-    if not isinstance(assoc, int):
+    name = position.get("tname")
+    if not isinstance(assoc, int) or not isinstance(name, str):
         return None
+    text = doc.get(name, type=Text)
     item = position.get("item")
     if item is None:
         # No item: the start (assoc < 0) or the end of the type, as Yjs reads it.
-        name = position.get("tname")
-        if not isinstance(name, str):
-            return None
-        if assoc < 0:
-            return 0
-        return len(str(doc.get(name, type=Text)).encode("utf-16-le")) // 2
+        return 0 if assoc < 0 else _utf16_length(str(text))
     if not isinstance(item, dict):
         return None
     client, clock = item.get("client"), item.get("clock")
@@ -536,10 +535,31 @@ def resolve_position(doc: Doc[Any], position: dict[str, Any]) -> int | None:
         return None
     if clock >= known.get(client, 0):
         return None  # an item this document does not have (Yrs would panic on it)
-    sticky = StickyIndex.from_json({"item": {"client": client, "clock": clock}, "assoc": assoc})
+    # The client's blocks: an update holding only its items (we "know" the others).
+    others = {c: k for c, k in known.items() if c != client}
+    try:
+        blocks = client_blocks(doc.get_update(encode_state_vector({**others, client: 0})), client)
+    except (ProtocolError, ValueError):
+        return None
+    block = blocks.block_of(clock)
+    if block is None:
+        return None
+    start = block[0]
+    # Yrs's sticky offsets mix units (UTF-8 bytes for the items before, clock units
+    # inside the item), so only the offset of the block's first clock is used: the
+    # bytes before the block, exactly. From there on, it is Yjs's rule.
+    sticky = StickyIndex.from_json({"item": {"client": client, "clock": start}, "assoc": 0})
     try:
         with doc.transaction() as txn:
-            # Yrs counts sticky offsets in the items' clock units: UTF-16, as Yjs.
-            return sticky.get_index(txn)
+            before = sticky.get_index(txn)
+        prefix = str(text).encode()[:before].decode()
     except Exception:  # noqa: BLE001 - an unresolvable position is reported as None
         return None
+    index = _utf16_length(prefix)
+    if not blocks.is_deleted(clock):
+        index += clock - start + (1 if assoc < 0 else 0)
+    return index
+
+
+def _utf16_length(value: str) -> int:
+    return len(value.encode("utf-16-le")) // 2

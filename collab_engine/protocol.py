@@ -310,6 +310,14 @@ def _decode_awareness(payload: bytes) -> AwarenessUpdate:
     return AwarenessUpdate(tuple(entries))
 
 
+def encode_state_vector(clocks: dict[int, int]) -> StateVector:
+    """Encode {client id: clock} as a Yjs state vector; the inverse of `decode_state_vector`."""
+    out = bytearray(_var_uint(len(clocks)))
+    for client, clock in clocks.items():
+        out += _var_uint(client) + _var_uint(clock)
+    return bytes(out)
+
+
 def decode_state_vector(state_vector: StateVector) -> dict[int, int]:
     """A Yjs state vector as {client id: clock} (the number of its items known).
 
