@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .errors import ProtocolError
-from .protocol import MAX_VAR_UINT
+from .protocol import Decoder
 
 _GC: Final = 0
 _DELETED: Final = 1
@@ -130,50 +130,15 @@ def _struct(reader: _Reader) -> int:
     raise ProtocolError(f"unknown struct content {kind}")
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
+class _Reader(Decoder):
+    """lib0 decoding, with what updates need beyond the y-websocket messages."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise ProtocolError("truncated update")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def var_uint(self) -> int:
-        value = 0
-        shift = 0
-        while True:
-            byte = self.byte()
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 70:
-                raise ProtocolError("varUint too long")
-        if value > MAX_VAR_UINT and shift > 49:
-            raise ProtocolError("varUint larger than 2**53 - 1")
-        return value
+    __slots__ = ()
 
     def var_int(self) -> None:
         byte = self.byte()
         while byte & 0x80:
             byte = self.byte()
-
-    def take(self, count: int) -> bytes:
-        end = self.pos + count
-        if end > len(self.data):
-            raise ProtocolError("truncated update")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def var_bytes(self) -> bytes:
-        return self.take(self.var_uint())
 
     def var_string(self) -> str:
         # Yjs writes lone surrogates as they are: keep them.

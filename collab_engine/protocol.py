@@ -224,8 +224,8 @@ def encode(message: Message) -> Frame:
 # -- decoding -------------------------------------------------------------------------
 
 
-class _Reader:
-    """A cursor over one frame; every read past the end raises `ProtocolError`."""
+class Decoder:
+    """lib0 decoding: a cursor over bytes; every read past the end raises `ProtocolError`."""
 
     __slots__ = ("data", "pos")
 
@@ -252,6 +252,21 @@ class _Reader:
             raise ProtocolError("varUint larger than 2**53 - 1")
         self.pos = pos
         return value
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise ProtocolError("truncated message: expected a byte")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def take(self, count: int) -> bytes:
+        end = self.pos + count
+        if end > len(self.data):
+            raise ProtocolError(f"truncated message: {count} bytes expected")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
 
     def var_bytes(self) -> bytes:
         length = self.var_uint()
@@ -295,7 +310,7 @@ def _awareness_state(text: str) -> str | None:
 
 
 def _decode_awareness(payload: bytes) -> AwarenessUpdate:
-    reader = _Reader(payload)
+    reader = Decoder(payload)
     count = reader.var_uint()
     # Each entry takes at least 3 bytes: refuse impossible counts before looping.
     if count * 3 > len(payload):
@@ -324,7 +339,7 @@ def decode_state_vector(state_vector: StateVector) -> dict[int, int]:
     Raises:
         ProtocolError: the bytes are not a state vector.
     """
-    reader = _Reader(state_vector)
+    reader = Decoder(state_vector)
     count = reader.var_uint()
     if count * 2 > len(state_vector):
         raise ProtocolError(f"state vector announces {count} clients in {len(state_vector)} bytes")
@@ -343,7 +358,7 @@ def decode(frame: bytes) -> Message:
         ProtocolError: `frame` is not exactly one well-formed message. Nothing else
             is raised, whatever the input.
     """
-    reader = _Reader(frame)
+    reader = Decoder(frame)
     kind = reader.var_uint()
     message: Message
     if kind == MESSAGE_SYNC:
