@@ -314,3 +314,30 @@ async def test_acknowledgements_over_the_wire(server: Server) -> None:
         await client.wait_persisted()
         assert client.persisted == client.updates_sent == 31  # with the sync step 2
         assert app.engine.rooms["acked"].stored
+
+
+async def test_presence_over_http(server: Server) -> None:
+    """`GET /api/documents/<name>/presence` lists the connected clients with their
+    stamped identity and status; a document nobody has open lists nobody."""
+    _, url = server
+    base = url.replace("ws://", "http://")
+    async with httpx.AsyncClient(base_url=base) as http:
+        async with yclient(url, "team/notes") as a, yclient(url, "team/notes"):
+            await a.set_awareness({"user": {"name": "Ann", "color": "#123456"}, "status": "busy"})
+            await a.wait_for(lambda: a.doc.client_id in a.awareness)  # our stamped copy
+            reply = await http.get("/api/documents/team/notes/presence")
+            assert reply.status_code == 200
+            body = reply.json()
+            assert body["document"] == "team/notes"
+            people = body["presence"]
+            assert len(people) == 2
+            [ann] = [p for p in people if p["clientId"] == a.doc.client_id]
+            assert ann["user"]["name"] == "Ann" and ann["user"]["color"] == "#123456"
+            assert ann["user"]["id"].startswith("anonymous:") and ann["user"]["anonymous"]
+            assert (ann["status"], ann["typing"], ann["idle"]) == ("busy", False, False)
+            [other] = [p for p in people if p["clientId"] is None]  # no awareness state
+            assert other["status"] == "online" and other["user"]["id"] != ann["user"]["id"]
+        nobody = await http.get("/api/documents/never/opened/presence")
+        assert nobody.status_code == 200 and nobody.json()["presence"] == []
+        assert (await http.post("/api/documents/x/presence")).status_code == 405
+        assert (await http.get("/api/documents//presence")).status_code == 400
