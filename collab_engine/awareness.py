@@ -17,7 +17,8 @@ Rules, as y-protocols applies them:
 
 And ours, on top:
 - a client id belongs to the connection that set its present state: another
-  connection's entries for it are refused (`Applied.refused`), unless the caller's
+  connection's newer entries for it are refused (`Applied.refused`; stale copies,
+  which y-websocket echoes back, are ignored like any stale entry), unless the caller's
   `may_take_over` allows it (the same authenticated user reconnecting);
 - the server may change a state itself (`put`: identity, idle, typing): it is issued
   at clock + 1, so every replica takes it, the owner's own included (y-protocols
@@ -110,23 +111,27 @@ class Awareness:
                 applied.accepted.append(entry)
                 continue
             holder = record.owner
-            if holder is not None and holder != owner and not may_take_over(holder):
-                applied.refused.append(entry)
-                continue
             owners_tie = record.by_server and holder == owner and record.clock == entry.clock
-            if (
+            newer = (
                 record.clock < entry.clock
                 or owners_tie
                 or (
                     record.clock == entry.clock and entry.state is None and record.state is not None
                 )
-            ):
-                record.clock = entry.clock
-                record.state = entry.state
-                record.owner = owner if entry.state is not None else None
-                record.updated_at = now
-                record.by_server = False
-                applied.accepted.append(entry)
+            )
+            if not newer:
+                # Stale or repeated: y-websocket echoes every update it applies, the
+                # other clients' and the server's included. Ignored, not refused.
+                continue
+            if holder is not None and holder != owner and not may_take_over(holder):
+                applied.refused.append(entry)
+                continue
+            record.clock = entry.clock
+            record.state = entry.state
+            record.owner = owner if entry.state is not None else None
+            record.updated_at = now
+            record.by_server = False
+            applied.accepted.append(entry)
         return applied
 
     def put(self, client_id: ClientId, state: str, now: float) -> AwarenessEntry:

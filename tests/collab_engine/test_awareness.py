@@ -129,3 +129,12 @@ def test_client_is_heard_again_at_its_next_clock_after_a_server_removal() -> Non
     # y-websocket re-announces at the same clock on reconnect: stale, as in y-protocols.
     assert table.apply((entry(11, 4, '{"v":1}'),), B, 0.0).accepted == []
     assert table.apply((entry(11, 5, '{"v":2}'),), B, 0.0).accepted == [entry(11, 5, '{"v":2}')]
+
+
+def test_echoes_of_other_clients_states_are_ignored_not_refused() -> None:
+    """y-websocket sends back every update it applies: another client's state at its
+    known clock is stale, so it is ignored, and nobody is told off for it."""
+    table = Awareness(max_state_size=100)
+    table.apply((entry(11, 3, "{}"),), A, 0.0)
+    echo = table.apply((entry(11, 3, "{}"), entry(11, 2, None)), B, 0.0)
+    assert (echo.accepted, echo.refused) == ([], [])

@@ -12,6 +12,8 @@
 //   {"event": "hello", "label": L, "clients": [{"client": 0, "clientID": 123}, ...]}
 //   {"event": "status" | "synced" | "connection-close" | "connection-error" | "awareness",
 //    "client": i, ...}                                 (unsolicited, as they happen)
+//   {"event": "permission-denied", "client": i, "reason": "..."}  (the y-protocols auth message)
+//   {"event": "awareness-states", "client": i, "changes": {id: state | null}}  (after `trackStates`)
 //   {"reply": ID, "ok": true, ...} / {"reply": ID, "ok": false, "error": "..."}
 //
 // Commands are {"id": ID, "op": OP, "client": i | "all", ...}; see `ops` below, e.g.
@@ -23,7 +25,11 @@
 import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
+import * as decoding from 'lib0/decoding'
+import * as encoding from 'lib0/encoding'
 import WebSocket from 'ws'
+import * as authProtocol from 'y-protocols/auth'
+import * as awarenessProtocol from 'y-protocols/awareness'
 import { WebsocketProvider } from 'y-websocket'
 import * as Y from 'yjs'
 
@@ -87,7 +93,16 @@ function makeClient (index) {
     disableBc: true,
     WebSocketPolyfill: WebSocket
   })
-  const c = { index, doc, provider, text: doc.getText('text'), map: doc.getMap('map'), status: 'new' }
+  const c = {
+    index,
+    doc,
+    provider,
+    text: doc.getText('text'),
+    map: doc.getMap('map'),
+    status: 'new',
+    trackStates: false,
+    permissionDenied: []
+  }
   provider.on('status', ({ status }) => {
     c.status = status
     emit({ event: 'status', client: index, status, t: now() })
@@ -114,8 +129,28 @@ function makeClient (index) {
   })
   provider.awareness.on('change', ({ added, updated, removed }, origin) => {
     emit({ event: 'awareness', client: index, added, updated, removed, local: origin === 'local', t: now() })
+    if (c.trackStates) {
+      // Opt-in (op `trackStates`): every state this client saw, as it saw it.
+      const states = provider.awareness.getStates()
+      const changes = {}
+      for (const id of [...added, ...updated]) changes[id] = states.get(id) ?? null
+      for (const id of removed) changes[id] = null
+      emit({ event: 'awareness-states', client: index, changes, local: origin === 'local', t: now() })
+    }
     poke()
   })
+  // The y-protocols auth message (permission denied): y-websocket only logs it (a
+  // console.warn, on our stderr); say so on stdout as well, then let it log.
+  const authHandler = provider.messageHandlers[2]
+  provider.messageHandlers[2] = (encoder, decoder, p, emitSynced, messageType) => {
+    const copy = decoding.clone(decoder)
+    authProtocol.readAuthMessage(copy, p.doc, (_ydoc, reason) => {
+      c.permissionDenied.push(reason)
+      emit({ event: 'permission-denied', client: index, reason, t: now() })
+    })
+    authHandler(encoder, decoder, p, emitSynced, messageType)
+    poke()
+  }
   doc.on('update', () => poke())
   return c
 }
@@ -174,7 +209,55 @@ const checks = {
   users: (c, v) => canonical(userNames(c)) === canonical([...v].sort()),
   awarenessPresent: (c, v) => v.every((id) => c.provider.awareness.getStates().has(id)),
   awarenessAbsent: (c, v) => v.every((id) => !c.provider.awareness.getStates().has(id)),
-  stampedUsers: (c, v) => v.every((id) => typeof c.provider.awareness.getStates().get(id)?.user?.id === 'string')
+  stampedUsers: (c, v) => v.every((id) => typeof c.provider.awareness.getStates().get(id)?.user?.id === 'string'),
+  // {"<clientID>": {"dotted.path": value}}: each field of that client's state, as this
+  // client sees it, equals value (null: the field is absent or null); the state exists.
+  statesMatch: (c, v) => Object.entries(v).every(([id, fields]) => {
+    const state = c.provider.awareness.getStates().get(Number(id))
+    return state !== undefined && Object.entries(fields).every(([path, expected]) =>
+      canonical(field(state, path) ?? null) === canonical(expected))
+  }),
+  // {"<clientID>": {"anchor": i, "head": j}}: that client's `cursor` resolves to these
+  // indexes in this client's text.
+  cursorAt: (c, v) => Object.entries(v).every(([id, expected]) => {
+    const got = resolveCursor(c, Number(id))
+    return got !== null && got.anchor === expected.anchor && got.head === expected.head
+  }),
+  /** At least this many permission-denied messages received. */
+  permissionDenied: (c, v) => c.permissionDenied.length >= v
+}
+
+/** `state.a.b` for the path "a.b" (undefined if any step is missing). */
+function field (state, path) {
+  let value = state
+  for (const key of path.split('.')) value = value == null ? undefined : value[key]
+  return value
+}
+
+// -- cursors (Yjs relative positions, as the editor bindings keep them) -------------------
+
+/** A relative position at `index` of the client's text, in the shape `style` says:
+ * "json": Y.relativePositionToJSON (y-codemirror.next), "object": the RelativePosition
+ * itself, which JSON.stringify turns into {type, tname, item, assoc} (y-prosemirror). */
+function relativePosition (c, index, assoc, style) {
+  const rpos = Y.createRelativePositionFromTypeIndex(c.text, index, assoc ?? 0)
+  if (style === 'object') return rpos
+  if (style === 'json' || style === undefined) return Y.relativePositionToJSON(rpos)
+  throw new Error(`unknown cursor style ${style}`)
+}
+
+/** The cursor of client `id` (its awareness field `cursor`), resolved in c's document:
+ * {anchor, head} indexes in c.text (UTF-16 units), or null if there is none. */
+function resolveCursor (c, id) {
+  const cursor = c.provider.awareness.getStates().get(id)?.cursor
+  if (cursor?.anchor == null || cursor?.head == null) return null
+  const resolve = (json) => {
+    const abs = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(json), c.doc)
+    return abs === null || abs.type !== c.text ? null : abs.index
+  }
+  const anchor = resolve(cursor.anchor)
+  const head = resolve(cursor.head)
+  return anchor === null || head === null ? null : { anchor, head }
 }
 
 function holds (cs, until) {
@@ -289,6 +372,77 @@ const ops = {
   },
   setUser (cmd) {
     for (const c of targets(cmd)) c.provider.awareness.setLocalStateField('user', cmd.user)
+    return {}
+  },
+  /** Set one field of the local awareness state (null: remove the field). */
+  setField (cmd) {
+    for (const c of targets(cmd)) {
+      if (cmd.value === null) {
+        const state = { ...(c.provider.awareness.getLocalState() ?? {}) }
+        delete state[cmd.field]
+        c.provider.awareness.setLocalState(state)
+      } else {
+        c.provider.awareness.setLocalStateField(cmd.field, cmd.value)
+      }
+    }
+    return {}
+  },
+  /** Set the field `cursor` to {anchor, head}: relative positions made from the text
+   * indexes `anchor` and `head` (UTF-16 units), in the given `style` (json | object)
+   * with `assoc`; reply with the cursor as it was sent (its JSON). */
+  setCursor (cmd) {
+    const out = []
+    for (const c of targets(cmd)) {
+      const cursor = {
+        anchor: relativePosition(c, cmd.anchor, cmd.assoc, cmd.style),
+        head: relativePosition(c, cmd.head, cmd.assoc, cmd.style)
+      }
+      c.provider.awareness.setLocalStateField('cursor', cursor)
+      out.push(JSON.parse(JSON.stringify(cursor)))
+    }
+    return { cursors: out }
+  },
+  /** Client `of`'s cursor resolved in this client's document ({anchor, head} or null). */
+  resolveCursor (cmd) {
+    const [c] = targets(cmd)
+    return { cursor: resolveCursor(c, cmd.of) }
+  },
+  /** Emit an `awareness-states` event with the states of every change this client sees. */
+  trackStates (cmd) {
+    for (const c of targets(cmd)) c.trackStates = true
+    return {}
+  },
+  /** Run `ops` (commands without id) one after the other in the same tick: edits made
+   * this way on different clients are concurrent. Replies with their replies. */
+  batch (cmd) {
+    const replies = []
+    for (const sub of cmd.ops) {
+      const op = ops[sub.op]
+      if (op === undefined || sub.op === 'batch' || sub.op === 'wait' || sub.op === 'exit' || sub.op === 'randomEdits') {
+        throw new Error(`op ${sub.op} cannot be batched`)
+      }
+      replies.push(op(sub))
+    }
+    return { replies }
+  },
+  /** Send, over this client's WebSocket, an awareness update for client id `as` (not
+   * ours) with `state` at `clock`: made with y-protocols on an Awareness of its own
+   * and framed as y-websocket frames awareness (message type 1). */
+  spoofAwareness (cmd) {
+    const [c] = targets(cmd)
+    const ws = c.provider.ws
+    if (ws === null || ws.readyState !== WebSocket.OPEN) throw new Error('not connected')
+    const doc = new Y.Doc()
+    doc.clientID = cmd.as
+    const fake = new awarenessProtocol.Awareness(doc)
+    fake.setLocalState(cmd.state)
+    fake.meta.get(cmd.as).clock = cmd.clock
+    const update = awarenessProtocol.encodeAwarenessUpdate(fake, [cmd.as])
+    fake.destroy()
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, 1)
+    encoding.writeVarUint8Array(encoder, update)
+    ws.send(encoding.toUint8Array(encoder))
     return {}
   },
   /** Insert `length` random ASCII characters in one transaction; reply with their hash. */
