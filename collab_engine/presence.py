@@ -259,12 +259,17 @@ class Presence:
         if self._hidden(connection):
             outcome.to_others.clear()
             outcome.to_all.clear()
-        elif (outcome.to_others or outcome.to_all) and not self._take_token(connection, now):
-            # Over the rate: keep the latest (already in the table), send it later.
-            for entry in (*outcome.to_others, *outcome.to_all):
-                connection.pending[entry.client_id] = None
-            outcome.to_others.clear()
-            outcome.to_all.clear()
+        elif outcome.to_others or outcome.to_all:
+            if self._take_token(connection, now):
+                # Going out now, newest: nothing older is left to flush for these ids.
+                for entry in (*outcome.to_others, *outcome.to_all):
+                    connection.pending.pop(entry.client_id, None)
+            else:
+                # Over the rate: keep the latest (already in the table), send it later.
+                for entry in (*outcome.to_others, *outcome.to_all):
+                    connection.pending[entry.client_id] = None
+                outcome.to_others.clear()
+                outcome.to_all.clear()
         return outcome
 
     def activity(self, peer: PeerId, now: float) -> list[AwarenessEntry]:

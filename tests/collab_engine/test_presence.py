@@ -120,6 +120,17 @@ def test_over_the_rate_the_latest_state_goes_out_at_the_next_flush() -> None:
     assert p.tick(0.2) == []
 
 
+def test_a_state_sent_directly_is_not_flushed_again() -> None:
+    """Held back, then overtaken by a newer state that went out at once: the flush
+    has nothing left to send."""
+    p = presence(rate=20.0, burst=1)
+    p.connect(A, ANON_A, False, 0.0)
+    assert p.receive(A, (entry(7, 1, own(ANON_A, cursor=1)),), 0.0).to_others != []
+    assert p.receive(A, (entry(7, 2, own(ANON_A, cursor=2)),), 0.01).to_others == []
+    assert p.receive(A, (entry(7, 3, own(ANON_A, cursor=3)),), 0.05).to_others != []
+    assert p.tick(0.10) == []
+
+
 def test_coalescing_keeps_removals() -> None:
     """A removal held back by the rate still goes out (as a removal)."""
     p = presence(rate=10.0, burst=1)
