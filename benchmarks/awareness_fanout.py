@@ -1,0 +1,992 @@
+"""Awareness (cursor) fan-out to N clients in one room, with and without coalescing.
+
+Usage:
+
+    python benchmarks/awareness_fanout.py                  # N = 10 and 100, 3 runs each
+    python benchmarks/awareness_fanout.py --quick          # smoke run: N = 10, 1 short run
+    python benchmarks/awareness_fanout.py --sizes 100 --senders 5 --rate 100
+
+Method
+------
+Two servers run side by side, each as its own process
+(`python -m server serve --host 127.0.0.1 --port 0 --db <tmp>/<mode>.db`):
+
+* **coalesced**: the presence policy as shipped, `--presence-rate 20
+  --presence-burst 10` (the defaults): a connection may send `burst` awareness
+  messages at once and `rate` per second after that; beyond, the server keeps the
+  latest state per client id and sends it at the next presence tick (every 50 ms).
+* **uncoalesced**: `--presence-rate 1000000 --presence-burst 1000000`: every
+  awareness message is forwarded as it arrives.
+
+Runs alternate between the two modes (and the sizes), so both see the same machine.
+Each run uses a fresh document on the server of its mode and this one asyncio
+process as load generator, holding plain `websockets` clients speaking the
+y-websocket protocol through `collab_engine.protocol` (offering permessage-deflate,
+as browsers do; `--compression none` to measure without):
+
+* K **senders** (`--senders`), each moving a cursor like a mouse drag: one
+  awareness message per `1 / --rate` seconds, on a fixed schedule (the senders'
+  schedules are staggered evenly). The state is what y-codemirror.next writes: a
+  `user` and a `cursor` of two Yjs relative positions, plus `seq`, the index of the
+  message (the marker). Senders read and drop what the server sends them.
+* N **observers** (`--sizes`) that only read: each frame that is an awareness
+  message is decoded with `protocol.decode`; for every entry of a sender the
+  observer keeps the newest `seq` seen and when it arrived. Receive times are
+  `time.perf_counter()` when the observer task gets the frame; send times are
+  taken just before the send, in the same process, on the same clock.
+
+Identity: the server stamps `user.id` (here `anonymous:<n>`) into every state and
+re-issues, at clock + 1 to everyone, a state that says otherwise. So each sender
+first sends a state without an id, waits for the server's corrected copy of it,
+and from then on sends states carrying exactly the `user` the server stamped, at
+clock + 1 after the server's. Those states satisfy the policy and are forwarded
+byte for byte; observers check this (an entry's clock must be the one its sender
+gave that `seq`), and a re-issued state is reported as a problem.
+
+The first `--warmup` seconds of sends are left out of every figure (they include
+the burst allowance); the measured window is the `--duration` seconds after it.
+
+What the numbers mean
+---------------------
+* offered updates/s: awareness messages the K senders sent per second, in total.
+* frames / observer / s: awareness frames an observer received per second in the
+  window (a frame may carry several entries: the coalescing tick batches them).
+* delivered entry-updates/s: entries carrying a newer state of a sender, received
+  per second in the window, summed over all N observers. Without coalescing and
+  with nothing lost this is offered x N; with it, at most about
+  K x min(rate, presence rate) x N. Both rates count, for an observer evicted
+  during the window, only the time it was connected.
+* latency p50/p99: for each entry that reached an observer with a newer state,
+  its receive time minus the send time of *that* state (seq); distribution over
+  every such (entry, observer) pair of the measured sends. With coalescing this is
+  the latency of the states that got through.
+* staleness p50/p99: sampled every `--sample-interval` seconds (jittered) through
+  the window, for every (observer, sender): send time of the newest state the
+  sender has sent minus send time of the state the observer shows (0 when it shows
+  the newest). How far behind the cursor the observer's view is. It is the view of
+  the observer task inside this process: frames still unread in its socket do not
+  count as received.
+* server CPU: user + system time of the server process over the window, from
+  /proc/<pid>/stat, as a share of one core; the generator's (`process_time`) in the
+  diagnostics, with the CPU the rest of the machine used in the same window (from
+  /proc/stat: all busy time minus the two processes).
+* converged: after the last send, the observers that end up showing every
+  sender's final state within `--timeout` seconds; "final" p50/max is the time
+  from a sender's last send to an observer's receipt of it, over all pairs.
+
+Each figure is computed per run; the table shows the median over `--runs` runs.
+With coalescing, a connection closed during a run (e.g. 1013, an observer evicted
+as too slow) or an observer that does not converge is listed under Problems and the
+script exits 1. Without coalescing the same outcomes are the overload that
+coalescing prevents: they are listed apart and do not fail the run. A state the
+server re-issued, a server error or an aborted run fails it in either mode.
+
+Limits: the generator is one Python process reading every observer's frames one
+after the other, on the same 2 cores as the server. When the server sends tens of
+thousands of frames per second, the generator's own reading adds to latency and
+staleness; its CPU share in the diagnostics says when it was the busy side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import os
+import random
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fanout_latency import (
+    HOST,
+    ServerProcess,
+    close_all,
+    describe_close,
+    load_average,
+    open_client,
+    percentile,
+    sync,
+)
+from provenance import git, version
+from pycrdt import Doc
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from collab_engine import protocol
+from collab_engine.presence import PresencePolicy
+from collab_engine.protocol import AwarenessEntry, AwarenessUpdate
+from collab_engine.types import ClientId
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "awareness_fanout.md"
+
+SEQ = re.compile(r'"seq":(\d+)')
+"""The sender's message index inside a state's JSON text."""
+AWARENESS = protocol.MESSAGE_AWARENESS
+UNLIMITED = 1_000_000
+"""Presence rate and burst of the uncoalesced server: never reached."""
+COLORS = ("#30bced", "#6eeb83", "#ffbc42", "#ecd444", "#ee6352", "#9ac2c9", "#8acb88")
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    name: str
+    presence_rate: float
+    presence_burst: int
+
+    @property
+    def server_args(self) -> list[str]:
+        return [
+            "--presence-rate", number_arg(self.presence_rate),
+            "--presence-burst", str(self.presence_burst),
+        ]  # fmt: skip
+
+
+def number_arg(value: float) -> str:
+    """`value` for a command line: 1000000 rather than 1e+06."""
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+# -- clients --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the senders, observers and sampler share during one run."""
+
+    senders: int
+    total: int
+    """Messages each sender sends (warm-up included)."""
+    first_measured: int
+    """The first `seq` sent in the measured window."""
+    sender_index: dict[int, int]
+    """Awareness client id -> sender index."""
+    clock_base: list[int]
+    """Per sender, the clock of seq 0 (seq i goes out at clock_base + i)."""
+    sent: list[list[float]]
+    """Per sender, the send time of each seq (NaN: not sent yet)."""
+    newest: list[int]
+    """Per sender, the newest seq sent so far (-1: none)."""
+    window_start: float = math.inf
+    window_end: float = math.inf
+    latencies: list[float] = field(default_factory=list)
+    closures: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Observer:
+    """One reading client: the newest seq of each sender it has, and when it came."""
+
+    ws: ClientConnection
+    latest: list[int]
+    latest_at: list[float]
+    frames: int = 0
+    """Awareness frames received in the measured window."""
+    entries: int = 0
+    """Entries with a newer state of a sender received in the window."""
+    not_newer: int = 0
+    """Entries of a sender that were not newer than what the observer had."""
+    reissued: int = 0
+    """Entries whose clock is not the one the sender gave that seq."""
+    closed: str | None = None
+    closed_at: float = math.nan
+
+    async def observe(self, run: RunState) -> None:
+        latest, latest_at = self.latest, self.latest_at
+        index_of, clock_base, sent = run.sender_index, run.clock_base, run.sent
+        try:
+            while True:
+                frame = await self.ws.recv(decode=False)
+                now = time.perf_counter()
+                if not frame or frame[0] != AWARENESS:
+                    continue
+                message = protocol.decode(frame)
+                assert isinstance(message, AwarenessUpdate)
+                in_window = run.window_start <= now <= run.window_end
+                if in_window:
+                    self.frames += 1
+                for entry in message.entries:
+                    k = index_of.get(entry.client_id)
+                    if k is None or entry.state is None:
+                        continue
+                    match = SEQ.search(entry.state)
+                    if match is None:
+                        continue  # the sender's identity set-up
+                    seq = int(match[1])
+                    if entry.clock != clock_base[k] + seq:
+                        self.reissued += 1
+                    if seq <= latest[k]:
+                        self.not_newer += 1
+                        continue
+                    latest[k] = seq
+                    latest_at[k] = now
+                    if seq >= run.first_measured:
+                        run.latencies.append(now - sent[k][seq])
+                    if in_window:
+                        self.entries += 1
+        except ConnectionClosed as exc:
+            self.closed_at = time.perf_counter()
+            self.closed = describe_close(exc)
+            run.closures.append(f"an observer {self.closed}")
+
+
+class Sender:
+    """A client moving its cursor: one awareness message per tick of its schedule."""
+
+    def __init__(self, ws: ClientConnection, index: int, client_id: int) -> None:
+        self.ws = ws
+        self.index = index
+        self.client_id = client_id
+        self.clock = 0
+        self.user: dict[str, Any] = {
+            "name": f"Sender {index}",
+            "color": COLORS[index % len(COLORS)],
+        }
+        self.lags: list[float] = []
+        self.closed: str | None = None
+
+    async def learn_identity(self, timeout: float) -> None:
+        """Send a first state without `user.id`, and adopt the server's correction."""
+        self.clock = 1
+        state = json.dumps({"user": self.user, "cursor": None}, separators=(",", ":"))
+        await self.ws.send(
+            protocol.encode_awareness([AwarenessEntry(ClientId(self.client_id), 1, state)])
+        )
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.ws.recv(decode=False)
+                if not frame or frame[0] != AWARENESS:
+                    continue
+                message = protocol.decode(frame)
+                assert isinstance(message, AwarenessUpdate)
+                for entry in message.entries:
+                    if entry.client_id == self.client_id and entry.state is not None:
+                        user = json.loads(entry.state).get("user")
+                        if entry.clock > 1 and isinstance(user, dict) and "id" in user:
+                            self.user = user
+                            self.clock = entry.clock
+                            return
+
+    def state(self, seq: int) -> str:
+        """The cursor state of message `seq`: a selection moving along a line."""
+        position = seq % 4000
+        anchor = {
+            "type": None,
+            "tname": "codemirror",
+            "item": {"client": self.client_id, "clock": position},
+            "assoc": 0,
+        }
+        head = {**anchor, "item": {"client": self.client_id, "clock": position + seq % 7}}
+        return json.dumps(
+            {"user": self.user, "cursor": {"anchor": anchor, "head": head}, "seq": seq},
+            separators=(",", ":"),
+        )
+
+    async def move(self, run: RunState, start: float, rate: float) -> None:
+        """Send `run.total` states on schedule: seq i at start + i / rate."""
+        k = self.index
+        base = self.clock + 1
+        sent, newest = run.sent[k], run.newest
+        try:
+            for seq in range(run.total):
+                due = start + seq / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                frame = protocol.encode_awareness(
+                    [AwarenessEntry(ClientId(self.client_id), base + seq, self.state(seq))]
+                )
+                now = time.perf_counter()
+                sent[seq] = now
+                newest[k] = seq
+                if seq >= run.first_measured:
+                    self.lags.append(now - due)
+                await self.ws.send(frame)
+                self.clock = base + seq
+        except ConnectionClosed as exc:
+            self.closed = describe_close(exc)
+            run.closures.append(f"a sender {self.closed}")
+
+    async def drain(self, run: RunState) -> None:
+        """Read and drop what the server sends (the other senders' cursors)."""
+        try:
+            while True:
+                await self.ws.recv(decode=False)
+        except ConnectionClosed as exc:
+            if self.closed is None:
+                self.closed = describe_close(exc)
+                run.closures.append(f"a sender {self.closed}")
+
+
+# -- CPU accounting -------------------------------------------------------------------
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle since boot (user, nice, system, irq, softirq, steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+# -- one run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    sizes: tuple[int, ...]
+    senders: int
+    rate: float
+    duration: float
+    warmup: float
+    runs: int
+    presence_rate: float
+    presence_burst: int
+    timeout: float
+    connect_timeout: float
+    sample_interval: float
+    compression: str | None
+    outbox_size: int | None
+    output: Path
+    quick: bool
+    quiet_wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    mode: str
+    clients: int
+    offered_rate: float
+    frames_per_observer: float
+    entries_per_frame: float
+    delivered_rate: float
+    latency_p50: float
+    latency_p99: float
+    staleness_p50: float
+    staleness_p99: float
+    staleness_max: float
+    server_cpu_share: float
+    generator_cpu_share: float
+    other_cpu_share: float
+    server_cpu_per_offered: float
+    converged: int
+    final_p50: float
+    final_max: float
+    not_newer: int
+    send_lag_p99: float
+    server_cpu_per_entry: float
+    closed: int
+    """Observers whose connection closed during the run."""
+    first_closed: float
+    last_closed: float
+    """Seconds from the first send to the first and the last observer closed (NaN: none)."""
+    overload: tuple[str, ...]
+    """Closed connections and observers that did not converge."""
+    problems: tuple[str, ...]
+    """Anything else that went wrong (a state re-issued by the server)."""
+
+
+async def run_once(server: ServerProcess, mode: Mode, clients: int, options: Options) -> RunResult:
+    """Connect K senders and `clients` observers to a fresh document, move the
+    cursors for warm-up + duration seconds, wait for convergence, and measure."""
+    url = f"ws://{HOST}:{server.port}/awareness-{mode.name}-{clients}-{uuid.uuid4().hex[:12]}"
+    problems: list[str] = []
+    connections: list[ClientConnection] = []
+    tasks: list[asyncio.Task[None]] = []
+    total = max(1, round((options.warmup + options.duration) * options.rate))
+    first_measured = min(round(options.warmup * options.rate), total - 1)
+
+    async def connect_and_sync() -> ClientConnection:
+        ws = await open_client(
+            url, compression=options.compression, timeout=options.connect_timeout
+        )
+        connections.append(ws)
+        await sync(ws, Doc())
+        return ws
+
+    try:
+        async with asyncio.timeout(options.connect_timeout * 2), asyncio.TaskGroup() as group:
+            observing = [group.create_task(connect_and_sync()) for _ in range(clients)]
+            sending = [group.create_task(connect_and_sync()) for _ in range(options.senders)]
+    except Exception as exc:  # a timeout, a refused connection, a close: all end the benchmark
+        await close_all(connections)
+        raise RuntimeError(
+            f"{clients} + {options.senders} clients could not connect: {exc!r}"
+        ) from exc
+
+    ids = random.sample(range(1, 2**32), options.senders)
+    senders = [
+        Sender(task.result(), k, cid)
+        for k, (task, cid) in enumerate(zip(sending, ids, strict=True))
+    ]
+    run = RunState(
+        senders=options.senders,
+        total=total,
+        first_measured=first_measured,
+        sender_index={cid: k for k, cid in enumerate(ids)},
+        clock_base=[0] * options.senders,
+        sent=[[math.nan] * total for _ in senders],
+        newest=[-1] * options.senders,
+    )
+    observers = [
+        Observer(task.result(), [-1] * options.senders, [math.nan] * options.senders)
+        for task in observing
+    ]
+    tasks += [asyncio.create_task(o.observe(run)) for o in observers]
+    samples: list[float] = []
+    try:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sender in senders:
+                    group.create_task(sender.learn_identity(options.connect_timeout))
+        except Exception as exc:
+            raise RuntimeError(f"a sender did not get its identity stamped: {exc!r}") from exc
+        for sender in senders:
+            run.clock_base[sender.index] = sender.clock + 1
+        tasks += [asyncio.create_task(s.drain(run)) for s in senders]
+        # Let the set-up frames settle and the senders' rate allowance refill.
+        await asyncio.sleep(max(0.5, options.presence_burst / max(options.presence_rate, 1)))
+
+        start = time.perf_counter() + 0.05
+        run.window_start = start + first_measured / options.rate
+        moving = [
+            asyncio.create_task(s.move(run, start + s.index / (options.senders * options.rate),
+                                       options.rate))
+            for s in senders
+        ]  # fmt: skip
+        tasks += moving
+        await asyncio.sleep(max(0.0, run.window_start - time.perf_counter()))
+        server_cpu0, own_cpu0, busy0 = (
+            server.cpu_seconds(), time.process_time(), machine_busy_seconds(),
+        )  # fmt: skip
+        window0 = time.perf_counter()
+        run.window_start = window0
+        sampler = asyncio.create_task(sample_staleness(run, observers, options, samples))
+        tasks.append(sampler)
+        await asyncio.gather(*moving)
+        window1 = time.perf_counter()
+        run.window_end = window1
+        server_cpu = server.cpu_seconds() - server_cpu0
+        own_cpu = time.process_time() - own_cpu0
+        busy = machine_busy_seconds() - busy0
+        sampler.cancel()
+
+        final = total - 1
+        deadline = time.perf_counter() + options.timeout
+        while time.perf_counter() < deadline and not all(
+            o.closed or min(o.latest) >= final for o in observers
+        ):
+            await asyncio.sleep(0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_all(connections)
+
+    window = window1 - window0
+    converged = [o for o in observers if not o.closed and min(o.latest) >= final]
+    finals = [
+        o.latest_at[k] - run.sent[k][final]
+        for o in observers
+        for k in range(options.senders)
+        if o.latest[k] >= final
+    ]
+    overload = [f"{count} x {reason}" for reason, count in sorted(Counter(run.closures).items())]
+    if len(converged) < clients:
+        overload.append(
+            f"{clients - len(converged)} of {clients} observers did not show every sender's "
+            f"final state {options.timeout:g} s after the last send"
+        )
+    reissued = sum(o.reissued for o in observers)
+    if reissued:
+        problems.append(f"{reissued} entries re-issued by the server (identity or policy change)")
+    frames = sum(o.frames for o in observers)
+    entries = sum(o.entries for o in observers)
+    # Rates per observer over the part of the window it was connected (all of it,
+    # unless it was evicted), summed: what the server delivered while it could.
+    connected = [
+        max(1e-9, min(window1, o.closed_at if o.closed else window1) - window0) for o in observers
+    ]
+    delivered_rate = sum(o.entries / t for o, t in zip(observers, connected, strict=True))
+    frame_rate = sum(o.frames / t for o, t in zip(observers, connected, strict=True))
+    offered = options.senders * (total - first_measured)
+    lags = [lag for s in senders for lag in s.lags]
+    closed_after = [o.closed_at - start for o in observers if o.closed]
+    return RunResult(
+        mode=mode.name,
+        clients=clients,
+        offered_rate=offered / window,
+        frames_per_observer=frame_rate / clients,
+        entries_per_frame=entries / frames if frames else math.nan,
+        delivered_rate=delivered_rate,
+        latency_p50=percentile(run.latencies, 50),
+        latency_p99=percentile(run.latencies, 99),
+        staleness_p50=percentile(samples, 50),
+        staleness_p99=percentile(samples, 99),
+        staleness_max=max(samples, default=math.nan),
+        server_cpu_share=server_cpu / window,
+        generator_cpu_share=own_cpu / window,
+        other_cpu_share=max(0.0, busy - server_cpu - own_cpu) / window,
+        server_cpu_per_offered=server_cpu / offered,
+        server_cpu_per_entry=server_cpu / entries if entries else math.nan,
+        closed=sum(1 for o in observers if o.closed),
+        first_closed=min(closed_after, default=math.nan),
+        last_closed=max(closed_after, default=math.nan),
+        overload=tuple(overload),
+        converged=len(converged),
+        final_p50=percentile(finals, 50),
+        final_max=max(finals, default=math.nan),
+        not_newer=sum(o.not_newer for o in observers),
+        send_lag_p99=percentile(lags, 99),
+        problems=tuple(problems),
+    )
+
+
+async def settle(servers: Iterable[ServerProcess], limit: float) -> None:
+    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
+    a core together and everything else (other processes included) under a quarter
+    of one, over half a second. One run's aftermath then does not load the next, and
+    a run does not start while something else on the machine is busy; if it never
+    gets quiet, the run goes ahead and the diagnostics show the other load."""
+    servers = list(servers)
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
+        own0 = time.process_time()
+        await asyncio.sleep(0.5)
+        server = sum(s.cpu_seconds() for s in servers) - server0
+        other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
+        if server < 0.05 and other < 0.125:
+            return
+
+
+async def sample_staleness(
+    run: RunState, observers: Sequence[Observer], options: Options, samples: list[float]
+) -> None:
+    """Every sample interval (jittered), for every (observer, sender): how far the
+    state the observer shows lags behind the newest the sender has sent, in send time."""
+    sent, newest = run.sent, run.newest
+    senders = range(run.senders)
+    while True:
+        await asyncio.sleep(options.sample_interval * random.uniform(0.5, 1.5))
+        if time.perf_counter() > run.window_end:
+            return
+        for o in observers:
+            if o.closed:
+                continue
+            latest = o.latest
+            for k in senders:
+                shown, last = latest[k], newest[k]
+                if shown >= last:
+                    samples.append(0.0)
+                else:
+                    samples.append(sent[k][last] - sent[k][max(shown, 0)])
+
+
+# -- statistics and report ------------------------------------------------------------
+
+
+def median_of(results: Sequence[RunResult], name: str) -> float:
+    values = [float(getattr(r, name)) for r in results]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def pct(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
+
+
+def num(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f}"
+
+
+def header(
+    options: Options,
+    argv: Sequence[str],
+    servers: dict[str, ServerProcess],
+    modes: Sequence[Mode],
+    load: tuple[str, str],
+) -> str:
+    commit = git("rev-parse", "--short", "HEAD")
+    if git("status", "--porcelain", "--", "collab_engine", "server"):
+        commit += " plus uncommitted changes to the server"
+    uname = os.uname()
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    command = shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
+    lines = [
+        "# Awareness fan-out: cursors to N clients in one room, with and without coalescing",
+        "",
+        f"- command: `{command}`",
+        f"- date: {now}",
+        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"1-minute load average {load[0]} before the runs, {load[1]} after; each run waits "
+        f"(up to {options.quiet_wait:g} s) for the machine to be idle first, and the CPU other "
+        "processes used during each window is in the diagnostics",
+        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
+        f"{version('websockets')}, hypercorn {version('hypercorn')}, collab-engine commit {commit}",
+        f"- load: {options.senders} senders each moving a cursor at {options.rate:g} awareness "
+        f"messages/s, N observers that only read; {options.warmup:g} s warm-up then "
+        f"{options.duration:g} s measured per run; {options.runs} runs per N and mode, modes "
+        "interleaved (median of each figure)",
+    ]
+    for mode in modes:
+        command_line = shlex.join(["python", *servers[mode.name].command[1:]])
+        lines.append(f"- {mode.name} server: `{command_line}`")
+    lines.append(
+        f"- WebSocket compression offered by the clients: {options.compression or 'none'}; "
+        "presence tick every 50 ms (`EngineConfig.presence_interval`)"
+    )
+    return "\n".join(lines)
+
+
+def tables(results: dict[tuple[int, str], list[RunResult]], options: Options) -> str:
+    lines = [
+        "| N observers | mode | offered updates/s | awareness frames / observer / s "
+        "| delivered entry-updates/s (all observers) | latency p50 (ms) | latency p99 (ms) "
+        "| staleness p50 (ms) | staleness p99 (ms) | server CPU (one core) "
+        "| converged observers (per run) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (clients, mode), runs in results.items():
+        if all(r.converged == clients for r in runs):
+            converged = f"{clients} / {clients} in every run"
+        else:
+            converged = f"{', '.join(str(r.converged) for r in runs)} / {clients}"
+        if any(r.closed for r in runs):
+            converged += f" ({', '.join(str(r.closed) for r in runs)} evicted)"
+        lines.append(
+            f"| {clients} | {mode} | {num(median_of(runs, 'offered_rate'))} "
+            f"| {median_of(runs, 'frames_per_observer'):,.1f} "
+            f"| {num(median_of(runs, 'delivered_rate'))} "
+            f"| {ms(median_of(runs, 'latency_p50'))} | {ms(median_of(runs, 'latency_p99'))} "
+            f"| {ms(median_of(runs, 'staleness_p50'))} | {ms(median_of(runs, 'staleness_p99'))} "
+            f"| {pct(median_of(runs, 'server_cpu_share'))} | {converged} |"
+        )
+    lines += [
+        "",
+        "Diagnostics (median over runs). CPU as a share of one core over the measured window;",
+        '"other" is what the rest of the machine used in the same window. Final: time from a',
+        "sender's last send until an observer shows it, over all (observer, sender) pairs.",
+        "Not newer: entries an observer received that were not newer than what it had",
+        "(summed over the runs). Evicted after: seconds from the first send (warm-up",
+        f"included; the measured window is {options.warmup:g} s to "
+        f"{options.warmup + options.duration:g} s) to the first and the last observer closed, per run.",
+        "",
+        "| N observers | mode | entries / frame | staleness max (ms) | final p50 (ms) "
+        "| final max (ms) | server CPU per offered update (ms) "
+        "| server CPU per delivered entry (µs) | generator CPU | other CPU "
+        "| not-newer entries | sender lag p99 (ms) | observers evicted after (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (clients, mode), runs in results.items():
+        lines.append(
+            f"| {clients} | {mode} | {median_of(runs, 'entries_per_frame'):.2f} "
+            f"| {ms(median_of(runs, 'staleness_max'))} "
+            f"| {ms(median_of(runs, 'final_p50'))} | {ms(median_of(runs, 'final_max'))} "
+            f"| {median_of(runs, 'server_cpu_per_offered') * 1000:.3f} "
+            f"| {median_of(runs, 'server_cpu_per_entry') * 1e6:.1f} "
+            f"| {pct(median_of(runs, 'generator_cpu_share'))} "
+            f"| {pct(median_of(runs, 'other_cpu_share'))} "
+            f"| {sum(r.not_newer for r in runs)} "
+            f"| {ms(median_of(runs, 'send_lag_p99'))} | {evictions(runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def evictions(runs: Sequence[RunResult]) -> str:
+    """When observers were closed, per run: seconds from the first send, first to last."""
+    if not any(r.closed for r in runs):
+        return "none"
+    return ", ".join(
+        "none" if not r.closed else f"{r.first_closed:.1f} to {r.last_closed:.1f}" for r in runs
+    )
+
+
+def interpretation(results: dict[tuple[int, str], list[RunResult]], options: Options) -> str:
+    """What the figures say, with the figures: the bound coalescing sets, and what it costs."""
+    k, rate = options.senders, options.rate
+    capped = min(rate, options.presence_rate)
+    lines = [
+        "What this shows:",
+        "",
+        f"- Coalescing bounds the server's fan-out work per sender: each sender gets at most "
+        f"about {options.presence_rate:g} states/s through (after a burst of "
+        f"{options.presence_burst}), so the server sends about {options.presence_rate:g} x N "
+        f"entries (in at most as many frames; the tick batches) per second per sender whatever "
+        f"the sender offers; here the bound for the "
+        f"room is {k} x {capped:g} x N entry-updates/s, against {k} x {rate:g} x N without it.",
+    ]
+    for clients in options.sizes:
+        on = results.get((clients, "coalesced"))
+        off = results.get((clients, "uncoalesced"))
+        if not on or not off:
+            continue
+        lines.append(
+            f"- N = {clients}: coalesced, {num(median_of(on, 'delivered_rate'))} entry-updates/s "
+            f"delivered (bound {num(k * capped * clients)}) for "
+            f"{pct(median_of(on, 'server_cpu_share'))} of a server core, observers behind the "
+            f"newest cursor by p50 {ms(median_of(on, 'staleness_p50'))} / p99 "
+            f"{ms(median_of(on, 'staleness_p99'))} ms; uncoalesced, "
+            f"{num(median_of(off, 'delivered_rate'))} of {num(k * rate * clients)} offered "
+            f"for {pct(median_of(off, 'server_cpu_share'))}, behind by p50 "
+            f"{ms(median_of(off, 'staleness_p50'))} / p99 {ms(median_of(off, 'staleness_p99'))} ms, "
+            f"{min(r.converged for r in off)} / {clients} observers converged in the worst run"
+            + (
+                f" ({max(r.closed for r in off)} evicted as too slow, at "
+                f"{evictions(off)} s after the first send; its rates, latencies and staleness "
+                "are those of observers while they were connected)."
+                if any(r.closed for r in off)
+                else "."
+            )
+        )
+    largest = max(options.sizes)
+    on = results.get((largest, "coalesced"))
+    off = results.get((largest, "uncoalesced"))
+    cost = median_of(on, "server_cpu_per_entry") if on else math.nan
+    if off and not math.isnan(cost):
+        needed = k * rate * largest * cost
+        evicted = max(r.closed for r in off)
+        outcome = (
+            f"the server cannot keep up: its outboxes grow until observers are evicted as too "
+            f"slow (1013; up to {evicted} of {largest} per run here) or, short of that, fall "
+            "seconds behind"
+            if evicted
+            else "the server has to be that fast or fall behind"
+        )
+        lines.append(
+            f"- Cost: with N = {largest} the server spent about {cost * 1e6:.0f} µs of CPU per "
+            f"entry delivered to an observer (coalesced run). Forwarding every offered update, "
+            f"{num(k * rate * largest)} entries/s, would take about {needed:.1f} cores of its one "
+            f"event-loop thread; {outcome}. Coalescing caps it at "
+            f"{num(k * capped * largest)} entries/s, about {k * capped * largest * cost:.1f} core."
+        )
+    lines.append(
+        "- Freshness: with coalescing, whenever a token is free the state that goes out is the "
+        "sender's newest (the incoming message, or at the next 50 ms presence tick the latest "
+        "one kept), so observers skip intermediate positions but their view trails the newest "
+        f"cursor by about one token interval (1 / {options.presence_rate:g} s) plus delivery time "
+        "(staleness above); the final position goes out at the next tick (final p50/max in the "
+        "diagnostics) and every observer converges to it."
+    )
+    return "\n".join(lines)
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    defaults = PresencePolicy()
+    parser = argparse.ArgumentParser(
+        description="Measure awareness fan-out to N clients in one room, with and without "
+        "the server's presence coalescing.",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="observer counts N (default 10 100; --quick: 10)"
+    )
+    parser.add_argument("--senders", type=int, default=10, help="clients moving a cursor (K)")
+    parser.add_argument(
+        "--rate", type=float, default=60.0, help="awareness messages/s each sender offers"
+    )
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds first (default 2)")
+    parser.add_argument("--runs", type=int, help="runs per N and mode (default 3; --quick: 1)")
+    parser.add_argument(
+        "--presence-rate", type=float, default=defaults.rate,
+        help="presence rate of the coalesced server (default: the server's, %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--presence-burst", type=int, default=defaults.burst,
+        help="presence burst of the coalesced server (default: the server's, %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=10.0,
+        help="seconds to wait after the last send for every observer to converge",
+    )  # fmt: skip
+    parser.add_argument(
+        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
+    )
+    parser.add_argument(
+        "--sample-interval", type=float, default=0.025,
+        help="mean seconds between two staleness samples",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compression", choices=["deflate", "none"], default="deflate",
+        help="offer permessage-deflate like browsers do (default) or not",
+    )  # fmt: skip
+    parser.add_argument(
+        "--outbox-size", type=int,
+        help="pass --outbox-size to both servers (default: the server's own default)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quiet-wait", type=float, default=120.0,
+        help="before each run, wait up to this many seconds for the machine to be idle",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="smoke run: N = 10, 1 run, 0.5 s warm-up, 2 s measured (explicit flags win)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
+    )
+    args = parser.parse_args(argv)
+    sizes = args.sizes or ([10] if args.quick else [10, 100])
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    duration = args.duration if args.duration is not None else (2.0 if args.quick else 5.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    if (
+        min(sizes) < 1
+        or runs < 1
+        or args.senders < 1
+        or args.rate <= 0
+        or duration <= 0
+        or warmup < 0
+        or args.presence_rate <= 0
+        or args.presence_burst < 1
+        or args.sample_interval <= 0
+    ):
+        parser.error("sizes, runs, senders, rates, duration and burst must be positive")
+    return Options(
+        sizes=tuple(sizes),
+        senders=args.senders,
+        rate=args.rate,
+        duration=duration,
+        warmup=warmup,
+        runs=runs,
+        presence_rate=args.presence_rate,
+        presence_burst=args.presence_burst,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        sample_interval=args.sample_interval,
+        compression=None if args.compression == "none" else args.compression,
+        outbox_size=args.outbox_size,
+        output=args.output,
+        quick=args.quick,
+        quiet_wait=args.quiet_wait,
+    )
+
+
+async def benchmark(options: Options, argv: Sequence[str]) -> int:
+    modes = [
+        Mode("coalesced", options.presence_rate, options.presence_burst),
+        Mode("uncoalesced", UNLIMITED, UNLIMITED),
+    ]
+    results: dict[tuple[int, str], list[RunResult]] = {}
+    problems: list[str] = []
+    overloaded: list[str] = []
+    load_before = load_average()
+    servers: dict[str, ServerProcess] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in modes:
+            extra = ["--db", str(Path(tmp) / f"{mode.name}.db"), *mode.server_args]
+            if options.outbox_size is not None:
+                extra += ["--outbox-size", str(options.outbox_size)]
+            servers[mode.name] = ServerProcess(Path(tmp) / f"{mode.name}.log", extra)
+        try:
+            for server in servers.values():
+                await server.start(timeout=30)
+            for run in range(1, options.runs + 1):
+                for clients in options.sizes:
+                    for mode in modes:
+                        await settle(servers.values(), options.quiet_wait)
+                        result = await run_once(servers[mode.name], mode, clients, options)
+                        results.setdefault((clients, mode.name), []).append(result)
+                        print(
+                            f"N={clients} {mode.name} run {run}: "
+                            f"{result.delivered_rate:,.0f} entry-updates/s, "
+                            f"{result.frames_per_observer:.1f} frames/observer/s, "
+                            f"latency p50 {ms(result.latency_p50)} ms p99 "
+                            f"{ms(result.latency_p99)} ms, staleness p50 "
+                            f"{ms(result.staleness_p50)} ms p99 {ms(result.staleness_p99)} ms, "
+                            f"server CPU {pct(result.server_cpu_share)}, generator CPU "
+                            f"{pct(result.generator_cpu_share)}, other CPU "
+                            f"{pct(result.other_cpu_share)}, converged "
+                            f"{result.converged}/{clients}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        label = f"N={clients} {mode.name} run {run}"
+                        problems.extend(f"{label}: {p}" for p in result.problems)
+                        # Without coalescing, overload is what is being shown, not a failure.
+                        outcomes = overloaded if mode.name == "uncoalesced" else problems
+                        outcomes.extend(f"{label}: {p}" for p in result.overload)
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            problems.append(f"aborted: {exc!r}")
+        finally:
+            for server in servers.values():
+                await server.stop(timeout=15)
+        logs = {name: server.log_lines() for name, server in servers.items()}
+
+    for name, (server_log, _) in logs.items():
+        if any("ERROR" in line or "Traceback" in line for line in server_log):
+            problems.append(f"the {name} server logged errors during the runs (see its log below)")
+    for name, server in servers.items():
+        if server.returncode not in (0, None):
+            problems.append(f"the {name} server exited with status {server.returncode}")
+    ordered = {
+        (clients, mode.name): results[(clients, mode.name)]
+        for clients in options.sizes
+        for mode in modes
+        if (clients, mode.name) in results
+    }
+    report = [
+        header(options, argv, servers, modes, (load_before, load_average())),
+        "",
+        tables(ordered, options) if ordered else "(no results)",
+        "",
+        interpretation(ordered, options),
+        "",
+    ]
+    for name, (server_log, _) in logs.items():
+        if server_log:
+            report += [f"The {name} server's log during the runs:", "", "```"]
+            report += [*server_log[:40], "```", ""]
+    if overloaded:
+        report += [
+            "Overload without coalescing (what coalescing prevents; not counted as a failure):",
+            "",
+            *(f"- {p}" for p in overloaded[:50]),
+            "",
+        ]
+    if problems:
+        report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
+    elif overloaded:
+        report += [
+            "With coalescing, every observer converged to every sender's final state and no "
+            "connection was closed; no state was re-issued by the server in either mode.",
+            "",
+        ]
+    else:
+        report += [
+            "Every observer converged to every sender's final state; no connection was "
+            "closed during a run; no state was re-issued by the server.",
+            "",
+        ]
+    text = "\n".join(report)
+    print(text)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text(text)
+    return 1 if problems else 0
+
+
+def main() -> None:
+    options = parse_options(sys.argv[1:])
+    sys.exit(asyncio.run(benchmark(options, sys.argv)))
+
+
+if __name__ == "__main__":
+    main()
