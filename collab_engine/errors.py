@@ -6,6 +6,8 @@
     ├── MessageTooBig        1009   a frame or an awareness state over its limit
     ├── PeerTooSlow          1013   a peer whose outbox filled up ("try again later")
     ├── GoingAway            1001   the server is shutting down
+    ├── Unauthenticated      4401   no token, a bad one, or one that expired
+    ├── Forbidden            4403   no right to read this document (or not any more)
     └── StorageError         1011   the document cannot be read from or written to storage
 
 An error ends exactly one connection: the server closes that WebSocket with
@@ -76,3 +78,15 @@ class StorageError(CollabError):
     """
 
     close_code = 1011
+
+
+class Unauthenticated(CollabError):
+    """No credentials where the server needs them, bad ones, or expired ones."""
+
+    close_code = 4401
+
+
+class Forbidden(CollabError):
+    """The credentials are good, but they give no right to read this document."""
+
+    close_code = 4403

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .permissions import Grant
 from .types import Update
 
 
@@ -67,6 +68,18 @@ class Store(Protocol):
         Raises:
             ValueError: `document` has no update `seq`.
         """
+        ...
+
+    async def grants(self, document: str) -> list[Grant]:
+        """The grants stored for `document`, by principal."""
+        ...
+
+    async def grant(self, document: str, grant: Grant) -> None:
+        """Store `grant` on `document`, replacing the principal's previous one."""
+        ...
+
+    async def revoke(self, document: str, principal: str) -> bool:
+        """Remove the principal's grant on `document`; whether there was one."""
         ...
 
     async def documents(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from collab_engine.permissions import Grant
 from collab_engine.store import Entry, Stored
 from collab_engine.types import Update
 
@@ -14,6 +15,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._log: dict[str, list[tuple[int, Update, str | None]]] = {}
         self._snapshots: dict[str, tuple[int, Update]] = {}
+        self._grants: dict[str, dict[str, Grant]] = {}
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
         seqs = []
@@ -36,6 +38,15 @@ class MemoryStore:
         current = self._snapshots.get(document)
         if current is None or current[0] < seq:
             self._snapshots[document] = (seq, state)
+
+    async def grants(self, document: str) -> list[Grant]:
+        return [grant for _, grant in sorted(self._grants.get(document, {}).items())]
+
+    async def grant(self, document: str, grant: Grant) -> None:
+        self._grants.setdefault(document, {})[grant.principal] = grant
+
+    async def revoke(self, document: str, principal: str) -> bool:
+        return self._grants.get(document, {}).pop(principal, None) is not None
 
     async def documents(self) -> list[str]:
         return sorted(self._log)

@@ -55,6 +55,15 @@ snapshots = Table(
     Column("created_at", Float, nullable=False),
 )
 
+grants = Table(
+    "grants",
+    metadata,
+    Column("document", String(1024), primary_key=True),
+    Column("principal", String(512), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -62,7 +71,11 @@ def _v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[documents, updates, snapshots])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[grants])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 """Migration N (1-based) brings the schema from version N - 1 to N."""
 
 

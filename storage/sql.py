@@ -18,15 +18,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from collab_engine.permissions import Grant, Role
 from collab_engine.store import Entry, Stored
 from collab_engine.types import Update
 
-from .schema import documents, migrate, snapshots, updates
+from .schema import documents, grants, migrate, snapshots, updates
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite write waits for another connection's lock before it fails."""
@@ -159,6 +160,38 @@ class SQLStore:
                     document=document, seq=seq, state=state, created_at=time.time()
                 )
             )
+
+    async def grants(self, document: str) -> list[Grant]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(grants.c.principal, grants.c.role)
+                .where(grants.c.document == document)
+                .order_by(grants.c.principal)
+            )
+            return [Grant(row.principal, Role.parse(row.role)) for row in rows]
+
+    async def grant(self, document: str, grant: Grant) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                delete(grants).where(
+                    grants.c.document == document, grants.c.principal == grant.principal
+                )
+            )
+            await connection.execute(
+                grants.insert().values(
+                    document=document,
+                    principal=grant.principal,
+                    role=str(grant.role),
+                    created_at=time.time(),
+                )
+            )
+
+    async def revoke(self, document: str, principal: str) -> bool:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                delete(grants).where(grants.c.document == document, grants.c.principal == principal)
+            )
+            return bool(result.rowcount)
 
     async def documents(self) -> list[str]:
         async with self.engine.connect() as connection:

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from pycrdt import Doc, Text
 
+from collab_engine.permissions import Grant, Role
 from collab_engine.store import Entry, Store
 from storage import MemoryStore, SQLStore, sqlite_url
 
@@ -181,3 +182,23 @@ async def test_snapshot_outside_the_log_is_refused(open_store: Opener, seq: int)
         await store.snapshot("d", b"state", seq)
     with pytest.raises(ValueError, match="no update 1"):
         await store.snapshot("missing", b"state", 1)
+
+
+async def test_grants_are_stored_per_document_and_principal(open_store: Opener) -> None:
+    """A grant replaces the principal's previous one; revoking says whether there was one;
+    grants survive reopening."""
+    store = await open_store()
+    assert await store.grants("doc") == []
+    await store.grant("doc", Grant("user:alice", Role.OWNER))
+    await store.grant("doc", Grant("group:eng", Role.VIEWER))
+    await store.grant("doc", Grant("group:eng", Role.EDITOR))
+    await store.grant("other", Grant("*", Role.VIEWER))
+    reopened = await open_store()
+    assert await reopened.grants("doc") == [
+        Grant("group:eng", Role.EDITOR),
+        Grant("user:alice", Role.OWNER),
+    ]
+    assert await reopened.revoke("doc", "group:eng") is True
+    assert await reopened.revoke("doc", "group:eng") is False
+    assert await reopened.grants("doc") == [Grant("user:alice", Role.OWNER)]
+    assert await reopened.grants("other") == [Grant("*", Role.VIEWER)]

@@ -1,0 +1,108 @@
+"""Who may do what to a document: roles, grants, and the decision. Pure.
+
+Roles, each including the ones before it:
+
+    viewer   read the document and its presence
+    editor   also write (and take locks)
+    owner    also manage grants, force-release locks, restore versions
+
+A grant gives a role on one document to a principal: `user:<id>`, `group:<name>`,
+or `*` (everyone). A token carries a role and a document pattern of its own; it may
+narrow what the grants allow, never widen it:
+
+- a document with no stored grants follows the token (the application that mints
+  tokens is the authority, as with y-sweet and Liveblocks tokens);
+- once grants are stored, the role is the lesser of the token's role and the best
+  grant that matches the identity; no matching grant means no access.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .identity import Identity
+
+
+class Role(enum.IntEnum):
+    """A right on a document; a greater role includes the lesser ones."""
+
+    VIEWER = 1
+    EDITOR = 2
+    OWNER = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        """The role named `text` (`viewer`, `editor`, `owner`).
+
+        Raises:
+            ValueError: no such role.
+        """
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            raise ValueError(f"unknown role {text!r}: use viewer, editor or owner") from None
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """`role` on a document for `principal` (`user:<id>`, `group:<name>` or `*`)."""
+
+    principal: str
+    role: Role
+
+    def __post_init__(self) -> None:
+        if not valid_principal(self.principal):
+            raise ValueError(
+                f"bad principal {self.principal!r}: use user:<id>, group:<name> or *"
+            )
+
+    def matches(self, identity: Identity) -> bool:
+        """Whether this grant is for `identity`."""
+        if self.principal == "*":
+            return True
+        kind, _, name = self.principal.partition(":")
+        if kind == "user":
+            return not identity.anonymous and name == identity.user_id
+        return kind == "group" and name in identity.groups
+
+
+def valid_principal(principal: str) -> bool:
+    """Whether `principal` names a user, a group, or everyone."""
+    kind, colon, name = principal.partition(":")
+    return principal == "*" or (colon == ":" and kind in ("user", "group") and bool(name))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a verified token (or the open development mode) says of a connection."""
+
+    identity: Identity
+    role: Role
+    """The most the token allows."""
+    documents: str = "*"
+    """The documents the token is for, as a glob pattern (`notes/*`)."""
+    expires_at: float | None = None
+    """Unix time after which the token is no longer good (None: never)."""
+
+    def covers(self, document: str) -> bool:
+        """Whether the token is for `document`."""
+        return fnmatch.fnmatchcase(document, self.documents)
+
+
+def decide(credentials: Credentials, document: str, grants: Iterable[Grant]) -> Role | None:
+    """The role `credentials` have on `document` given its stored `grants`; None: none."""
+    if not credentials.covers(document):
+        return None
+    stored = list(grants)
+    if not stored:
+        return credentials.role
+    granted = [grant.role for grant in stored if grant.matches(credentials.identity)]
+    if not granted:
+        return None
+    return min(credentials.role, max(granted))

@@ -1,0 +1,128 @@
+"""Signed tokens (JWT, HS256): minting them and reading them at the edge.
+
+Claims:
+
+    sub     the user's id                      (required)
+    name    display name                       (default: the id)
+    groups  list of group names                (default: none)
+    role    viewer | editor | owner            (default: editor)
+    doc     glob of the documents it is for    (default: *)
+    exp     expiry, Unix time                  (required)
+
+A token arrives as `?token=` on the WebSocket URL (what y-websocket's `params`
+sends) or as `Authorization: Bearer <token>` over HTTP. With no secret configured,
+the server runs in the open development mode: no token is asked for, every
+connection is anonymous and owner of every document.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from urllib.parse import parse_qs
+
+import jwt
+
+from collab_engine.errors import Unauthenticated
+from collab_engine.identity import Identity
+from collab_engine.permissions import Credentials, Role
+
+from .types import Scope
+
+ALGORITHM = "HS256"
+MIN_SECRET_BYTES = 32
+"""HS256 keys shorter than the hash are refused (RFC 7518, section 3.2)."""
+
+
+def mint(
+    secret: str,
+    *,
+    user: str,
+    name: str | None = None,
+    groups: Sequence[str] = (),
+    role: Role = Role.EDITOR,
+    documents: str = "*",
+    ttl: float = 3600.0,
+    now: float | None = None,
+) -> str:
+    """A token for `user`, good for `ttl` seconds."""
+    issued = time.time() if now is None else now
+    claims = {
+        "sub": user,
+        "name": name or user,
+        "groups": list(groups),
+        "role": str(role),
+        "doc": documents,
+        "iat": int(issued),
+        "exp": int(issued + ttl),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str, token: str) -> Credentials:
+    """The credentials `token` carries.
+
+    Raises:
+        Unauthenticated: the token is malformed, not signed with `secret`, expired,
+            or lacks a claim; the reason says which.
+    """
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"invalid token: {exc}") from None
+    try:
+        user = claims["sub"]
+        name = claims.get("name", user)
+        groups = claims.get("groups", [])
+        documents = claims.get("doc", "*")
+        if not (
+            isinstance(user, str)
+            and isinstance(name, str)
+            and isinstance(documents, str)
+            and isinstance(groups, list)
+            and all(isinstance(group, str) for group in groups)
+        ):
+            raise ValueError("claims of the wrong type")
+        role = Role.parse(str(claims.get("role", "editor")))
+        expires = float(claims["exp"])
+    except (ValueError, TypeError) as exc:
+        raise Unauthenticated(f"invalid token: {exc}") from None
+    return Credentials(Identity(user, name, tuple(groups)), role, documents, expires)
+
+
+def open_mode(number: int) -> Credentials:
+    """The credentials of a connection in the open development mode."""
+    return Credentials(Identity.anonymous_for(number), Role.OWNER)
+
+
+def token_of(scope: Scope) -> str | None:
+    """The token a request carries: `?token=` first, then `Authorization: Bearer`."""
+    raw: bytes = scope.get("query_string", b"")
+    query = parse_qs(raw.decode("latin-1"))
+    if query.get("token"):
+        return query["token"][-1]
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for key, value in headers:
+        if key.lower() == b"authorization":
+            kind, _, credential = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and credential.strip():
+                return credential.strip()
+    return None
+
+
+def credentials_for(secret: str | None, scope: Scope, number: int) -> Credentials:
+    """Who a request is from.
+
+    Raises:
+        Unauthenticated: a secret is configured and the request has no good token.
+    """
+    if secret is None:
+        return open_mode(number)
+    token = token_of(scope)
+    if token is None:
+        raise Unauthenticated("no token: pass ?token= or Authorization: Bearer")
+    return verify(secret, token)
