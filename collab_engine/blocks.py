@@ -79,6 +79,24 @@ def client_blocks(update: bytes, client: int) -> Blocks:
     return Blocks(starts, deleted)
 
 
+def clock_ends(update: bytes) -> dict[int, int]:
+    """For each client with structs in `update`, the clock just past its last one.
+
+    Raises:
+        ProtocolError: `update` is not a well-formed v1 update.
+    """
+    reader = _Reader(update)
+    ends: dict[int, int] = {}
+    for _ in range(reader.var_uint()):
+        count = reader.var_uint()
+        owner = reader.var_uint()
+        clock = reader.var_uint()
+        for _ in range(count):
+            clock += _struct(reader)
+        ends[owner] = max(ends.get(owner, 0), clock)
+    return ends
+
+
 def _struct(reader: _Reader) -> int:
     """Read one struct; return its length in clock units."""
     info = reader.byte()

@@ -40,8 +40,10 @@ import anyio
 from anyio.abc import TaskGroup
 from pycrdt import Doc
 
-from .errors import GoingAway, StorageError
+from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
 from .journal import Journal, describe_error
+from .peer import Peer
+from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
 from .room import Room
 from .store import Store, Stored
@@ -118,6 +120,9 @@ class Engine:
         self._compaction_due: dict[DocumentName, None] = {}
         self._compaction_wakeup = anyio.Event()
         self._compaction_not_before: dict[DocumentName, float] = {}
+        # Grants by document: read from the store once, then kept here and changed
+        # only through `grant`/`revoke`, which also apply them to open connections.
+        self._grants: dict[DocumentName, list[Grant]] = {}
 
     async def __aenter__(self) -> Engine:
         if self._task_group is not None:
@@ -248,6 +253,72 @@ class Engine:
         )
         return room
 
+    # -- permissions ------------------------------------------------------------------
+
+    async def grants(self, name: str) -> list[Grant]:
+        """The grants stored for document `name`.
+
+        Raises:
+            StorageError: they cannot be read.
+        """
+        doc_name = DocumentName(name)
+        cached = self._grants.get(doc_name)
+        if cached is not None:
+            return list(cached)
+        loaded: list[Grant] = []
+        if self.store is not None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    loaded = await self.store.grants(doc_name)
+            except Exception as exc:
+                raise StorageError(
+                    f"cannot read the grants of {name!r}: {describe_error(exc)}"
+                ) from exc
+        self._grants[doc_name] = loaded
+        return list(loaded)
+
+    async def role(self, name: str, credentials: Credentials) -> Role | None:
+        """What `credentials` may do to document `name` (None: nothing, not even read)."""
+        return decide(credentials, name, await self.grants(name))
+
+    async def grant(self, name: str, grant: Grant) -> None:
+        """Store `grant` on document `name`; open connections get their new rights now."""
+        if self.store is not None:
+            await self.store.grant(name, grant)
+        current = [g for g in await self.grants(name) if g.principal != grant.principal]
+        self._grants[DocumentName(name)] = [*current, grant]
+        self._reevaluate(DocumentName(name))
+
+    async def revoke(self, name: str, principal: str) -> bool:
+        """Remove `principal`'s grant on `name`; open connections lose rights now."""
+        removed = True
+        if self.store is not None:
+            removed = await self.store.revoke(name, principal)
+        current = await self.grants(name)
+        self._grants[DocumentName(name)] = [g for g in current if g.principal != principal]
+        self._reevaluate(DocumentName(name))
+        return removed
+
+    def _reevaluate(self, name: DocumentName) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        grants = self._grants.get(name, [])
+
+        def role_of(peer: Peer) -> Role | None:
+            if peer.credentials is None:
+                return peer.role
+            return decide(peer.credentials, name, grants)
+
+        room.reevaluate(role_of, Forbidden(f"no right to read {name!r} any more"))
+
+    def _expire_credentials(self, now: float) -> None:
+        for room in self.rooms.values():
+            for peer in list(room.peers.values()):
+                if peer.expires_at is not None and peer.expires_at <= now:
+                    peer.close(Unauthenticated("token expired"))
+                    room.leave(peer)
+
     def close_peers(self) -> None:
         """Close every connected peer with 1001 (the server is going away)."""
         for room in self.rooms.values():
@@ -355,6 +426,7 @@ class Engine:
             if anyio.current_time() >= next_sweep:
                 next_sweep = anyio.current_time() + self.config.sweep_interval
                 self.sweep()
+                self._expire_credentials(time.time())
 
 
 def rebuild(name: str, stored: Stored) -> Doc[Any]:

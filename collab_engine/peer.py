@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .errors import CollabError, PeerTooSlow
 from .identity import Identity
+from .permissions import Credentials, Role
 from .types import Frame, PeerId
 
 _ids = itertools.count(1)
@@ -31,7 +32,8 @@ class Peer:
             evicted as too slow.
         label: what logs call this peer (an address, a user).
         identity: who is connected (an anonymous identity of its own by default).
-        read_only: whether the peer may only read (its presence may be hidden).
+        role: what it may do (viewers only read; their presence may be hidden).
+        expires_at: when its credentials expire, as Unix time.
     """
 
     def __init__(
@@ -40,13 +42,20 @@ class Peer:
         outbox_size: int = 1024,
         label: str = "",
         identity: Identity | None = None,
-        read_only: bool = False,
+        role: Role = Role.OWNER,
+        expires_at: float | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.id = PeerId(next(_ids))
         self.label = label or f"peer-{self.id}"
         self.identity = identity or Identity.anonymous_for(self.id)
         """Who is on the other end, as far as the server can vouch."""
-        self.read_only = read_only
+        self.role = role
+        """What the peer may do; the engine lowers it, or closes the peer, live."""
+        self.expires_at = expires_at
+        """Unix time at which its credentials expire (None: never)."""
+        self.credentials = credentials
+        """What its token said, to decide again when grants change (None: fixed role)."""
         self.author = self.identity.user_id
         """Who this peer's updates are recorded as from, in the update log."""
         self.outbox_size = outbox_size
@@ -69,6 +78,11 @@ class Peer:
         self.unacked: deque[tuple[int, int]] = deque()
         """(journal ticket, updates_received) still waiting to be durable, oldest first,
         one entry per ticket: never longer than the journal's queue."""
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the peer may only read."""
+        return self.role < Role.EDITOR
 
     def send(self, frame: Frame) -> None:
         """Queue `frame` for this peer; evict the peer if its outbox is full."""

@@ -58,9 +58,7 @@ class Grant:
 
     def __post_init__(self) -> None:
         if not valid_principal(self.principal):
-            raise ValueError(
-                f"bad principal {self.principal!r}: use user:<id>, group:<name> or *"
-            )
+            raise ValueError(f"bad principal {self.principal!r}: use user:<id>, group:<name> or *")
 
     def matches(self, identity: Identity) -> bool:
         """Whether this grant is for `identity`."""

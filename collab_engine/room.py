@@ -26,9 +26,10 @@ from typing import Any
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import Awareness
-from .errors import ProtocolError, StorageError
+from .errors import CollabError, ProtocolError, StorageError
 from .journal import Journal
 from .peer import Peer
+from .permissions import Role
 from .presence import Presence, PresenceInfo, PresencePolicy
 from .protocol import (
     AwarenessEntry,
@@ -48,6 +49,7 @@ from .protocol import (
     encode_sync_step2,
     encode_sync_update,
 )
+from .rollback import rollback
 from .types import DocumentName, Frame, PeerId, StateVector, Update
 
 log = logging.getLogger("collab_engine.room")
@@ -145,6 +147,32 @@ class Room:
             raise ProtocolError(f"invalid Yjs update: {exc}") from exc
         finally:
             self.author = None
+
+    def deny(self, peer: Peer, update: Update, reason: str) -> None:
+        """Refuse `peer`'s update: tell it why, and roll the change back for everyone.
+
+        The update and its compensation are applied merged, as one change (see
+        `rollback`): no replica shows the denied content, the author's included.
+
+        Raises:
+            ProtocolError: `update` is not a valid Yjs update.
+        """
+        peer.send(encode_permission_denied(reason))
+        merged = rollback(self.doc, update)
+        if merged is not None:
+            self.apply(merged, origin=peer.id, author=peer.author)
+        self._received_update(peer)
+
+    def reevaluate(self, role_of: Callable[[Peer], Role | None], error: CollabError) -> None:
+        """Apply changed rights to the connected peers: a new role at once, or
+        `error` (4403) for a peer `role_of` gives none."""
+        for peer in list(self.peers.values()):
+            role = role_of(peer)
+            if role is None:
+                peer.close(error)
+                self.leave(peer)
+            else:
+                peer.role = role
 
     @property
     def stored(self) -> bool:
@@ -258,6 +286,11 @@ class Room:
         """
         match message:
             case SyncUpdate(update) | SyncStep2(update):
+                if peer.read_only:
+                    self.deny(
+                        peer, update, f"{peer.identity.user_id} may not write to {self.name!r}"
+                    )
+                    return
                 self.apply(update, origin=peer.id, author=peer.author)
                 self._received_update(peer)
                 if isinstance(message, SyncUpdate):

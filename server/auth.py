@@ -94,11 +94,6 @@ def verify(secret: str, token: str) -> Credentials:
     return Credentials(Identity(user, name, tuple(groups)), role, documents, expires)
 
 
-def open_mode(number: int) -> Credentials:
-    """The credentials of a connection in the open development mode."""
-    return Credentials(Identity.anonymous_for(number), Role.OWNER)
-
-
 def token_of(scope: Scope) -> str | None:
     """The token a request carries: `?token=` first, then `Authorization: Bearer`."""
     raw: bytes = scope.get("query_string", b"")
@@ -114,14 +109,14 @@ def token_of(scope: Scope) -> str | None:
     return None
 
 
-def credentials_for(secret: str | None, scope: Scope, number: int) -> Credentials:
-    """Who a request is from.
+def credentials_for(secret: str | None, scope: Scope) -> Credentials | None:
+    """Who a request is from; None in the open development mode (no secret).
 
     Raises:
         Unauthenticated: a secret is configured and the request has no good token.
     """
     if secret is None:
-        return open_mode(number)
+        return None
     token = token_of(scope)
     if token is None:
         raise Unauthenticated("no token: pass ?token= or Authorization: Bearer")

@@ -23,6 +23,9 @@ class Settings:
     """Seconds hypercorn gives connections to finish on shutdown. Peers are closed
     with 1001 before it starts; what remains is hypercorn's ping task of each recently
     closed WebSocket, which sleeps a full ping interval: no need to wait for it."""
+    secret: str | None = None
+    """The HS256 key tokens are signed with; None runs the open development mode
+    (no authentication: every connection is anonymous and owner)."""
     database_url: str | None = None
     """Where documents are stored, as a SQLAlchemy async URL (`sqlite+aiosqlite:///PATH`,
     `postgresql+asyncpg://...`); None keeps them in memory only. The command line

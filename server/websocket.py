@@ -17,6 +17,7 @@ import anyio
 from collab_engine.engine import Engine
 from collab_engine.errors import (
     CollabError,
+    Forbidden,
     InvalidDocumentName,
     MessageTooBig,
     ProtocolError,
@@ -28,6 +29,7 @@ from collab_engine.peer import Peer
 from collab_engine.protocol import SyncStep2, SyncUpdate, decode
 from collab_engine.room import Room
 
+from .auth import credentials_for
 from .settings import Settings
 from .types import Receive, Scope, Send
 
@@ -66,7 +68,14 @@ async def serve_websocket(
         log.info("refusing %s:%s: %s", client[0], client[1], error.reason)
         await _close(send, error)
         return
-    peer = Peer(outbox_size=engine.config.outbox_size, label=f"{client[0]}:{client[1]} {name!r}")
+    label = f"{client[0]}:{client[1]} {name!r}"
+    try:
+        # Who it is and what it may do, before anything of the document is sent.
+        peer = await _admit(engine, settings, scope, name, label)
+    except CollabError as error:
+        log.info("refusing %s: %s (%d)", label, error.reason, error.close_code)
+        await _close(send, error)
+        return
     try:
         async with engine.room(name) as room:
             await _attend(room, peer, receive, send, settings, engine.journal)
@@ -78,6 +87,31 @@ async def serve_websocket(
         # A client that stopped reading may never take the close frame: don't wait on it.
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await _close(send, peer.error)
+
+
+async def _admit(engine: Engine, settings: Settings, scope: Scope, name: str, label: str) -> Peer:
+    """The peer for this connection, with its identity and role.
+
+    Raises:
+        Unauthenticated: a secret is set and the token is missing, bad or expired (4401).
+        Forbidden: the token gives no right to read this document (4403).
+        StorageError: the grants cannot be read (1011).
+    """
+    size = engine.config.outbox_size
+    credentials = credentials_for(settings.secret, scope)
+    if credentials is None:
+        return Peer(outbox_size=size, label=label)  # open mode: anonymous, owner
+    role = await engine.role(name, credentials)
+    if role is None:
+        raise Forbidden(f"{credentials.identity.user_id} may not read {name!r}")
+    return Peer(
+        outbox_size=size,
+        label=f"{label} {credentials.identity.user_id}",
+        identity=credentials.identity,
+        role=role,
+        expires_at=credentials.expires_at,
+        credentials=credentials,
+    )
 
 
 async def _attend(
