@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import anyio
 
 from collab_engine.engine import EngineConfig
 from collab_engine.errors import StorageError
+from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
-from storage import sqlite_url
+from storage import SQLStore, sqlite_url
 
 from .app import run
+from .auth import MIN_SECRET_BYTES, mint
 from .settings import Settings
 
 DEFAULT_DB = "collab.db"
@@ -124,13 +128,107 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not show read-only connections' presence to the others",
     )
+    serve.add_argument(
+        "--secret",
+        help="the HS256 key tokens are signed with (default: $COLLAB_SECRET; none: open mode)",
+    )
     serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+
+    token = commands.add_parser("token", help="print a signed token")
+    token.add_argument("--user", required=True, help="the user's id (the `sub` claim)")
+    token.add_argument("--name", help="display name (default: the id)")
+    token.add_argument("--group", action="append", default=[], help="a group (repeatable)")
+    token.add_argument("--role", default="editor", help="viewer, editor or owner (default editor)")
+    token.add_argument("--doc", default="*", help="glob of the documents it is for (default *)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is good for")
+    token.add_argument("--secret", help="signing key (default: $COLLAB_SECRET)")
+
+    grants = commands.add_parser(
+        "grants",
+        help="read or change a document's grants in the database (server stopped; "
+        "use the HTTP API on a running server for live effect)",
+    )
+    grants.add_argument("action", choices=["list", "set", "revoke"])
+    grants.add_argument("document")
+    grants.add_argument("principal", nargs="?", help="user:<id>, group:<name> or *")
+    grants.add_argument("role", nargs="?", help="viewer, editor or owner (for set)")
+    where = grants.add_mutually_exclusive_group()
+    where.add_argument("--db", metavar="PATH", default=DEFAULT_DB)
+    where.add_argument("--database-url", metavar="URL")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `collab-engine` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "token":
+        _token(args)
+    elif args.command == "grants":
+        _grants(args)
+    else:
+        _serve(args)
+
+
+def _secret(args: argparse.Namespace) -> str | None:
+    secret: str | None = args.secret or os.environ.get("COLLAB_SECRET") or None
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        _fail(f"the secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"collab-engine: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _token(args: argparse.Namespace) -> None:
+    secret = _secret(args)
+    if secret is None:
+        _fail("no secret: pass --secret or set COLLAB_SECRET")
+    try:
+        role = Role.parse(args.role)
+    except ValueError as exc:
+        _fail(str(exc))
+    print(
+        mint(
+            secret,
+            user=args.user,
+            name=args.name,
+            groups=args.group,
+            role=role,
+            documents=args.doc,
+            ttl=args.ttl,
+        )
+    )
+
+
+def _grants(args: argparse.Namespace) -> None:
+    url = args.database_url or sqlite_url(args.db)
+    try:
+        anyio.run(_change_grants, url, args)
+    except (ValueError, StorageError) as exc:
+        _fail(exc.reason if isinstance(exc, StorageError) else str(exc))
+
+
+async def _change_grants(url: str, args: argparse.Namespace) -> None:
+    store = await SQLStore.connect(url)
+    try:
+        if args.action == "set":
+            if not args.principal or not args.role:
+                raise ValueError("set needs a principal and a role")
+            await store.grant(args.document, Grant(args.principal, Role.parse(args.role)))
+        elif args.action == "revoke":
+            if not args.principal:
+                raise ValueError("revoke needs a principal")
+            if not await store.revoke(args.document, args.principal):
+                raise ValueError(f"{args.principal} has no grant on {args.document!r}")
+        for grant in await store.grants(args.document):
+            print(f"{grant.principal}\t{grant.role}")
+    finally:
+        await store.aclose()
+
+
+def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -140,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_frame_size=args.max_frame_size,
         max_name_length=args.max_name_length,
         database_url=args.database_url or sqlite_url(args.db),
+        secret=_secret(args),
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,
             outbox_size=args.outbox_size,

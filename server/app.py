@@ -12,7 +12,6 @@ after it stops.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import socket
@@ -29,9 +28,9 @@ from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
 from collab_engine.journal import describe_error
 from collab_engine.store import Store
-from collab_engine.types import DocumentName
 from storage import SQLStore
 
+from .endpoints import DOCUMENTS, documents_api, respond
 from .settings import Settings
 from .types import Receive, Scope, Send
 from .websocket import serve_websocket
@@ -57,7 +56,7 @@ class App:
         if kind == "websocket":
             await serve_websocket(self.engine, self.settings, scope, receive, send)
         elif kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -70,16 +69,13 @@ class App:
             assert message["type"] == "lifespan.shutdown"
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path.startswith(DOCUMENTS) and path.endswith(PRESENCE):
-            if scope["method"] not in ("GET", "HEAD"):
-                await _json(send, 405, {"error": "method not allowed: use GET"})
-                return
-            await self._presence(path[len(DOCUMENTS) : -len(PRESENCE)], send)
+        if path.startswith(DOCUMENTS):
+            await documents_api(self.engine, self.settings, scope, receive, send)
         elif path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             rooms = self.engine.rooms
-            await _json(
+            await respond(
                 send,
                 200,
                 {
@@ -89,20 +85,7 @@ class App:
                 },
             )
         else:
-            await _json(send, 404, {"error": "not found"})
-
-    async def _presence(self, name: str, send: Send) -> None:
-        if not name or len(name.encode()) > self.settings.max_name_length:
-            await _json(send, 400, {"error": "bad document name"})
-            return
-        # A document nobody has open has nobody present: don't load it to say so.
-        room = self.engine.rooms.get(DocumentName(name))
-        people = [] if room is None else [info.to_json() for info in room.who()]
-        await _json(send, 200, {"document": name, "presence": people})
-
-
-DOCUMENTS = "/api/documents/"
-PRESENCE = "/presence"
+            await respond(send, 404, {"error": "not found"})
 
 
 async def open_store(settings: Settings) -> Store | None:
@@ -127,21 +110,6 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as the scheme only
         return url.split(":", 1)[0] + "://..."
-
-
-async def _json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -213,6 +181,13 @@ async def run(settings: Settings) -> None:
     """
     asyncio.get_running_loop().set_exception_handler(_drop_cancelled)
     store = await open_store(settings)
+    if settings.secret is None:
+        log.warning(
+            "OPEN DEVELOPMENT MODE: no secret is configured (--secret or COLLAB_SECRET), "
+            "so nobody is authenticated and every client may read, write and administer "
+            "every document. Serving on %s only; do not expose this server.",
+            settings.host,
+        )
     if settings.database_url is not None:
         log.info("documents are stored in %s", _safe_url(settings.database_url))
     else:

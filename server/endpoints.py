@@ -1,0 +1,150 @@
+"""The HTTP API of documents, under `/api/documents/<name>/...`.
+
+    GET    /api/documents/<name>/presence             viewer   who is connected
+    GET    /api/documents/<name>/grants               owner    the stored grants
+    PUT    /api/documents/<name>/grants/<principal>   owner    body {"role": "editor"}
+    DELETE /api/documents/<name>/grants/<principal>   owner    remove that grant
+
+Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
+secret configured (open development mode) every request is owner. Answers are
+JSON; errors are `{"error": reason}` with 400, 401, 403, 404, 405 or 500. A grant
+changed here takes effect on open connections at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from collab_engine.engine import Engine
+from collab_engine.errors import StorageError, Unauthenticated
+from collab_engine.permissions import Grant, Role
+from collab_engine.types import DocumentName
+
+from .auth import credentials_for
+from .settings import Settings
+from .types import Receive, Scope, Send
+
+DOCUMENTS = "/api/documents/"
+MAX_BODY = 64 * 1024
+"""The largest request body read, in bytes."""
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with its reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def documents_api(
+    engine: Engine, settings: Settings, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Serve one request under `/api/documents/`."""
+    try:
+        status, body = await _route(engine, settings, scope, receive)
+    except HTTPError as error:
+        status, body = error.status, {"error": error.reason}
+    except StorageError as error:
+        status, body = 500, {"error": error.reason}
+    await respond(send, status, body)
+
+
+async def _route(
+    engine: Engine, settings: Settings, scope: Scope, receive: Receive
+) -> tuple[int, dict[str, Any]]:
+    rest: str = scope["path"][len(DOCUMENTS) :]
+    method = "GET" if scope["method"] == "HEAD" else scope["method"]
+    allowed: tuple[str, ...]
+    principal: str | None
+    if rest.endswith("/presence"):
+        name, needed, allowed = rest[: -len("/presence")], Role.VIEWER, ("GET",)
+        principal = None
+    elif rest.endswith("/grants"):
+        name, needed, allowed = rest[: -len("/grants")], Role.OWNER, ("GET",)
+        principal = None
+    elif "/grants/" in rest:
+        name, principal = rest.rsplit("/grants/", 1)
+        needed, allowed = Role.OWNER, ("PUT", "DELETE")
+    else:
+        raise HTTPError(404, "not found")
+    if method not in allowed:
+        raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
+    if not name or len(name.encode()) > settings.max_name_length:
+        raise HTTPError(400, "bad document name")
+    await _authorize(engine, settings, scope, name, needed)
+    if rest.endswith("/presence"):
+        # A document nobody has open has nobody present: don't load it to say so.
+        room = engine.rooms.get(DocumentName(name))
+        people = [] if room is None else [info.to_json() for info in room.who()]
+        return 200, {"document": name, "presence": people}
+    if principal is None:
+        grants = await engine.grants(name)
+        return 200, {"document": name, "grants": [_grant_json(g) for g in grants]}
+    if method == "DELETE":
+        if not await engine.revoke(name, principal):
+            raise HTTPError(404, f"{principal} has no grant on {name!r}")
+        return 200, {"document": name, "revoked": principal}
+    body = await _read_json(receive)
+    try:
+        grant = Grant(principal, Role.parse(str(body.get("role", ""))))
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+    await engine.grant(name, grant)
+    return 200, {"document": name, "grant": _grant_json(grant)}
+
+
+async def _authorize(
+    engine: Engine, settings: Settings, scope: Scope, name: str, needed: Role
+) -> None:
+    try:
+        credentials = credentials_for(settings.secret, scope)
+    except Unauthenticated as error:
+        raise HTTPError(401, error.reason) from None
+    if credentials is None:
+        return  # open development mode
+    role = await engine.role(name, credentials)
+    if role is None or role < needed:
+        raise HTTPError(403, f"{needed} right on {name!r} needed")
+
+
+def _grant_json(grant: Grant) -> dict[str, str]:
+    return {"principal": grant.principal, "role": str(grant.role)}
+
+
+async def _read_json(receive: Receive) -> dict[str, Any]:
+    data = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise HTTPError(400, "request ended early")
+        data += message.get("body", b"")
+        if len(data) > MAX_BODY:
+            raise HTTPError(400, f"body over {MAX_BODY} bytes")
+        if not message.get("more_body", False):
+            break
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:
+        raise HTTPError(400, "body is not JSON") from None
+    if not isinstance(value, dict):
+        raise HTTPError(400, "body must be a JSON object")
+    return value
+
+
+async def respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    """Send `body` as a JSON response."""
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
