@@ -286,7 +286,7 @@ class Engine:
         if self.store is not None:
             await self.store.grant(name, grant)
         current = [g for g in await self.grants(name) if g.principal != grant.principal]
-        self._grants[DocumentName(name)] = [*current, grant]
+        self._grants[DocumentName(name)] = sorted([*current, grant], key=lambda g: g.principal)
         self._reevaluate(DocumentName(name))
 
     async def revoke(self, name: str, principal: str) -> bool:

@@ -24,6 +24,30 @@ from .types import Update
 _DENIED = "collab-engine:denied"
 
 
+def changes(doc: Doc[Any], update: Update) -> bool:
+    """Whether applying `update` would change `doc` (a viewer's sync step 2, say,
+    usually brings nothing new, and is no write at all).
+
+    Raises:
+        ProtocolError: `update` is not a valid Yjs update.
+    """
+    try:
+        ends = clock_ends(update)
+    except ProtocolError:
+        raise
+    known = decode_state_vector(doc.get_state())
+    if any(known.get(client, 0) < end for client, end in ends.items()):
+        return True
+    base = doc.get_update()
+    probe: Doc[Any] = Doc()
+    try:
+        probe.apply_update(base)
+        probe.apply_update(update)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid Yjs update: {exc}") from exc
+    return probe.get_update() != base
+
+
 def rollback(doc: Doc[Any], update: Update) -> Update | None:
     """The denied `update` merged with the update that undoes it, for `doc`.
 

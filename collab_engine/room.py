@@ -49,7 +49,7 @@ from .protocol import (
     encode_sync_step2,
     encode_sync_update,
 )
-from .rollback import rollback
+from .rollback import changes, rollback
 from .types import DocumentName, Frame, PeerId, StateVector, Update
 
 log = logging.getLogger("collab_engine.room")
@@ -287,9 +287,11 @@ class Room:
         match message:
             case SyncUpdate(update) | SyncStep2(update):
                 if peer.read_only:
-                    self.deny(
-                        peer, update, f"{peer.identity.user_id} may not write to {self.name!r}"
-                    )
+                    if changes(self.doc, update):
+                        reason = f"{peer.identity.user_id} may not write to {self.name!r}"
+                        self.deny(peer, update, reason)
+                    else:
+                        self._received_update(peer)  # nothing new: no write at all
                     return
                 self.apply(update, origin=peer.id, author=peer.author)
                 self._received_update(peer)

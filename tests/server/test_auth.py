@@ -1,0 +1,62 @@
+"""Tokens: minted, verified, and every way a token is refused (4401)."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from collab_engine.errors import Unauthenticated
+from collab_engine.permissions import Role
+from server.auth import credentials_for, mint, token_of, verify
+
+SECRET = "s" * 32
+
+
+def test_a_minted_token_verifies_to_its_claims() -> None:
+    token = mint(SECRET, user="alice", name="Alice", groups=["eng"], role=Role.VIEWER, documents="n/*")
+    credentials = verify(SECRET, token)
+    assert credentials.identity.user_id == "alice" and credentials.identity.name == "Alice"
+    assert credentials.identity.groups == ("eng",) and not credentials.identity.anonymous
+    assert credentials.role is Role.VIEWER and credentials.documents == "n/*"
+    assert credentials.expires_at is not None and credentials.expires_at > time.time()
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        pytest.param(mint(SECRET, user="a", ttl=-10), "token expired", id="expired"),
+        pytest.param(mint("x" * 32, user="a"), "Signature verification failed", id="other-secret"),
+        pytest.param("not.a.token", "invalid token", id="garbage"),
+        pytest.param(jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), "exp", id="no-expiry"),
+        pytest.param(
+            jwt.encode({"sub": "a", "exp": time.time() + 60, "role": "god"}, SECRET, algorithm="HS256"),
+            "unknown role",
+            id="bad-role",
+        ),
+        pytest.param(
+            jwt.encode({"sub": 5, "exp": time.time() + 60}, SECRET, algorithm="HS256"),
+            "invalid token",
+            id="sub-not-string",
+        ),
+        pytest.param(
+            jwt.encode({"sub": "a", "exp": time.time() + 60}, SECRET, algorithm="HS512"),
+            "invalid token",
+            id="other-algorithm",
+        ),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_reason(token: str, reason: str) -> None:
+    with pytest.raises(Unauthenticated, match=reason) as caught:
+        verify(SECRET, token)
+    assert caught.value.close_code == 4401
+
+
+def test_the_token_comes_from_the_query_or_the_bearer_header() -> None:
+    assert token_of({"query_string": b"a=1&token=abc"}) == "abc"
+    assert token_of({"headers": [(b"authorization", b"Bearer xyz")]}) == "xyz"
+    assert token_of({"headers": [(b"authorization", b"Basic xyz")]}) is None
+    assert credentials_for(None, {}) is None  # open development mode
+    with pytest.raises(Unauthenticated, match="no token"):
+        credentials_for(SECRET, {})
