@@ -16,6 +16,8 @@ and two messages of ours, under a message type y-websocket does not use (100):
 
     requestPersisted     := varUint(100) varUint(0)
     persisted(count)     := varUint(100) varUint(1) varUint(count)
+    lockRequest(json)    := varUint(100) varUint(2) varString(JSON object)
+    lockReply(json)      := varUint(100) varUint(3) varString(JSON object)
 
 A client that sends `requestPersisted` is told, with `persisted(count)`, whenever
 more of its updates are durable: the first `count` update messages (sync step 2
@@ -54,6 +56,8 @@ MESSAGE_COLLAB: Final = 100
 """The message type of collab-engine's own messages (y-websocket uses 0 to 3)."""
 COLLAB_REQUEST_PERSISTED: Final = 0
 COLLAB_PERSISTED: Final = 1
+COLLAB_LOCK_REQUEST: Final = 2
+COLLAB_LOCK_REPLY: Final = 3
 
 MAX_VAR_UINT: Final = 2**53 - 1
 """The largest integer lib0 (JavaScript) can read back; larger ones are refused."""
@@ -124,6 +128,20 @@ class Persisted:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class LockRequest:
+    """Ours: acquire, renew or release a lock (client to server); `body` is a JSON object."""
+
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockReply:
+    """Ours: the answer to a lock request (server to client); `body` is a JSON object."""
+
+    body: str
+
+
 Message: TypeAlias = (
     SyncStep1
     | SyncStep2
@@ -133,6 +151,8 @@ Message: TypeAlias = (
     | QueryAwareness
     | RequestPersisted
     | Persisted
+    | LockRequest
+    | LockReply
 )
 
 
@@ -199,6 +219,16 @@ def encode_persisted(count: int) -> Frame:
     return b"\x64\x01" + _var_uint(count)
 
 
+def encode_lock_request(body: str) -> Frame:
+    """Encode our lock request carrying the JSON `body`."""
+    return b"\x64\x02" + _var_bytes(body.encode())
+
+
+def encode_lock_reply(body: str) -> Frame:
+    """Encode our lock reply carrying the JSON `body`."""
+    return b"\x64\x03" + _var_bytes(body.encode())
+
+
 def encode(message: Message) -> Frame:
     """Encode any message; the inverse of `decode`."""
     match message:
@@ -218,6 +248,10 @@ def encode(message: Message) -> Frame:
             return encode_request_persisted()
         case Persisted(count):
             return encode_persisted(count)
+        case LockRequest(body):
+            return encode_lock_request(body)
+        case LockReply(body):
+            return encode_lock_reply(body)
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -309,6 +343,15 @@ def _awareness_state(text: str) -> str | None:
     return text
 
 
+def _json_object(text: str) -> None:
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("lock message is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError("lock message must be a JSON object")
+
+
 def _decode_awareness(payload: bytes) -> AwarenessUpdate:
     reader = Decoder(payload)
     count = reader.var_uint()
@@ -386,6 +429,10 @@ def decode(frame: bytes) -> Message:
             message = RequestPersisted()
         elif sub == COLLAB_PERSISTED:
             message = Persisted(reader.var_uint())
+        elif sub in (COLLAB_LOCK_REQUEST, COLLAB_LOCK_REPLY):
+            body = reader.var_string()
+            _json_object(body)
+            message = LockRequest(body) if sub == COLLAB_LOCK_REQUEST else LockReply(body)
         else:
             raise ProtocolError(f"unknown collab-engine message type {sub}")
     else:

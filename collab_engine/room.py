@@ -18,6 +18,7 @@ nothing can interleave inside `apply`, so there is no lock around the document.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,14 +27,18 @@ from typing import Any
 from pycrdt import Doc, TransactionEvent
 
 from .awareness import Awareness
-from .errors import CollabError, ProtocolError, StorageError
+from .errors import CollabError, Forbidden, ProtocolError, StorageError
+from .identity import Identity
 from .journal import Journal
+from .locks import Lease, LockNotHeld, Locks, Section, parse_section, sections_touched
 from .peer import Peer
 from .permissions import Role
 from .presence import Presence, PresenceInfo, PresencePolicy
 from .protocol import (
     AwarenessEntry,
     AwarenessUpdate,
+    LockReply,
+    LockRequest,
     Message,
     PermissionDenied,
     Persisted,
@@ -43,6 +48,7 @@ from .protocol import (
     SyncStep2,
     SyncUpdate,
     encode_awareness,
+    encode_lock_reply,
     encode_permission_denied,
     encode_persisted,
     encode_sync_step1,
@@ -96,6 +102,7 @@ class Room:
         )
         self.peers: dict[PeerId, Peer] = {}
         self._clock = clock
+        self.locks = Locks()
         self.presence = Presence(
             self.awareness,
             presence or PresencePolicy(),
@@ -162,6 +169,100 @@ class Room:
         if merged is not None:
             self.apply(merged, origin=peer.id, author=peer.author)
         self._received_update(peer)
+
+    # -- locks -------------------------------------------------------------------------
+
+    def lock(
+        self,
+        op: str,
+        section: Section,
+        *,
+        identity: Identity,
+        role: Role,
+        peer: PeerId | None = None,
+        fence: int | None = None,
+        ttl: float | None = None,
+    ) -> Lease | None:
+        """Acquire, renew, release or force-release (`op`) a lease on `section`.
+
+        Returns the lease (for a release, the one that ended; None when a forced
+        release found none). The current leases are mirrored into the server's
+        awareness entry, for every Yjs client to see.
+
+        Raises:
+            Forbidden: a viewer locking, or a non-owner forcing.
+            LockConflict: an overlapping lease is someone else's.
+            LockNotHeld: renewing or releasing a lease that is not (any more).
+            ValueError: a bad request (unknown op, no fence, bad ttl).
+        """
+        now = self._clock()
+        if ttl is not None and not 0 < ttl <= 3600:
+            raise ValueError("ttl must be between 0 and 3600 seconds")
+        if op == "acquire":
+            if role < Role.EDITOR:
+                raise Forbidden(f"{identity.user_id} may not lock in {self.name!r}")
+            lease: Lease | None = self.locks.acquire(
+                section, user_id=identity.user_id, name=identity.name, peer=peer, now=now, ttl=ttl
+            )
+        elif op in ("renew", "release"):
+            if not isinstance(fence, int):
+                raise ValueError(f"{op} needs the lease's fence")
+            held = next((x for x in self.locks.leases if x.section == section), None)
+            if held is not None and held.user_id != identity.user_id:
+                raise LockNotHeld(f"{list(section)} is held by {held.name}, not by you")
+            if op == "renew":
+                lease = self.locks.renew(section, fence, now, ttl)
+            else:
+                lease = self.locks.release(section, fence)
+        elif op == "forceRelease":
+            if role < Role.OWNER:
+                raise Forbidden("only an owner may force a lock open")
+            lease = self.locks.force_release(section)
+        else:
+            raise ValueError(f"unknown lock op {op!r}: acquire, renew, release, forceRelease")
+        self._mirror_locks(now)
+        return lease
+
+    def _lock_request(self, peer: Peer, body: str) -> dict[str, Any]:
+        request = json.loads(body)
+        reply: dict[str, Any] = {"id": request.get("id")}
+        try:
+            section = parse_section(request.get("section", []))
+            fence, ttl = request.get("fence"), request.get("ttl")
+            if ttl is not None and not isinstance(ttl, int | float):
+                raise ValueError("ttl must be a number of seconds")
+            lease = self.lock(
+                str(request.get("op")),
+                section,
+                identity=peer.identity,
+                role=peer.role,
+                peer=peer.id,
+                fence=fence,
+                ttl=ttl,
+            )
+        except (CollabError, ValueError) as error:
+            return {**reply, "ok": False, "error": str(error)}
+        return {
+            **reply,
+            "ok": True,
+            "lock": None if lease is None else lease.to_json(self._clock()),
+        }
+
+    def _mirror_locks(self, now: float) -> None:
+        state = {
+            **self.presence.server_state,
+            "locks": [lease.to_json(now) for lease in self.locks.leases],
+        }
+        self.broadcast(encode_awareness([self.presence.set_server_state(state, now)]))
+
+    def _blocking_lease(self, peer: Peer, update: Update) -> Lease | None:
+        if not self.locks.leases:
+            return None
+        try:
+            touched = sections_touched(self.doc, update)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid Yjs update: {exc}") from exc
+        return self.locks.blocking(touched, peer.identity.user_id)
 
     def reevaluate(self, role_of: Callable[[Peer], Role | None], error: CollabError) -> None:
         """Apply changed rights to the connected peers: a new role at once, or
@@ -276,6 +377,8 @@ class Room:
         removed = self.presence.disconnect(peer.id)
         if removed:
             self.broadcast(encode_awareness(removed))
+        if self.locks.disconnected(peer.id, self._clock()):
+            self._mirror_locks(self._clock())
 
     def receive(self, peer: Peer, message: Message) -> None:
         """Act on one message from `peer`.
@@ -286,6 +389,11 @@ class Room:
         """
         match message:
             case SyncUpdate(update) | SyncStep2(update):
+                blocking = self._blocking_lease(peer, update)
+                if blocking is not None:
+                    reason = f"{list(blocking.section)} is locked by {blocking.name}"
+                    self.deny(peer, update, reason)
+                    return
                 if peer.read_only:
                     if changes(self.doc, update):
                         reason = f"{peer.identity.user_id} may not write to {self.name!r}"
@@ -318,10 +426,12 @@ class Room:
                     self.broadcast(encode_awareness(outcome.to_all))
             case QueryAwareness():
                 peer.send(encode_awareness(self.presence.visible_entries()))
+            case LockRequest(body):
+                peer.send(encode_lock_reply(json.dumps(self._lock_request(peer, body))))
             case RequestPersisted():
                 peer.wants_acks = True
                 peer.send(encode_persisted(peer.acked))
-            case PermissionDenied() | Persisted():
+            case PermissionDenied() | Persisted() | LockReply():
                 raise ProtocolError("this message is sent by the server, not to it")
 
     def sweep(self) -> list[AwarenessEntry]:
@@ -334,9 +444,12 @@ class Room:
     def tick(self) -> None:
         """Let presence time pass: coalesced states go out, typing and idle timers
         fire, the server's own entry is renewed."""
-        changed = self.presence.tick(self._clock())
+        now = self._clock()
+        changed = self.presence.tick(now)
         if changed:
             self.broadcast(encode_awareness(changed))
+        if self.locks.expire(now):
+            self._mirror_locks(now)
 
     def who(self) -> list[PresenceInfo]:
         """Who is connected: identity, status, activity, cursors resolved now."""

@@ -16,6 +16,8 @@ from collab_engine.protocol import (
     AwarenessEntry,
     AwarenessUpdate,
     PermissionDenied,
+    LockReply,
+    LockRequest,
     Persisted,
     QueryAwareness,
     RequestPersisted,
@@ -52,6 +54,8 @@ messages = st.one_of(
     st.just(QueryAwareness()),
     st.just(RequestPersisted()),
     st.builds(Persisted, var_uints),
+    st.builds(LockRequest, json_objects.map(json.dumps)),
+    st.builds(LockReply, json_objects.map(json.dumps)),
 )
 
 

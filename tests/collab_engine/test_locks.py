@@ -1,0 +1,144 @@
+"""Session locks: leases, fencing, overlap, expiry, disconnection, enforcement on
+writes, and the mirror in the server's awareness entry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pycrdt import Doc, Map, Text
+
+from collab_engine import protocol
+from collab_engine.errors import Forbidden
+from collab_engine.identity import Identity
+from collab_engine.locks import LockConflict, LockNotHeld, Locks, overlaps, sections_touched
+from collab_engine.peer import Peer
+from collab_engine.permissions import Role
+from collab_engine.protocol import AwarenessUpdate, LockReply, LockRequest, PermissionDenied, SyncUpdate
+from collab_engine.room import Room
+from collab_engine.types import DocumentName, PeerId
+
+ANN, BOB = Identity("ann", "Ann"), Identity("bob", "Bob")
+
+
+def test_overlap_is_prefix() -> None:
+    assert overlaps((), ("a", "b")) and overlaps(("a",), ("a", "b"))
+    assert not overlaps(("a", "b"), ("a", "c")) and not overlaps(("a",), ("b",))
+
+
+def test_leases_have_one_holder_and_growing_fences() -> None:
+    locks = Locks(default_ttl=30, grace=5)
+    first = locks.acquire(("s", "intro"), user_id="ann", name="Ann", peer=PeerId(1), now=0)
+    with pytest.raises(LockConflict, match="locked by Ann"):
+        locks.acquire(("s",), user_id="bob", name="Bob", peer=PeerId(2), now=0)
+    other = locks.acquire(("s", "end"), user_id="bob", name="Bob", peer=PeerId(2), now=0)
+    assert other.fence > first.fence
+    with pytest.raises(LockNotHeld):
+        locks.renew(("s", "intro"), first.fence + 100, 1)
+    assert locks.renew(("s", "intro"), first.fence, 10).expires_at == 40
+    assert locks.expire(39.9) == [other]
+    assert [lease.section for lease in locks.expire(40)] == [("s", "intro")]
+    again = locks.acquire(("s",), user_id="bob", name="Bob", peer=PeerId(2), now=41)
+    assert again.fence > other.fence
+
+
+def test_a_lease_ends_a_grace_after_its_connection() -> None:
+    locks = Locks(default_ttl=30, grace=5)
+    locks.acquire((), user_id="ann", name="Ann", peer=PeerId(1), now=0)
+    assert locks.disconnected(PeerId(1), 10)
+    assert locks.expire(14.9) == [] and len(locks.expire(15)) == 1
+
+
+def test_sections_touched_by_an_update() -> None:
+    doc: Doc = Doc()
+    sections = doc.get("sections", type=Map)
+    sections["intro"] = Map({"title": "x"})
+    sections["end"] = "e"
+    doc.get("body", type=Text).insert(0, "hi")
+    server: Doc = Doc()
+    server.apply_update(doc.get_update())
+    before = doc.get_state()
+    with doc.transaction():
+        sections["intro"]["title"] = "y"
+        del sections["end"]
+        doc.get("body", type=Text).insert(0, "!")
+        doc.get("fresh", type=Map)["k"] = 1
+    touched = sections_touched(server, doc.get_update(before))
+    assert touched == {("sections", "intro"), ("sections", "end"), ("body",), ("fresh", "k")}
+
+
+# -- in a room ------------------------------------------------------------------------
+
+
+def joined(room: Room, identity: Identity, role: Role = Role.EDITOR) -> Peer:
+    peer = Peer(identity=identity, role=role)
+    room.join(peer)
+    peer.drain()
+    return peer
+
+
+def request(room: Room, peer: Peer, **body: Any) -> dict[str, Any]:
+    room.receive(peer, LockRequest(json.dumps(body)))
+    [reply] = [m for m in map(protocol.decode, peer.drain()) if isinstance(m, LockReply)]
+    result: dict[str, Any] = json.loads(reply.body)
+    return result
+
+
+def server_locks(room: Room) -> list[dict[str, Any]]:
+    entry = room.awareness.get(room.presence.server_client_id)
+    assert entry is not None and entry.state is not None
+    locks: list[dict[str, Any]] = json.loads(entry.state)["server"].get("locks", [])
+    return locks
+
+
+def test_two_racing_clients_exactly_one_wins_and_the_others_see_it() -> None:
+    room = Room(DocumentName("r"))
+    ann, bob, watcher = joined(room, ANN), joined(room, BOB), joined(room, Identity("w", "W"))
+    won = request(room, ann, id=1, op="acquire", section=["sections", "intro"])
+    lost = request(room, bob, id=2, op="acquire", section=["sections"])
+    assert won["ok"] and won["id"] == 1 and won["lock"]["holder"] == {"id": "ann", "name": "Ann"}
+    assert not lost["ok"] and "locked by Ann" in lost["error"]
+    assert [lock["section"] for lock in server_locks(room)] == [["sections", "intro"]]
+    mirrored = [m for m in map(protocol.decode, watcher.drain()) if isinstance(m, AwarenessUpdate)]
+    assert mirrored, "the lock did not reach the other clients' awareness"
+
+
+def test_a_write_into_a_section_locked_by_someone_else_is_rolled_back() -> None:
+    room = Room(DocumentName("r"))
+    ann, bob = joined(room, ANN), joined(room, BOB)
+    room.doc.get("sections", type=Map)["intro"] = "original"
+    bob.drain()
+    assert request(room, ann, id=1, op="acquire", section=["sections", "intro"])["ok"]
+    replica: Doc = Doc()
+    replica.apply_update(room.doc.get_update())
+    before = replica.get_state()
+    replica.get("sections", type=Map)["intro"] = "bob was here"
+    room.receive(bob, SyncUpdate(replica.get_update(before)))
+    denied = [m for m in map(protocol.decode, bob.drain()) if isinstance(m, PermissionDenied)]
+    assert denied == [PermissionDenied("['sections', 'intro'] is locked by Ann")]
+    assert room.doc.get("sections", type=Map).to_py() == {"intro": "original"}
+    # Ann, the holder, may write; Bob may write elsewhere.
+    before = replica.get_state()
+    replica.get("sections", type=Map)["other"] = "fine"
+    room.receive(bob, SyncUpdate(replica.get_update(before)))
+    assert room.doc.get("sections", type=Map).to_py()["other"] == "fine"
+
+
+def test_release_force_and_rights() -> None:
+    room = Room(DocumentName("r"))
+    ann, viewer = joined(room, ANN), joined(room, Identity("v", "V"), Role.VIEWER)
+    bob_owner = joined(room, BOB, Role.OWNER)
+    assert not request(room, viewer, op="acquire", section=[])["ok"]
+    lease = request(room, ann, op="acquire", section=["body"], ttl=10)["lock"]
+    assert not request(room, bob_owner, op="release", section=["body"], fence=lease["fence"])["ok"]
+    assert request(room, bob_owner, op="forceRelease", section=["body"])["ok"]
+    assert server_locks(room) == []
+    again = request(room, ann, op="acquire", section=["body"])["lock"]
+    assert request(room, ann, op="renew", section=["body"], fence=again["fence"], ttl=60)["ok"]
+    assert request(room, ann, op="release", section=["body"], fence=again["fence"])["ok"]
+    assert not request(room, ann, op="release", section=["body"], fence=again["fence"])["ok"]
+    bad = request(room, ann, op="acquire", section=["a", "b", "c"])
+    assert not bad["ok"] and "a section is" in bad["error"]
+    with pytest.raises(Forbidden):
+        room.lock("forceRelease", ("body",), identity=ANN, role=Role.EDITOR)
