@@ -15,7 +15,13 @@ from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, Locks, overlaps, sections_touched
 from collab_engine.peer import Peer
 from collab_engine.permissions import Role
-from collab_engine.protocol import AwarenessUpdate, LockReply, LockRequest, PermissionDenied, SyncUpdate
+from collab_engine.protocol import (
+    AwarenessUpdate,
+    LockReply,
+    LockRequest,
+    PermissionDenied,
+    SyncUpdate,
+)
 from collab_engine.room import Room
 from collab_engine.types import DocumentName, PeerId
 
