@@ -172,6 +172,10 @@ class Room:
 
     # -- locks -------------------------------------------------------------------------
 
+    def clock(self) -> float:
+        """The room's time (monotonic seconds): what lease expiries are measured in."""
+        return self._clock()
+
     def lock(
         self,
         op: str,

@@ -1,13 +1,19 @@
 """The HTTP API of documents, under `/api/documents/<name>/...`.
 
     GET    /api/documents/<name>/presence             viewer   who is connected
+    GET    /api/documents/<name>/locks                viewer   the current leases
+    POST   /api/documents/<name>/locks                editor   body {"op": "acquire" | "renew"
+                                                               | "release" | "forceRelease",
+                                                               "section": [...], "fence", "ttl"}
     GET    /api/documents/<name>/grants               owner    the stored grants
     PUT    /api/documents/<name>/grants/<principal>   owner    body {"role": "editor"}
     DELETE /api/documents/<name>/grants/<principal>   owner    remove that grant
 
 Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
 secret configured (open development mode) every request is owner. Answers are
-JSON; errors are `{"error": reason}` with 400, 401, 403, 404, 405 or 500. A grant
+JSON; errors are `{"error": reason}` with 400, 401, 403, 404, 405, 409 (lock held
+by someone else) or 500. Locks taken over HTTP belong to no connection: they end
+when they expire or are released. A grant
 changed here takes effect on open connections at once.
 """
 
@@ -17,7 +23,9 @@ import json
 from typing import Any
 
 from collab_engine.engine import Engine
-from collab_engine.errors import StorageError, Unauthenticated
+from collab_engine.errors import Forbidden, StorageError, Unauthenticated
+from collab_engine.identity import Identity
+from collab_engine.locks import LockConflict, LockNotHeld, parse_section
 from collab_engine.permissions import Grant, Role
 from collab_engine.types import DocumentName
 
@@ -26,6 +34,8 @@ from .settings import Settings
 from .types import Receive, Scope, Send
 
 DOCUMENTS = "/api/documents/"
+OPEN_MODE = Identity("anonymous:http", "Anonymous (HTTP)", anonymous=True)
+"""Who an HTTP request is from in the open development mode."""
 MAX_BODY = 64 * 1024
 """The largest request body read, in bytes."""
 
@@ -62,6 +72,10 @@ async def _route(
     if rest.endswith("/presence"):
         name, needed, allowed = rest[: -len("/presence")], Role.VIEWER, ("GET",)
         principal = None
+    elif rest.endswith("/locks"):
+        name, principal = rest[: -len("/locks")], None
+        needed = Role.VIEWER if method == "GET" else Role.EDITOR
+        allowed = ("GET", "POST")
     elif rest.endswith("/grants"):
         name, needed, allowed = rest[: -len("/grants")], Role.OWNER, ("GET",)
         principal = None
@@ -74,11 +88,37 @@ async def _route(
         raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
     if not name or len(name.encode()) > settings.max_name_length:
         raise HTTPError(400, "bad document name")
-    await _authorize(engine, settings, scope, name, needed)
+    identity, role = await _authorize(engine, settings, scope, name, needed)
+    if rest.endswith("/locks"):
+        async with engine.room(name) as room:
+            if method == "GET":
+                now = room.clock()
+                return 200, {"document": name, "locks": [x.to_json(now) for x in room.locks.leases]}
+            body = await _read_json(receive)
+            ttl = body.get("ttl")
+            try:
+                if ttl is not None and not isinstance(ttl, int | float):
+                    raise ValueError("ttl must be a number of seconds")
+                lease = room.lock(
+                    str(body.get("op")),
+                    parse_section(body.get("section", [])),
+                    identity=identity,
+                    role=role,
+                    fence=body.get("fence"),
+                    ttl=ttl,
+                )
+            except ValueError as exc:
+                raise HTTPError(400, str(exc)) from None
+            except Forbidden as error:
+                raise HTTPError(403, error.reason) from None
+            except (LockConflict, LockNotHeld) as error:
+                raise HTTPError(409, error.reason) from None
+            lock = None if lease is None else lease.to_json(room.clock())
+            return 200, {"document": name, "lock": lock}
     if rest.endswith("/presence"):
         # A document nobody has open has nobody present: don't load it to say so.
-        room = engine.rooms.get(DocumentName(name))
-        people = [] if room is None else [info.to_json() for info in room.who()]
+        open_room = engine.rooms.get(DocumentName(name))
+        people = [] if open_room is None else [info.to_json() for info in open_room.who()]
         return 200, {"document": name, "presence": people}
     if principal is None:
         grants = await engine.grants(name)
@@ -98,16 +138,17 @@ async def _route(
 
 async def _authorize(
     engine: Engine, settings: Settings, scope: Scope, name: str, needed: Role
-) -> None:
+) -> tuple[Identity, Role]:
     try:
         credentials = credentials_for(settings.secret, scope)
     except Unauthenticated as error:
         raise HTTPError(401, error.reason) from None
     if credentials is None:
-        return  # open development mode
+        return OPEN_MODE, Role.OWNER
     role = await engine.role(name, credentials)
     if role is None or role < needed:
         raise HTTPError(403, f"{needed} right on {name!r} needed")
+    return credentials.identity, role
 
 
 def _grant_json(grant: Grant) -> dict[str, str]:

@@ -151,3 +151,38 @@ async def test_grants_over_http(secured: Server) -> None:
         assert (await http.delete("/api/documents/g/grants/group:eng", headers=owner)).status_code == 200
         assert (await http.delete("/api/documents/g/grants/group:eng", headers=owner)).status_code == 404
     assert await app.engine.grants("g") == [Grant("user:olga", Role.OWNER)]
+
+
+async def test_locks_over_http_and_websocket(secured: Server) -> None:
+    """An editor takes a lock over HTTP; another editor's WebSocket write into the
+    section is denied and rolled back; its own lock request is refused; viewers may
+    list but not lock; an owner forces the lock open; clients see locks in awareness."""
+    app, url = secured
+    base = url.replace("ws://", "http://")
+    ann = {"Authorization": f"Bearer {token('ann')}"}
+    viewer = {"Authorization": f"Bearer {token('vi', Role.VIEWER)}"}
+    owner = {"Authorization": f"Bearer {token('olga', Role.OWNER)}"}
+    async with httpx.AsyncClient(base_url=base) as http, yclient(url, f"lk?token={token('bob')}") as bob:
+        bob.doc.get("sections", type=Map)["intro"] = "first"
+        await bob.flush()
+        await bob.wait_for(lambda: "intro" in app.engine.rooms["lk"].doc.get("sections", type=Map))
+        took = await http.post("/api/documents/lk/locks", headers=ann, json={"op": "acquire", "section": ["sections", "intro"], "ttl": 60})
+        assert took.status_code == 200 and took.json()["lock"]["holder"]["id"] == "ann"
+        server_id = app.engine.rooms["lk"].presence.server_client_id
+        await bob.wait_for(lambda: bool(bob.awareness.get(server_id, {}).get("server", {}).get("locks")))
+        bob.doc.get("sections", type=Map)["intro"] = "overwritten"
+        await bob.flush()
+        await bob.wait_for(lambda: bob.doc.get("sections", type=Map)["intro"] == "first" and denials(bob) != [])
+        assert denials(bob) == ["['sections', 'intro'] is locked by Ann"]
+        await bob.send(protocol.encode_lock_request('{"id": 9, "op": "acquire", "section": ["sections"]}'))
+        await bob.wait_for(lambda: any(isinstance(m, protocol.LockReply) for m in bob.received))
+        [reply] = [m for m in bob.received if isinstance(m, protocol.LockReply)]
+        assert '"ok": false' in reply.body and "locked by Ann" in reply.body
+        listed = await http.get("/api/documents/lk/locks", headers=viewer)
+        assert [lock["section"] for lock in listed.json()["locks"]] == [["sections", "intro"]]
+        assert (await http.post("/api/documents/lk/locks", headers=viewer, json={"op": "acquire", "section": []})).status_code == 403
+        assert (await http.post("/api/documents/lk/locks", headers=ann, json={"op": "forceRelease", "section": ["sections", "intro"]})).status_code == 403
+        assert (await http.post("/api/documents/lk/locks", headers=owner, json={"op": "forceRelease", "section": ["sections", "intro"]})).status_code == 200
+        bob.doc.get("sections", type=Map)["intro"] = "now free"
+        await bob.flush()
+        await bob.wait_for(lambda: app.engine.rooms["lk"].doc.get("sections", type=Map)["intro"] == "now free")
