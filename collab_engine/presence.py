@@ -202,6 +202,22 @@ class Presence:
             identity, read_only, float(self.policy.burst), now, now
         )
 
+    def set_read_only(self, peer: PeerId, read_only: bool) -> list[AwarenessEntry]:
+        """A connection's rights changed; return what the others must now see (its
+        states appearing or going away, where read-only presence is hidden)."""
+        connection = self._connections.get(peer)
+        if connection is None or connection.read_only == read_only:
+            return []
+        was_hidden = self._hidden(connection)
+        connection.read_only = read_only
+        if was_hidden == self._hidden(connection):
+            return []
+        owned = [cid for cid, client in self._clients.items() if client.owner == peer]
+        entries = [entry for cid in owned if (entry := self.awareness.get(cid)) is not None]
+        if not was_hidden:
+            return [AwarenessEntry(e.client_id, e.clock, None) for e in entries]
+        return entries
+
     def disconnect(self, peer: PeerId) -> list[AwarenessEntry]:
         """Forget a connection; return the removals of its states, for the others."""
         connection = self._connections.pop(peer, None)

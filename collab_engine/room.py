@@ -278,6 +278,9 @@ class Room:
                 self.leave(peer)
             else:
                 peer.role = role
+                changed = self.presence.set_read_only(peer.id, peer.read_only)
+                if changed:
+                    self.broadcast(encode_awareness(changed), exclude=peer)
 
     @property
     def stored(self) -> bool:

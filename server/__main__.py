@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import anyio
 
 from collab_engine.engine import EngineConfig
 from collab_engine.errors import StorageError
+from collab_engine.journal import describe_error
 from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
@@ -204,6 +206,9 @@ def _token(args: argparse.Namespace) -> None:
 
 def _grants(args: argparse.Namespace) -> None:
     url = args.database_url or sqlite_url(args.db)
+    if args.action != "set" and args.database_url is None and not Path(args.db).is_file():
+        # Reading or revoking never creates an empty database out of a mistyped path.
+        _fail(f"no database at {args.db!r}")
     try:
         anyio.run(_change_grants, url, args)
     except (ValueError, StorageError) as exc:
@@ -211,7 +216,10 @@ def _grants(args: argparse.Namespace) -> None:
 
 
 async def _change_grants(url: str, args: argparse.Namespace) -> None:
-    store = await SQLStore.connect(url)
+    try:
+        store = await SQLStore.connect(url)
+    except Exception as exc:
+        raise StorageError(f"cannot open the database: {describe_error(exc)}") from exc
     try:
         if args.action == "set":
             if not args.principal or not args.role:

@@ -50,6 +50,8 @@ class App:
     def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
         self.settings = settings or Settings()
         self.engine = Engine(self.settings.engine, store)
+        self.started = anyio.Event()
+        """Set once the engine runs (the ASGI lifespan has started)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -65,6 +67,7 @@ class App:
         assert message["type"] == "lifespan.startup"
         async with self.engine:
             await send({"type": "lifespan.startup.complete"})
+            self.started.set()
             message = await receive()
             assert message["type"] == "lifespan.shutdown"
         await send({"type": "lifespan.shutdown.complete"})
@@ -160,6 +163,8 @@ async def serve(
     config = hypercorn_config(settings, sock.detach())
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))  # type: ignore[arg-type]
+        # Report only once the engine runs: a caller may use `app.engine` at once.
+        await app.started.wait()
         task_status.started(port)
 
 

@@ -66,7 +66,7 @@ async def serve_websocket(
         name = document_name(scope, settings.max_name_length)
     except CollabError as error:
         log.info("refusing %s:%s: %s", client[0], client[1], error.reason)
-        await _close(send, error)
+        await _refuse(receive, send, error)
         return
     label = f"{client[0]}:{client[1]} {name!r}"
     try:
@@ -74,7 +74,7 @@ async def serve_websocket(
         peer = await _admit(engine, settings, scope, name, label)
     except CollabError as error:
         log.info("refusing %s: %s (%d)", label, error.reason, error.close_code)
-        await _close(send, error)
+        await _refuse(receive, send, error)
         return
     try:
         async with engine.room(name) as room:
@@ -172,6 +172,20 @@ async def _write(peer: Peer, send: Send) -> None:
     """Send the peer's frames in order, one at a time."""
     async for frame in peer.frames():
         await send({"type": "websocket.send", "bytes": frame})
+
+
+async def _refuse(receive: Receive, send: Send, error: CollabError) -> None:
+    """Close a connection that was never served, and let the close frame arrive.
+
+    A client sends its first frames (sync step 1, awareness) as soon as it is
+    accepted: were the socket dropped right after our close frame, those unread
+    frames would make the kernel reset it, and the client would see 1006 instead of
+    the code that says why. So wait, briefly, for the client's own close.
+    """
+    await _close(send, error)
+    with anyio.move_on_after(CLOSE_TIMEOUT):
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
 
 
 async def _close(send: Send, error: CollabError) -> None:

@@ -3,7 +3,10 @@
 // by the interop tests (test_yjs_client.py) through JSON lines.
 //
 //   node client.mjs --url ws://127.0.0.1:PORT --room NAME [--clients N] [--label L]
-//                   [--defer-connect] [--lifetime SECONDS]
+//                   [--defer-connect] [--lifetime SECONDS] [--token TOKEN]
+//
+// With --token, every provider sends it as y-websocket's `params: {token}` (the query
+// string `?token=...` of each connection and reconnection).
 //
 // It opens N providers (one Y.Doc each, BroadcastChannel disabled so that everything
 // goes through the server) on ws://.../NAME, then reads one JSON command per line on
@@ -14,6 +17,8 @@
 //    "client": i, ...}                                 (unsolicited, as they happen)
 //   {"event": "permission-denied", "client": i, "reason": "..."}  (the y-protocols auth message)
 //   {"event": "awareness-states", "client": i, "changes": {id: state | null}}  (after `trackStates`)
+//   {"event": "content", "client": i, "text": "...", "map": {...}, "delta": [...],
+//    "keys": {key: value | null}, "local": bool}   (after `trackContent`: every transaction)
 //   {"reply": ID, "ok": true, ...} / {"reply": ID, "ok": false, "error": "..."}
 //
 // Commands are {"id": ID, "op": OP, "client": i | "all", ...}; see `ops` below, e.g.
@@ -40,7 +45,8 @@ const { values: args } = parseArgs({
     clients: { type: 'string', default: '1' },
     label: { type: 'string', default: 'node' },
     'defer-connect': { type: 'boolean', default: false },
-    lifetime: { type: 'string', default: '60' }
+    lifetime: { type: 'string', default: '60' },
+    token: { type: 'string' }
   }
 })
 if (!args.url || !args.room) {
@@ -91,7 +97,8 @@ function makeClient (index) {
   const provider = new WebsocketProvider(args.url, args.room, doc, {
     connect: false,
     disableBc: true,
-    WebSocketPolyfill: WebSocket
+    WebSocketPolyfill: WebSocket,
+    ...(args.token === undefined ? {} : { params: { token: args.token } })
   })
   const c = {
     index,
@@ -101,7 +108,12 @@ function makeClient (index) {
     map: doc.getMap('map'),
     status: 'new',
     trackStates: false,
-    permissionDenied: []
+    trackContent: false,
+    permissionDenied: [],
+    /** Messages received from the server, by y-websocket message type. */
+    received: { sync: 0, awareness: 0, auth: 0 },
+    /** The close codes of this client's connections, in order. */
+    closeCodes: []
   }
   provider.on('status', ({ status }) => {
     c.status = status
@@ -122,7 +134,9 @@ function makeClient (index) {
     poke()
   })
   provider.on('connection-close', (event) => {
+    c.closeCodes.push(event?.code ?? null)
     emit({ event: 'connection-close', client: index, code: event?.code ?? null, reason: event?.reason ?? null, t: now() })
+    poke()
   })
   provider.on('connection-error', (event) => {
     emit({ event: 'connection-error', client: index, message: String(event?.message ?? event), t: now() })
@@ -149,8 +163,46 @@ function makeClient (index) {
       emit({ event: 'permission-denied', client: index, reason, t: now() })
     })
     authHandler(encoder, decoder, p, emitSynced, messageType)
+    c.received.auth++
     poke()
   }
+  // Count what the server sends (before the handlers, which may throw).
+  for (const [type, key] of [[0, 'sync'], [1, 'awareness']]) {
+    const handler = provider.messageHandlers[type]
+    provider.messageHandlers[type] = (...handlerArgs) => {
+      c.received[key]++
+      return handler(...handlerArgs)
+    }
+  }
+  // Opt-in (op `trackContent`): what the application sees after every transaction
+  // that changes the text or the map: both as they are then, and the changes their
+  // observers were told of. Nothing in between is observable: Yjs integrates a
+  // received update in one transaction.
+  let seen = null
+  c.text.observe((event) => {
+    if (c.trackContent) (seen ??= {}).delta = event.delta
+  })
+  c.map.observe((event) => {
+    if (!c.trackContent) return
+    const keys = {}
+    for (const key of event.keysChanged) keys[key] = c.map.has(key) ? c.map.get(key) : null
+    ;(seen ??= {}).keys = keys
+  })
+  doc.on('afterTransaction', (tr) => {
+    if (seen === null) return
+    const { delta = [], keys = {} } = seen
+    seen = null
+    emit({
+      event: 'content',
+      client: index,
+      text: c.text.toString(),
+      map: c.map.toJSON(),
+      delta,
+      keys,
+      local: tr.local,
+      t: now()
+    })
+  })
   doc.on('update', () => poke())
   return c
 }
@@ -186,7 +238,9 @@ function snapshot (c, full = true) {
     ...(full ? { text } : {}),
     map: c.map.toJSON(),
     awareness: awarenessStates(c),
-    users: userNames(c)
+    users: userNames(c),
+    received: { ...c.received },
+    closeCodes: [...c.closeCodes]
   }
 }
 
@@ -224,7 +278,9 @@ const checks = {
     return got !== null && got.anchor === expected.anchor && got.head === expected.head
   }),
   /** At least this many permission-denied messages received. */
-  permissionDenied: (c, v) => c.permissionDenied.length >= v
+  permissionDenied: (c, v) => c.permissionDenied.length >= v,
+  /** At least this many connections closed with close code v[0]: [code, count]. */
+  closedWith: (c, [code, count]) => c.closeCodes.filter((x) => x === code).length >= count
 }
 
 /** `state.a.b` for the path "a.b" (undefined if any step is missing). */
@@ -406,6 +462,12 @@ const ops = {
   resolveCursor (cmd) {
     const [c] = targets(cmd)
     return { cursor: resolveCursor(c, cmd.of) }
+  },
+  /** Emit a `content` event after every transaction that changes this client's text
+   * or map (see `trackContent` in makeClient). */
+  trackContent (cmd) {
+    for (const c of targets(cmd)) c.trackContent = true
+    return {}
   },
   /** Emit an `awareness-states` event with the states of every change this client sees. */
   trackStates (cmd) {

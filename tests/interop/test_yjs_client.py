@@ -203,11 +203,14 @@ async def node_client(
     clients: int = 1,
     defer_connect: bool = False,
     user: dict[str, Any] | None = None,
+    token: str | None = None,
+    synced: bool = True,
 ) -> AsyncIterator[NodeClient]:
     """A Node process with `clients` WebsocketProviders on `base_url/room`.
 
-    Unless `defer_connect`, they connect at once and this waits until all are synced;
-    with `user`, client 0 then sets its awareness field `user`.
+    Unless `defer_connect`, they connect at once and, with `synced`, this waits until
+    all are synced; with `user`, client 0 then sets its awareness field `user`. A
+    `token` goes as y-websocket's `params` (`?token=`), on every reconnection too.
     """
     command = [
         node_executable(),
@@ -217,6 +220,7 @@ async def node_client(
         "--clients", str(clients),
         "--label", label,
         "--lifetime", str(NODE_LIFETIME),
+        *(["--token", token] if token is not None else []),
         *(["--defer-connect"] if defer_connect else []),
     ]  # fmt: skip
     process = await anyio.open_process(command, cwd=INTEROP_DIR)
@@ -228,7 +232,7 @@ async def node_client(
             try:
                 hello = await client.wait_event(lambda e: e["event"] == "hello")
                 client.client_ids = [c["clientID"] for c in hello["clients"]]
-                if not defer_connect:
+                if synced and not defer_connect:
                     await client.wait({"synced": True})
                 if user is not None:
                     await client.request("setUser", user=user)
