@@ -42,6 +42,7 @@ from pycrdt import Doc
 
 from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
 from .journal import Journal, describe_error
+from .locks import Locks
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
@@ -68,6 +69,10 @@ class EngineConfig:
     """Seconds between two sweeps (awareness timeouts, idle rooms, compaction due)."""
     presence: PresencePolicy = PresencePolicy()
     """Identity, rate, typing and idle rules of awareness (see `presence`)."""
+    lock_ttl: float = 30.0
+    """Seconds a lock lasts unless renewed (a request may ask for another ttl)."""
+    lock_grace: float = 5.0
+    """Seconds a lock outlives its holder's connection."""
     presence_interval: float = 0.05
     """Seconds between two presence ticks (coalesced states go out, timers fire)."""
     journal_max_pending: int = 10_000
@@ -227,6 +232,7 @@ class Engine:
             "max_awareness_state_size": self.config.max_awareness_state_size,
             "awareness_timeout": self.config.awareness_timeout,
             "presence": self.config.presence,
+            "locks": Locks(default_ttl=self.config.lock_ttl, grace=self.config.lock_grace),
         }
         if self.store is None:
             return Room(name, **options)

@@ -74,6 +74,7 @@ class Room:
             renewed is removed for everyone.
         clock: the time source for awareness (monotonic seconds).
         presence: the presence policy (identity, rate, typing, idle).
+        locks: the room's lock table (its ttl and grace).
         journal: where the document's updates are written; None keeps them in
             memory only (and acknowledges nothing).
         stored_seq: the sequence number of the newest stored update `doc` holds.
@@ -90,6 +91,7 @@ class Room:
         awareness_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         presence: PresencePolicy | None = None,
+        locks: Locks | None = None,
         journal: Journal | None = None,
         stored_seq: int = 0,
         snapshot_seq: int = 0,
@@ -102,7 +104,7 @@ class Room:
         )
         self.peers: dict[PeerId, Peer] = {}
         self._clock = clock
-        self.locks = Locks()
+        self.locks = locks or Locks()
         self.presence = Presence(
             self.awareness,
             presence or PresencePolicy(),

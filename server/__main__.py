@@ -131,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
         help="do not show read-only connections' presence to the others",
     )
     serve.add_argument(
+        "--lock-ttl",
+        type=float,
+        default=engine.lock_ttl,
+        help="seconds a lock lasts unless renewed (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lock-grace",
+        type=float,
+        default=engine.lock_grace,
+        help="seconds a lock outlives its holder's connection (default %(default)s)",
+    )
+    serve.add_argument(
         "--secret",
         help="the HS256 key tokens are signed with (default: $COLLAB_SECRET; none: open mode)",
     )
@@ -254,6 +266,8 @@ def _serve(args: argparse.Namespace) -> None:
             compact_after_updates=args.compact_after_updates,
             compact_after_bytes=args.compact_after_bytes,
             journal_max_batch=args.journal_batch,
+            lock_ttl=args.lock_ttl,
+            lock_grace=args.lock_grace,
             presence=PresencePolicy(
                 rate=args.presence_rate,
                 burst=args.presence_burst,
