@@ -57,6 +57,8 @@ class Lease:
             "holder": {"id": self.user_id, "name": self.name},
             "fence": self.fence,
             "expiresIn": round(max(0.0, self.expires_at - now), 3),
+            # Wall-clock time, for clients to count down (expiresIn is as of `now`).
+            "expiresAt": round((time.time() + max(0.0, self.expires_at - now)) * 1000),
         }
 
 

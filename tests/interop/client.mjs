@@ -16,6 +16,7 @@
 //   {"event": "status" | "synced" | "connection-close" | "connection-error" | "awareness",
 //    "client": i, ...}                                 (unsolicited, as they happen)
 //   {"event": "permission-denied", "client": i, "reason": "..."}  (the y-protocols auth message)
+//   {"event": "lock-reply", "client": i, "body": {"id", "ok", "lock" | "error"}}  (ours, see `lock`)
 //   {"event": "awareness-states", "client": i, "changes": {id: state | null}}  (after `trackStates`)
 //   {"event": "content", "client": i, "text": "...", "map": {...}, "delta": [...],
 //    "keys": {key: value | null}, "local": bool}   (after `trackContent`: every transaction)
@@ -84,6 +85,18 @@ const waiters = new Set()
 const sha256 = (s) => createHash('sha256').update(s, 'utf8').digest('hex')
 const now = () => performance.timeOrigin + performance.now()
 
+/** The leases in the server's own awareness entry ({"server": {"locks": [...]}}), as
+ * this client sees them ([] without a server entry or locks). */
+const serverLocks = (c) => {
+  for (const state of c.provider.awareness.getStates().values()) {
+    if (state?.server !== undefined) return state.server?.locks ?? []
+  }
+  return []
+}
+/** A lease as {section, fence, holder: holder.id}: what `serverLocks` compares. */
+const leaseKey = (l) => ({ section: l?.section, fence: l?.fence, holder: l?.holder?.id })
+const byFence = (a, b) => (a.fence ?? 0) - (b.fence ?? 0)
+
 /** Awareness states as a plain object {clientID: state}. */
 const awarenessStates = (c) => Object.fromEntries(c.provider.awareness.getStates())
 const userNames = (c) =>
@@ -113,7 +126,9 @@ function makeClient (index) {
     /** Messages received from the server, by y-websocket message type. */
     received: { sync: 0, awareness: 0, auth: 0 },
     /** The close codes of this client's connections, in order. */
-    closeCodes: []
+    closeCodes: [],
+    /** Our lock replies (message type 100, sub-type 3), as received: {id, ok, lock | error}. */
+    lockReplies: []
   }
   provider.on('status', ({ status }) => {
     c.status = status
@@ -164,6 +179,22 @@ function makeClient (index) {
     })
     authHandler(encoder, decoder, p, emitSynced, messageType)
     c.received.auth++
+    poke()
+  }
+  // Our messages (type 100, which y-websocket does not know and would log as an
+  // error): a lock reply is recorded and emitted; `persisted` (sub-type 1) is read
+  // and ignored. Nothing is written back (the encoder stays empty).
+  provider.messageHandlers[100] = (_encoder, decoder) => {
+    const sub = decoding.readVarUint(decoder)
+    if (sub === 3) {
+      const reply = JSON.parse(decoding.readVarString(decoder))
+      c.lockReplies.push(reply)
+      emit({ event: 'lock-reply', client: index, body: reply, t: now() })
+    } else if (sub === 1) {
+      decoding.readVarUint(decoder)
+    } else {
+      emit({ event: 'collab-message', client: index, sub, t: now() })
+    }
     poke()
   }
   // Count what the server sends (before the handlers, which may throw).
@@ -279,6 +310,12 @@ const checks = {
   }),
   /** At least this many permission-denied messages received. */
   permissionDenied: (c, v) => c.permissionDenied.length >= v,
+  /** The server's awareness entry lists exactly these leases, each given as
+   * {section, fence, holder (the holder's user id)}; order does not matter. */
+  serverLocks: (c, v) =>
+    canonical(serverLocks(c).map(leaseKey).sort(byFence)) === canonical([...v].sort(byFence)),
+  /** At least this many lock replies received. */
+  lockReplies: (c, v) => c.lockReplies.length >= v,
   /** At least this many connections closed with close code v[0]: [code, count]. */
   closedWith: (c, [code, count]) => c.closeCodes.filter((x) => x === code).length >= count
 }
@@ -327,7 +364,7 @@ function holds (cs, until) {
 
 function poke () {
   for (const w of [...waiters]) {
-    if (holds(w.clients, w.until)) {
+    if (w.check ? w.check() : holds(w.clients, w.until)) {
       waiters.delete(w)
       clearTimeout(w.timer)
       w.resolve()
@@ -426,6 +463,58 @@ const ops = {
     for (const c of targets(cmd)) c.map.set(cmd.key, cmd.value)
     return {}
   },
+  /** Set `inner` to `value` in the Y.Map under `key` of the map (made there first, in
+   * its own transaction, if the key holds no Y.Map): a change under the key. */
+  mapSetNested (cmd) {
+    for (const c of targets(cmd)) {
+      if (!(c.map.get(cmd.key) instanceof Y.Map)) c.map.set(cmd.key, new Y.Map())
+      c.map.get(cmd.key).set(cmd.inner, cmd.value)
+    }
+    return {}
+  },
+  /** Send our lock request {id, op: lockOp, section, fence?, ttl?} (message type 100,
+   * sub-type 2) from each target client, all in this tick (concurrent requests), then
+   * wait (at most `within` seconds, default 5) for each one's reply. Replies with
+   * {replies: [{client, reply}]} in the order of the targets. */
+  async lock (cmd) {
+    const sent = targets(cmd).map((c) => {
+      const ws = c.provider.ws
+      if (ws === null || ws.readyState !== WebSocket.OPEN) throw new Error(`client ${c.index} not connected`)
+      const body = { id: `${label}.${c.index}.${cmd.id}`, op: cmd.lockOp, section: cmd.section }
+      if (cmd.fence !== undefined) body.fence = cmd.fence
+      if (cmd.ttl !== undefined) body.ttl = cmd.ttl
+      const encoder = encoding.createEncoder()
+      encoding.writeVarUint(encoder, 100)
+      encoding.writeVarUint(encoder, 2)
+      encoding.writeVarString(encoder, JSON.stringify(body))
+      ws.send(encoding.toUint8Array(encoder))
+      return { c, id: body.id }
+    })
+    const within = cmd.within ?? 5
+    const replies = await Promise.all(sent.map(({ c, id }) => {
+      const found = () => c.lockReplies.find((r) => r.id === id)
+      return new Promise((resolve, reject) => {
+        if (found()) return resolve({ client: c.index, reply: found() })
+        const w = {
+          clients: [],
+          until: {},
+          resolve: () => resolve({ client: c.index, reply: found() })
+        }
+        // A waiter of its own: `poke` re-checks it whenever something arrives.
+        w.check = found
+        w.timer = setTimeout(() => {
+          waiters.delete(w)
+          reject(new WaitTimeout(`no lock reply to ${id} within ${within} s`))
+        }, within * 1000)
+        waiters.add(w)
+      })
+    }))
+    return { replies }
+  },
+  /** The leases in the server's awareness entry, as each target client sees them. */
+  serverLocks (cmd) {
+    return { locks: targets(cmd).map((c) => serverLocks(c)) }
+  },
   setUser (cmd) {
     for (const c of targets(cmd)) c.provider.awareness.setLocalStateField('user', cmd.user)
     return {}
@@ -480,7 +569,7 @@ const ops = {
     const replies = []
     for (const sub of cmd.ops) {
       const op = ops[sub.op]
-      if (op === undefined || sub.op === 'batch' || sub.op === 'wait' || sub.op === 'exit' || sub.op === 'randomEdits') {
+      if (op === undefined || sub.op === 'batch' || sub.op === 'wait' || sub.op === 'exit' || sub.op === 'randomEdits' || sub.op === 'lock') {
         throw new Error(`op ${sub.op} cannot be batched`)
       }
       replies.push(op(sub))
