@@ -97,8 +97,25 @@ def clock_ends(update: bytes) -> dict[int, int]:
     return ends
 
 
-def _struct(reader: _Reader) -> int:
-    """Read one struct; return its length in clock units."""
+def root_names(update: bytes) -> set[str]:
+    """The root types `update` names as the parent of one of its items.
+
+    Raises:
+        ProtocolError: `update` is not a well-formed v1 update.
+    """
+    reader = _Reader(update)
+    names: set[str] = set()
+    for _ in range(reader.var_uint()):
+        count = reader.var_uint()
+        reader.var_uint(), reader.var_uint()  # client, clock
+        for _ in range(count):
+            _struct(reader, names)
+    return names
+
+
+def _struct(reader: _Reader, roots: set[str] | None = None) -> int:
+    """Read one struct; return its length in clock units (and add the root it names
+    as its parent to `roots`)."""
     info = reader.byte()
     kind = info & 0b11111
     if kind in (_GC, _SKIP):
@@ -109,7 +126,9 @@ def _struct(reader: _Reader) -> int:
         reader.var_uint(), reader.var_uint()  # right origin
     if not info & 0xC0:
         if reader.var_uint() == 1:
-            reader.var_string()  # the parent is a root, by name
+            root = reader.var_string()  # the parent is a root, by name
+            if roots is not None:
+                roots.add(root)
         else:
             reader.var_uint(), reader.var_uint()  # the parent is an item, by id
         if info & 0x20:

@@ -20,7 +20,8 @@ from typing import Any
 
 from pycrdt import Doc, Map
 
-from .errors import CollabError
+from .blocks import root_names
+from .errors import CollabError, ProtocolError
 from .types import PeerId
 
 Section = tuple[str, ...]
@@ -185,6 +186,56 @@ class Locks:
         if lease is None or lease.fence != fence:
             raise LockNotHeld(f"no lease on {list(section)} with fence {fence}")
         return lease
+
+
+class Shadow:
+    """A copy of a room's document that says which sections an update touches,
+    at the cost of applying the update, not of copying the document.
+
+    The room keeps it while it has leases: every change the room takes is also
+    `follow`ed here. Its roots are all observed deeply (seen as Maps, whatever they
+    are: a Map reports the keys that change, a Text or an Array a change of the
+    root itself); `check` applies an update first here and collects what changed.
+    An update applied here before the room takes it is applied again by `follow`:
+    Yjs updates are idempotent, so that costs nothing more.
+    """
+
+    def __init__(self, doc: Doc[Any]) -> None:
+        self.doc: Doc[Any] = Doc()
+        self.doc.apply_update(doc.get_update())
+        self._touched: set[Section] = set()
+        self._observed: set[str] = set()
+        self._subscriptions: list[Any] = []
+        for name in self.doc.keys():
+            self._observe(name)
+
+    def _observe(self, name: str) -> None:
+        root = self.doc.get(name, type=Map)
+        # Kept: a subscription that is garbage-collected stops observing.
+        self._subscriptions.append(root.observe_deep(_collector(name, self._touched)))
+        self._observed.add(name)
+
+    def check(self, update: bytes) -> set[Section]:
+        """The sections `update` changes (it is applied to the shadow).
+
+        Raises:
+            ValueError: `update` is not a valid Yjs update.
+        """
+        try:
+            names = root_names(update)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from exc
+        for name in names - self._observed:
+            self._observe(name)
+        self._touched.clear()
+        self.doc.apply_update(update)
+        touched = set(self._touched)
+        self._touched.clear()
+        return touched
+
+    def follow(self, update: bytes) -> None:
+        """The room took `update`: so does the shadow."""
+        self.check(update)
 
 
 def sections_touched(doc: Doc[Any], update: bytes) -> set[Section]:

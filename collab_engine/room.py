@@ -30,7 +30,7 @@ from .awareness import Awareness
 from .errors import CollabError, Forbidden, ProtocolError, StorageError
 from .identity import Identity
 from .journal import Journal
-from .locks import Lease, LockNotHeld, Locks, Section, parse_section, sections_touched
+from .locks import Lease, LockNotHeld, Locks, Section, Shadow, parse_section
 from .peer import Peer
 from .permissions import Role
 from .presence import Presence, PresenceInfo, PresencePolicy
@@ -105,6 +105,8 @@ class Room:
         self.peers: dict[PeerId, Peer] = {}
         self._clock = clock
         self.locks = locks or Locks()
+        self._shadow: Shadow | None = None
+        """While there are leases: the copy that tells what an update touches."""
         self.presence = Presence(
             self.awareness,
             presence or PresencePolicy(),
@@ -136,6 +138,8 @@ class Room:
             return
         if self.journal is not None and self.failed is None:
             self.last_ticket = self.journal.submit(self, update, self.author)
+        if self._shadow is not None:
+            self._shadow.follow(update)
         self.broadcast(encode_sync_update(update))
 
     def apply(self, update: Update, origin: Any = None, author: str | None = None) -> None:
@@ -263,9 +267,12 @@ class Room:
 
     def _blocking_lease(self, peer: Peer, update: Update) -> Lease | None:
         if not self.locks.leases:
+            self._shadow = None  # no lease: no need to know what updates touch
             return None
+        if self._shadow is None:
+            self._shadow = Shadow(self.doc)
         try:
-            touched = sections_touched(self.doc, update)
+            touched = self._shadow.check(update)
         except ValueError as exc:
             raise ProtocolError(f"invalid Yjs update: {exc}") from exc
         return self.locks.blocking(touched, peer.identity.user_id)

@@ -12,7 +12,14 @@ from pycrdt import Doc, Map, Text
 from collab_engine import protocol
 from collab_engine.errors import Forbidden
 from collab_engine.identity import Identity
-from collab_engine.locks import LockConflict, LockNotHeld, Locks, overlaps, sections_touched
+from collab_engine.locks import (
+    LockConflict,
+    LockNotHeld,
+    Locks,
+    Shadow,
+    overlaps,
+    sections_touched,
+)
 from collab_engine.peer import Peer
 from collab_engine.permissions import Role
 from collab_engine.protocol import (
@@ -148,3 +155,28 @@ def test_release_force_and_rights() -> None:
     assert not bad["ok"] and "a section is" in bad["error"]
     with pytest.raises(Forbidden):
         room.lock("forceRelease", ("body",), identity=ANN, role=Role.EDITOR)
+
+
+def test_the_shadow_follows_the_room_and_agrees_with_a_full_copy() -> None:
+    """The shadow (kept while a room has leases) reports what a full copy reports,
+    for updates that follow one another, new roots included."""
+    doc: Doc = Doc()
+    sections = doc.get("sections", type=Map)
+    sections["intro"] = "x"
+    room: Doc = Doc()
+    room.apply_update(doc.get_update())
+    shadow = Shadow(room)
+    for edit in range(6):
+        before = doc.get_state()
+        with doc.transaction():
+            if edit % 3 == 0:
+                sections["intro"] = f"v{edit}"
+            elif edit % 3 == 1:
+                doc.get("body", type=Text).insert(0, "t")
+            else:
+                doc.get(f"new{edit}", type=Map)["k"] = edit
+        update = doc.get_update(before)
+        expected = sections_touched(room, update)
+        assert shadow.check(update) == expected and expected
+        room.apply_update(update)
+        shadow.follow(update)  # what the room's observer does: a no-op here
