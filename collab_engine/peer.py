@@ -75,6 +75,8 @@ class Peer:
         """Update messages (sync step 2 and update) taken from this peer."""
         self.acked = 0
         """How many of those are known to be durable."""
+        self.denials: deque[float] = deque()
+        """When its latest denied writes were (the room bounds their rate)."""
         self.unacked: deque[tuple[int, int]] = deque()
         """(journal ticket, updates_received) still waiting to be durable, oldest first,
         one entry per ticket: never longer than the journal's queue."""

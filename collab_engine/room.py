@@ -62,6 +62,10 @@ log = logging.getLogger("collab_engine.room")
 
 _EMPTY_UPDATE = b"\x00\x00"
 
+MAX_DENIALS = 30
+"""Denied writes a peer may make within `DENIAL_WINDOW` before it is closed (4403)."""
+DENIAL_WINDOW = 10.0
+
 
 class Room:
     """One shared document and the peers editing it.
@@ -167,9 +171,22 @@ class Room:
         The update and its compensation are applied merged, as one change (see
         `rollback`): no replica shows the denied content, the author's included.
 
+        A rollback costs a copy of the document, so a peer denied more than
+        `MAX_DENIALS` times within `DENIAL_WINDOW` seconds is closed with 4403
+        instead: a viewer cannot keep the server busy at will.
+
         Raises:
             ProtocolError: `update` is not a valid Yjs update.
         """
+        now = self._clock()
+        recent = peer.denials
+        recent.append(now)
+        while recent and recent[0] <= now - DENIAL_WINDOW:
+            recent.popleft()
+        if len(recent) > MAX_DENIALS:
+            peer.close(Forbidden(f"more than {MAX_DENIALS} denied writes in {DENIAL_WINDOW:g} s"))
+            self.leave(peer)
+            return
         peer.send(encode_permission_denied(reason))
         merged = rollback(self.doc, update)
         if merged is not None:

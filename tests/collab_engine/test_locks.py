@@ -180,3 +180,18 @@ def test_the_shadow_follows_the_room_and_agrees_with_a_full_copy() -> None:
         assert shadow.check(update) == expected and expected
         room.apply_update(update)
         shadow.follow(update)  # what the room's observer does: a no-op here
+
+
+def test_a_peer_denied_too_often_is_closed() -> None:
+    """Every rollback copies the document: past 30 denials in 10 s, the peer is closed
+    with 4403 rather than served."""
+    room = Room(DocumentName("r"))
+    viewer = joined(room, Identity("v", "V"), Role.VIEWER)
+    replica: Doc = Doc()
+    for i in range(31):
+        before = replica.get_state()
+        replica.get("t", type=Text).insert(0, str(i))
+        room.receive(viewer, SyncUpdate(replica.get_update(before)))
+        assert not viewer.closed or i == 30
+    assert viewer.closed and viewer.error is not None and viewer.error.close_code == 4403
+    assert viewer.id not in room.peers
