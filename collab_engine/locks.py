@@ -1,7 +1,8 @@
 """Session locks: leases on a document or a section of it. Pure: time comes in as `now`.
 
 A section is a path: `()` is the whole document, `("body",)` a root type by name,
-`("sections", "intro")` a key of a root Map (and everything under it). Two sections
+`("sections", "intro")` a key of a root Map (and everything under it), and so on
+down nested maps (`("sections", "intro", "title")`). Two sections
 overlap when one is a prefix of the other; overlapping leases have one holder.
 
 A lease is held by one connection of one user, carries a fencing number that only
@@ -70,18 +71,24 @@ def overlaps(a: Section, b: Section) -> bool:
 
 
 def parse_section(value: Any) -> Section:
-    """A section from its JSON form (a list of strings, at most two long).
+    """A section from its JSON form: a list of at most `MAX_DEPTH` non-empty strings.
 
     Raises:
         ValueError: not a section.
     """
     if (
         not isinstance(value, list)
-        or len(value) > 2
+        or len(value) > MAX_DEPTH
         or not all(isinstance(part, str) and part for part in value)
     ):
-        raise ValueError('a section is [], ["root"] or ["root", "key"]')
+        raise ValueError(
+            f'a section is [], ["root"] or a key path ["root", "key", ...] of at most {MAX_DEPTH}'
+        )
     return tuple(value)
+
+
+MAX_DEPTH = 8
+"""The longest key path a lock may name."""
 
 
 class Locks:
@@ -265,15 +272,15 @@ def sections_touched(doc: Doc[Any], update: bytes) -> set[Section]:
 
 
 def _collector(name: str, touched: set[Section]) -> Any:
+    # A change in a map reports the map's path and the keys that changed; any other
+    # change (text, array), the path of the type that changed.
     def collect(events: list[Any], *_: Any) -> None:
         for event in events:
-            path = list(getattr(event, "path", []) or [])
+            path = (name, *(str(part) for part in getattr(event, "path", []) or []))
             keys = list(getattr(event, "keys", {}) or {})
-            if path:
-                touched.add((name, str(path[0])))
-            elif keys:
-                touched.update((name, str(key)) for key in keys)
+            if keys:
+                touched.update((*path, str(key)) for key in keys)
             else:
-                touched.add((name,))
+                touched.add(path)
 
     return collect
