@@ -190,7 +190,7 @@ async def run(settings: Settings) -> None:
         log.warning(
             "OPEN DEVELOPMENT MODE: no secret is configured (--secret or COLLAB_SECRET), "
             "so nobody is authenticated and every client may read, write and administer "
-            "every document. Serving on %s only; do not expose this server.",
+            "every document. Listening on %s: do not expose this server.",
             settings.host,
         )
     if settings.database_url is not None:
