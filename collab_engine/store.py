@@ -42,6 +42,20 @@ class Stored:
         return self.updates[-1][0] if self.updates else self.snapshot_seq
 
 
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A named point in a document's history: its log up to `seq`."""
+
+    id: int
+    document: str
+    seq: int
+    label: str | None
+    author: str | None
+    automatic: bool
+    created_at: float
+    """Unix time."""
+
+
 class Store(Protocol):
     """Durable storage of document updates and snapshots.
 
@@ -80,6 +94,29 @@ class Store(Protocol):
 
     async def revoke(self, document: str, principal: str) -> bool:
         """Remove the principal's grant on `document`; whether there was one."""
+        ...
+
+    async def add_version(
+        self,
+        document: str,
+        seq: int,
+        *,
+        label: str | None = None,
+        author: str | None = None,
+        automatic: bool = False,
+    ) -> Version:
+        """Record a version of a stored `document` at update `seq` (0: before any).
+
+        Versions only name points of the log, which is never deleted: compaction
+        cannot take away what a version needs.
+
+        Raises:
+            ValueError: `document` is not stored, or has no update `seq`.
+        """
+        ...
+
+    async def versions(self, document: str) -> list[Version]:
+        """The versions of `document`, oldest first."""
         ...
 
     async def documents(self) -> list[str]:

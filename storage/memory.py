@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from collab_engine.permissions import Grant
-from collab_engine.store import Entry, Stored
+from collab_engine.store import Entry, Stored, Version
 from collab_engine.types import Update
 
 
@@ -16,6 +17,7 @@ class MemoryStore:
         self._log: dict[str, list[tuple[int, Update, str | None]]] = {}
         self._snapshots: dict[str, tuple[int, Update]] = {}
         self._grants: dict[str, dict[str, Grant]] = {}
+        self._versions: list[Version] = []
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
         seqs = []
@@ -47,6 +49,27 @@ class MemoryStore:
 
     async def revoke(self, document: str, principal: str) -> bool:
         return self._grants.get(document, {}).pop(principal, None) is not None
+
+    async def add_version(
+        self,
+        document: str,
+        seq: int,
+        *,
+        label: str | None = None,
+        author: str | None = None,
+        automatic: bool = False,
+    ) -> Version:
+        log = self._log.get(document)
+        if not log or not 0 <= seq <= log[-1][0]:
+            raise ValueError(f"no update {seq} in the log of {document!r}")
+        version = Version(
+            len(self._versions) + 1, document, seq, label, author, automatic, time.time()
+        )
+        self._versions.append(version)
+        return version
+
+    async def versions(self, document: str) -> list[Version]:
+        return [version for version in self._versions if version.document == document]
 
     async def documents(self) -> list[str]:
         return sorted(self._log)

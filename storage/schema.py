@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Float,
@@ -64,6 +65,18 @@ grants = Table(
     Column("created_at", Float, nullable=False),
 )
 
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("document", String(1024), ForeignKey("documents.name"), nullable=False, index=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("label", String(512)),
+    Column("author", String(256)),
+    Column("automatic", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -75,7 +88,11 @@ def _v2(connection: Connection) -> None:
     metadata.create_all(connection, tables=[grants])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[versions])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 """Migration N (1-based) brings the schema from version N - 1 to N."""
 
 

@@ -24,10 +24,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from collab_engine.permissions import Grant, Role
-from collab_engine.store import Entry, Stored
+from collab_engine.store import Entry, Stored, Version
 from collab_engine.types import Update
 
-from .schema import documents, grants, migrate, snapshots, updates
+from .schema import documents, grants, migrate, snapshots, updates, versions
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite write waits for another connection's lock before it fails."""
@@ -192,6 +192,57 @@ class SQLStore:
                 delete(grants).where(grants.c.document == document, grants.c.principal == principal)
             )
             return bool(result.rowcount)
+
+    async def add_version(
+        self,
+        document: str,
+        seq: int,
+        *,
+        label: str | None = None,
+        author: str | None = None,
+        automatic: bool = False,
+    ) -> Version:
+        now = time.time()
+        async with self.engine.begin() as connection:
+            last = (
+                await connection.execute(
+                    select(documents.c.last_seq).where(documents.c.name == document)
+                )
+            ).scalar()
+            if last is None or not 0 <= seq <= last:
+                raise ValueError(f"no update {seq} in the log of {document!r}")
+            result = await connection.execute(
+                versions.insert()
+                .values(
+                    document=document,
+                    seq=seq,
+                    label=label,
+                    author=author,
+                    automatic=automatic,
+                    created_at=now,
+                )
+                .returning(versions.c.id)
+            )
+            version_id = int(result.scalar_one())
+        return Version(version_id, document, seq, label, author, automatic, now)
+
+    async def versions(self, document: str) -> list[Version]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(versions).where(versions.c.document == document).order_by(versions.c.id)
+            )
+            return [
+                Version(
+                    int(row.id),
+                    row.document,
+                    int(row.seq),
+                    row.label,
+                    row.author,
+                    bool(row.automatic),
+                    float(row.created_at),
+                )
+                for row in rows
+            ]
 
     async def documents(self) -> list[str]:
         async with self.engine.connect() as connection:

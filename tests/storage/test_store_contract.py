@@ -202,3 +202,27 @@ async def test_grants_are_stored_per_document_and_principal(open_store: Opener) 
     assert await reopened.revoke("doc", "group:eng") is False
     assert await reopened.grants("doc") == [Grant("user:alice", Role.OWNER)]
     assert await reopened.grants("other") == [Grant("*", Role.VIEWER)]
+
+
+async def test_versions_name_points_of_the_log(open_store: Opener) -> None:
+    """A version records a seq of the log, with its label, author and kind; versions
+    list oldest first, survive reopening and compaction, and must name a real seq."""
+    store = await open_store()
+    await store.append([Entry("doc", b"u1"), Entry("doc", b"u2"), Entry("other", b"x")])
+    first = await store.add_version("doc", 1, label="draft", author="alice")
+    second = await store.add_version("doc", 2, automatic=True)
+    await store.add_version("other", 0)
+    for seq in (3, -1):
+        with pytest.raises(ValueError, match=f"no update {seq}"):
+            await store.add_version("doc", seq)
+    with pytest.raises(ValueError):
+        await store.add_version("nobody", 0)
+    await store.snapshot("doc", b"state", 2)  # compaction keeps what versions need
+    reopened = await open_store()
+    listed = await reopened.versions("doc")
+    assert listed == [first, second]
+    assert (first.seq, first.label, first.author, first.automatic) == (1, "draft", "alice", False)
+    assert (second.seq, second.label, second.automatic) == (2, None, True)
+    assert second.id > first.id
+    assert [seq for seq, _ in (await reopened.load("doc")).updates] == []
+    assert [v.seq for v in await reopened.versions("other")] == [0]
