@@ -91,14 +91,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import math
 import os
 import random
 import re
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -109,17 +107,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import provenance
 from fanout_latency import (
     HOST,
     ServerProcess,
     close_all,
     describe_close,
-    load_average,
     open_client,
-    percentile,
     sync,
 )
-from provenance import git, version
+from figures import median, pct, percentile
+from provenance import load_average, version
 from pycrdt import Doc
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -598,17 +596,11 @@ async def sample_staleness(
 
 
 def median_of(results: Sequence[RunResult], name: str) -> float:
-    values = [float(getattr(r, name)) for r in results]
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.median(values) if values else math.nan
+    return median(float(getattr(r, name)) for r in results)
 
 
 def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
-
-
-def pct(share: float) -> str:
-    return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
 
 
 def num(value: float) -> str:
@@ -622,12 +614,12 @@ def header(
     modes: Sequence[Mode],
     load: tuple[str, str],
 ) -> str:
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "collab_engine", "server"):
-        commit += " plus uncommitted changes to the server"
+    commit = provenance.commit(
+        ["collab_engine", "server"], "plus uncommitted changes to the server"
+    )
     uname = os.uname()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    command = shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
+    now = provenance.utc_now()
+    command = provenance.command_line(argv)
     lines = [
         "# Awareness fan-out: cursors to N clients in one room, with and without coalescing",
         "",

@@ -112,12 +112,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gzip
 import json
 import math
 import os
-import shlex
 import socket
 import sqlite3
 import statistics
@@ -131,12 +129,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-from provenance import git, version
+import provenance
+from figures import median, pct, percentile
+from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine import Engine, EngineConfig, Peer, Room
 from collab_engine.engine import rebuild
+from collab_engine.identity import Identity
 from collab_engine.journal import Journal
 from collab_engine.protocol import Persisted, RequestPersisted, SyncUpdate, decode
 from collab_engine.store import Entry
@@ -164,22 +165,6 @@ GROUP = "group commit"
 # -- helpers ---------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`th percentile by linear interpolation between closest ranks; NaN if empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def median(values: Sequence[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return statistics.median(kept) if kept else math.nan
-
-
 def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
@@ -192,10 +177,6 @@ def number(value: float, digits: int = 0) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
-def pct(share: float) -> str:
-    return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
-
-
 def loop_schedstat() -> tuple[int, int]:
     """(ns on a CPU, ns runnable but waiting for one) of this process's main thread,
     the one running the event loop (/proc/self/schedstat; zeros where there is none)."""
@@ -204,10 +185,6 @@ def loop_schedstat() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return int(on_cpu), int(waiting)
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
@@ -410,7 +387,8 @@ async def throughput_once(
                 ]
                 peers = []
                 for index in range(writers):
-                    peer = Peer(label=f"writer-{index}", author=f"writer-{index}")
+                    name = f"writer-{index}"
+                    peer = Peer(label=name, identity=Identity(name, name))
                     opened[index % rooms].join(peer)
                     peer.drain()  # sync step 1: the room is empty, nothing to answer
                     peers.append(peer)
@@ -729,12 +707,12 @@ def filesystem_of(path: str) -> str:
 
 
 def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: list[str]) -> str:
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "collab_engine", "storage"):
-        commit += " plus uncommitted changes to collab_engine/ or storage/"
+    commit = provenance.commit(
+        ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
+    )
     uname = os.uname()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    command = shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
+    now = provenance.utc_now()
+    command = provenance.command_line(argv)
     tmp = tempfile.gettempdir()
     lines = [
         "# Durable storage: group commit, loading a long history, bytes on disk",

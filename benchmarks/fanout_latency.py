@@ -72,13 +72,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import math
 import os
 import re
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +87,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provenance import git, version
+import provenance
+from figures import median, pct, percentile
+from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -505,45 +505,23 @@ async def close_all(connections: Sequence[ClientConnection]) -> None:
 # -- statistics and report ------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`th percentile by linear interpolation between closest ranks; NaN if empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def median_of(results: Sequence[RunResult], name: str) -> float:
-    values = [getattr(r, name) for r in results]
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.median(values) if values else math.nan
+    return median(getattr(r, name) for r in results)
 
 
 def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
 
 
-def pct(share: float) -> str:
-    return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
-
-
-def load_average() -> str:
-    """The 1-minute load average (runnable tasks, all cores together)."""
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
 def header(
     options: Options, argv: Sequence[str], server_command: Sequence[str], load: tuple[str, str]
 ) -> str:
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "collab_engine", "server"):
-        commit += " plus uncommitted changes to the server"
+    commit = provenance.commit(
+        ["collab_engine", "server"], "plus uncommitted changes to the server"
+    )
     uname = os.uname()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    command = shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
+    now = provenance.utc_now()
+    command = provenance.command_line(argv)
     lines = [
         "# Fan-out latency: one update to N clients in one room",
         "",

@@ -87,12 +87,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import math
 import os
 import random
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,9 +101,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import provenance
 from awareness_fanout import machine_busy_seconds, settle
-from fanout_latency import HOST, ServerProcess, load_average, open_client, sync
-from provenance import git, version
+from fanout_latency import HOST, ServerProcess, open_client, sync
+from figures import median
+from provenance import load_average, version
 from pycrdt import Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection
 
@@ -438,22 +438,17 @@ class Options:
     quick: bool
 
 
-def median_of(values: Sequence[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.median(values) if values else math.nan
-
-
 def us(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:,.1f}"
 
 
 def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "collab_engine", "server"):
-        commit += " plus uncommitted changes to the server"
+    commit = provenance.commit(
+        ["collab_engine", "server"], "plus uncommitted changes to the server"
+    )
     uname = os.uname()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    command = shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
+    now = provenance.utc_now()
+    command = provenance.command_line(argv)
     return "\n".join(
         [
             "# Permission and lock checks: their cost on update throughput (issue 5)",
@@ -486,17 +481,17 @@ def update_table(results: dict[tuple[int, str], list[RunResult]]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for (kilobytes, config), runs in results.items():
-        cpu = median_of([r.cpu_per_update for r in runs])
+        cpu = median([r.cpu_per_update for r in runs])
         baseline_runs = results.get((kilobytes, "a"))
         ratio = "n/a"
         if baseline_runs:
-            base = median_of([r.cpu_per_update for r in baseline_runs])
+            base = median([r.cpu_per_update for r in baseline_runs])
             ratio = "1.00x" if config == "a" else f"{cpu / base:,.2f}x"
         lines.append(
-            f"| {kilobytes:,} KB | {CONFIGS[config]} | {median_of([r.rate for r in runs]):,.0f} "
-            f"| {us(cpu)} | {ratio} | {median_of([float(r.updates) for r in runs]):,.0f} "
-            f"({median_of([float(r.rooms) for r in runs]):,.0f}) "
-            f"| {median_of([r.other_cpu_share for r in runs]) * 100:.0f} % |"
+            f"| {kilobytes:,} KB | {CONFIGS[config]} | {median([r.rate for r in runs]):,.0f} "
+            f"| {us(cpu)} | {ratio} | {median([float(r.updates) for r in runs]):,.0f} "
+            f"({median([float(r.rooms) for r in runs]):,.0f}) "
+            f"| {median([r.other_cpu_share for r in runs]) * 100:.0f} % |"
         )
     return "\n".join(lines)
 
@@ -511,10 +506,10 @@ def admission_table(
     ]
     for mode, runs in results.items():
         lines.append(
-            f"| {mode} | {median_of([r.rate for r in runs]):,.0f} "
-            f"| {median_of([r.server_cpu_per_connection for r in runs]) * 1000:.2f} "
+            f"| {mode} | {median([r.rate for r in runs]):,.0f} "
+            f"| {median([r.server_cpu_per_connection for r in runs]) * 1000:.2f} "
             f"| {', '.join(f'{r.server_cpu_per_connection * 1000:.2f}' for r in runs)} "
-            f"| {median_of([r.other_cpu_share for r in runs]) * 100:.0f} % |"
+            f"| {median([r.other_cpu_share for r in runs]) * 100:.0f} % |"
         )
     lines += [
         "",
@@ -530,7 +525,7 @@ def interpretation(
 ) -> str:
     def cpu(kilobytes: int, config: str) -> float:
         runs = results.get((kilobytes, config))
-        return median_of([r.cpu_per_update for r in runs]) if runs else math.nan
+        return median([r.cpu_per_update for r in runs]) if runs else math.nan
 
     sizes = sorted({kilobytes for kilobytes, _ in results})
     lines = ["Interpretation:", ""]
@@ -566,8 +561,8 @@ def interpretation(
     if len(admissions) == 2:
         open_runs, token_runs = admissions.get("open mode"), admissions.get("token + grants")
         if open_runs and token_runs:
-            open_cpu = median_of([r.server_cpu_per_connection for r in open_runs])
-            token_cpu = median_of([r.server_cpu_per_connection for r in token_runs])
+            open_cpu = median([r.server_cpu_per_connection for r in open_runs])
+            token_cpu = median([r.server_cpu_per_connection for r in token_runs])
             lines += [
                 "",
                 f"Admission: the server spends {open_cpu * 1000:.2f} ms of CPU per connection "
