@@ -12,11 +12,12 @@ author's editor returns to what everyone else has.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pycrdt import Doc, Text, TransactionEvent, UndoManager, merge_updates
 
-from .blocks import clock_ends
+from .blocks import clock_ends, root_names
 from .errors import ProtocolError
 from .protocol import decode_state_vector
 from .types import Update
@@ -24,73 +25,53 @@ from .types import Update
 _DENIED = "collab-engine:denied"
 
 
-def changes(doc: Doc[Any], update: Update) -> bool:
-    """Whether applying `update` would change `doc` (a viewer's sync step 2, say,
-    usually brings nothing new, and is no write at all).
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """What to do with a write that is refused."""
+
+    changed: bool
+    """Whether the write would change the document at all (a viewer's sync step 2,
+    say, usually brings nothing new, and is no write)."""
+    merged: Update | None
+    """The write merged with the update that undoes it, to apply in its place; None
+    when it is to be kept out instead: it cannot be integrated yet (it depends on
+    updates the document lacks), or its change cannot be undone."""
+
+
+def rollback(doc: Doc[Any], update: Update) -> Rollback:
+    """How to refuse `update` in `doc`, computed on one scratch copy of `doc`.
 
     Raises:
         ProtocolError: `update` is not a valid Yjs update.
     """
-    try:
-        ends = clock_ends(update)
-    except ProtocolError:
-        raise
-    known = decode_state_vector(doc.get_state())
-    if any(known.get(client, 0) < end for client, end in ends.items()):
-        return True
-    base = doc.get_update()
-    probe: Doc[Any] = Doc()
-    try:
-        probe.apply_update(base)
-        probe.apply_update(update)
-    except ValueError as exc:
-        raise ProtocolError(f"invalid Yjs update: {exc}") from exc
-    return probe.get_update() != base
-
-
-def rollback(doc: Doc[Any], update: Update) -> Update | None:
-    """The denied `update` merged with the update that undoes it, for `doc`.
-
-    Returns None when the update is to be kept out rather than rolled back: it
-    changes nothing in `doc`, cannot be integrated yet (it depends on updates `doc`
-    lacks), or its change cannot be undone. The author is told either way.
-
-    Raises:
-        ProtocolError: `update` is not a valid Yjs update.
-    """
-    try:
-        ends = clock_ends(update)
-        base = doc.get_update()
-        probe: Doc[Any] = Doc()
-        probe.apply_update(base)
-        before = decode_state_vector(probe.get_state())
-        probe.apply_update(update)
-    except ValueError as exc:
-        raise ProtocolError(f"invalid Yjs update: {exc}") from exc
-    after = decode_state_vector(probe.get_state())
-    if any(after.get(client, 0) < end for client, end in ends.items()):
-        return None  # not integrated: it waits for updates nobody sent
-    if after == before and probe.get_update() == base:
-        return None
+    ends = clock_ends(update)
+    names = root_names(update)
     scratch: Doc[Any] = Doc()
-    scratch.apply_update(base)
-    # Every root the update may touch is in scope; the type given to a root here
-    # does not matter to the undo manager, which works on items.
-    scopes = [scratch.get(name, type=Text) for name in probe.keys()]
+    scratch.apply_update(doc.get_update())
+    # Every root the update may touch is in scope: those the document has, and those
+    # the update creates. The type given to a root here does not matter to the undo
+    # manager, which works on items.
+    scopes = [scratch.get(name, type=Text) for name in {*scratch.keys(), *names}]
     manager = UndoManager(scopes=scopes, capture_timeout_millis=0)
     manager.include_origin(_DENIED)
+    try:
+        with scratch.transaction(origin=_DENIED):
+            scratch.apply_update(update)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid Yjs update: {exc}") from exc
+    known = decode_state_vector(scratch.get_state())
+    if any(known.get(client, 0) < end for client, end in ends.items()):
+        return Rollback(changed=True, merged=None)  # waits for updates nobody sent
+    if not manager.can_undo():
+        return Rollback(changed=False, merged=None)  # nothing new: no write at all
     undone: list[Update] = []
 
     def capture(event: TransactionEvent) -> None:
         undone.append(event.update)
 
-    with scratch.transaction(origin=_DENIED):
-        scratch.apply_update(update)
     subscription = scratch.observe(capture)
-    if manager.can_undo():
-        manager.undo()
+    manager.undo()
     scratch.unobserve(subscription)
     if not undone:
-        return None  # nothing the undo manager could take back: keep it out entirely
-    merged: Update = merge_updates(update, *undone)
-    return merged
+        return Rollback(changed=True, merged=None)  # nothing the undo could take back
+    return Rollback(changed=True, merged=merge_updates(update, *undone))

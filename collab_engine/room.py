@@ -55,7 +55,7 @@ from .protocol import (
     encode_sync_step2,
     encode_sync_update,
 )
-from .rollback import changes, rollback
+from .rollback import Rollback, rollback
 from .types import DocumentName, Frame, PeerId, StateVector, Update
 
 log = logging.getLogger("collab_engine.room")
@@ -169,11 +169,14 @@ class Room:
         """Refuse `peer`'s update: tell it why, and roll the change back for everyone.
 
         The update and its compensation are applied merged, as one change (see
-        `rollback`): no replica shows the denied content, the author's included.
+        `rollback`): no replica shows the denied content, the author's included. An
+        update that changes nothing (a viewer's sync step 2, usually) is no write:
+        it is taken silently.
 
-        A rollback costs a copy of the document, so a peer denied more than
-        `MAX_DENIALS` times within `DENIAL_WINDOW` seconds is closed with 4403
-        instead: a viewer cannot keep the server busy at will.
+        Working out the rollback costs a copy of the document, so a peer with more
+        than `MAX_DENIALS` updates to refuse within `DENIAL_WINDOW` seconds is
+        closed with 4403 before any more copies: a viewer cannot keep the server
+        busy at will.
 
         Raises:
             ProtocolError: `update` is not a valid Yjs update.
@@ -187,10 +190,11 @@ class Room:
             peer.close(Forbidden(f"more than {MAX_DENIALS} denied writes in {DENIAL_WINDOW:g} s"))
             self.leave(peer)
             return
-        peer.send(encode_permission_denied(reason))
-        merged = rollback(self.doc, update)
-        if merged is not None:
-            self.apply(merged, origin=peer.id, author=peer.author)
+        refusal: Rollback = rollback(self.doc, update)
+        if refusal.changed:
+            peer.send(encode_permission_denied(reason))
+        if refusal.merged is not None:
+            self.apply(refusal.merged, origin=peer.id, author=peer.author)
         self._received_update(peer)
 
     # -- locks -------------------------------------------------------------------------
@@ -428,11 +432,9 @@ class Room:
                     self.deny(peer, update, reason)
                     return
                 if peer.read_only:
-                    if changes(self.doc, update):
-                        reason = f"{peer.identity.user_id} may not write to {self.name!r}"
-                        self.deny(peer, update, reason)
-                    else:
-                        self._received_update(peer)  # nothing new: no write at all
+                    self.deny(
+                        peer, update, f"{peer.identity.user_id} may not write to {self.name!r}"
+                    )
                     return
                 self.apply(update, origin=peer.id, author=peer.author)
                 self._received_update(peer)
