@@ -184,33 +184,34 @@ class Journal:
         batch = [write for write in batch if write.room.failed is None]
         if not batch:
             return
-        try:
-            seqs = await self.store.append([write.entry for write in batch])
-        except Exception as exc:  # noqa: BLE001 - any store failure is handled below
-            documents = {write.entry.document for write in batch}
-            if len(documents) == 1:
-                self._fail(batch, exc)
-                return
-            log.warning(
-                "writing %d updates of %d documents failed (%s): retrying document by document",
-                len(batch),
-                len(documents),
-                exc,
-            )
-            for document in documents:
-                await self._write_alone([w for w in batch if w.entry.document == document])
+        error = await self._append(batch)
+        if error is None:
             return
-        self.commits += 1
-        self._report(batch, seqs)
+        documents = {write.entry.document for write in batch}
+        if len(documents) == 1:
+            self._fail(batch, error)
+            return
+        log.warning(
+            "writing %d updates of %d documents failed (%s): retrying document by document",
+            len(batch),
+            len(documents),
+            error,
+        )
+        for document in documents:
+            alone = [write for write in batch if write.entry.document == document]
+            error = await self._append(alone)
+            if error is not None:
+                self._fail(alone, error)
 
-    async def _write_alone(self, batch: list[_Write]) -> None:
+    async def _append(self, batch: list[_Write]) -> Exception | None:
+        """Append `batch` in one transaction and report it; return the error, if any."""
         try:
             seqs = await self.store.append([write.entry for write in batch])
-        except Exception as exc:  # noqa: BLE001
-            self._fail(batch, exc)
-            return
+        except Exception as exc:  # noqa: BLE001 - any store failure is the caller's to handle
+            return exc
         self.commits += 1
         self._report(batch, seqs)
+        return None
 
     def _report(self, batch: Sequence[_Write], seqs: Sequence[int]) -> None:
         last: dict[int, tuple[Journaled, int, int, int, int]] = {}

@@ -246,29 +246,12 @@ class Shadow:
 
 
 def sections_touched(doc: Doc[Any], update: bytes) -> set[Section]:
-    """The sections `update` would change in `doc`: root names, and keys of root
-    maps (a change under a key counts as a change of that key).
+    """The sections `update` would change in `doc`, on a throwaway `Shadow`.
 
     Raises:
         ValueError: `update` is not a valid Yjs update.
     """
-    base = doc.get_update()
-    names: Doc[Any] = Doc()
-    names.apply_update(base)
-    names.apply_update(update)
-    probe: Doc[Any] = Doc()
-    probe.apply_update(base)
-    touched: set[Section] = set()
-    subscriptions = []
-    for name in names.keys():
-        # Seen as a Map, a root reports the keys that change; a Text or an Array
-        # reports a change with no key: the root itself.
-        root = probe.get(name, type=Map)
-        subscriptions.append((root, root.observe_deep(_collector(name, touched))))
-    probe.apply_update(update)
-    for root, subscription in subscriptions:
-        root.unobserve(subscription)
-    return touched
+    return Shadow(doc).check(update)
 
 
 def _collector(name: str, touched: set[Section]) -> Any:
