@@ -300,10 +300,14 @@ class Presence:
         """Time passes: flush coalesced states, clear expired typing, mark idle
         connections away, renew the server's entry. Returns entries for everyone."""
         out: list[AwarenessEntry] = []
+        # One pass over the clients, not one per connection: this runs every tick.
+        owned_by: dict[PeerId, list[ClientId]] = {}
+        for cid, client in self._clients.items():
+            owned_by.setdefault(client.owner, []).append(cid)
         for peer, connection in self._connections.items():
             changed: list[AwarenessEntry] = []
             silent = now - connection.last_activity
-            owned = [cid for cid, client in self._clients.items() if client.owner == peer]
+            owned = owned_by.get(peer, [])
             if not connection.idle and silent >= self.policy.idle_timeout:
                 connection.idle = True
                 for cid in owned:
