@@ -10,6 +10,7 @@ the update `Doc.get_update(state_vector)` encodes (lib0 v1 encoding, as Yjs's
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Final
 
@@ -113,7 +114,110 @@ def root_names(update: bytes) -> set[str]:
     return names
 
 
-def _struct(reader: _Reader, roots: set[str] | None = None) -> int:
+KINDS: Final = ("map", "text", "xml", "array")
+"""The kinds of root `root_kinds` tells apart, strongest hint first."""
+_XML_TEXT: Final = 6
+
+
+def root_kinds(update: bytes) -> dict[str, str]:
+    """The kind of each root type `update` holds content in: "map", "text", "xml"
+    (an XmlFragment) or "array".
+
+    A Yjs update does not say what type a root is; its items do. An item that names
+    its parent (a root, by name) tells with its map key (a Map) or its content
+    (strings and formats: Text; XML nodes: XmlFragment; values: Array). Items placed
+    next to another item (an origin) name no parent: they take their origin's root
+    and key, which is followed only for roots whose named items are all deleted. A
+    root whose every item is deleted and garbage-collected is not in the result.
+
+    Raises:
+        ProtocolError: `update` is not a well-formed v1 update.
+    """
+    reader = _Reader(update)
+    items: list[_Item] = []
+    for _ in range(reader.var_uint()):
+        count = reader.var_uint()
+        client = reader.var_uint()
+        clock = reader.var_uint()
+        for _ in range(count):
+            item = _Item(client, clock)
+            length = _struct(reader, item=item)
+            item.length = length
+            items.append(item)
+            clock += length
+    hints: dict[str, set[str]] = {}
+    for item in items:
+        if item.root is not None:
+            found = hints.setdefault(item.root, set())
+            if item.key:
+                found.add("map")  # even deleted: a key is a map's
+            elif item.kind is not None:
+                found.add(item.kind)
+    if any(not found for found in hints.values()):
+        _follow_origins(items, hints)
+    return {
+        root: next(kind for kind in KINDS if kind in found)
+        for root, found in hints.items()
+        if found
+    }
+
+
+class _Item:
+    """What `root_kinds` reads of one struct."""
+
+    __slots__ = ("client", "clock", "length", "origin", "right", "root", "key", "kind", "nested")
+
+    def __init__(self, client: int, clock: int) -> None:
+        self.client = client
+        self.clock = clock
+        self.length = 0
+        self.origin: tuple[int, int] | None = None
+        self.right: tuple[int, int] | None = None
+        self.root: str | None = None
+        self.key: bool = False
+        self.kind: str | None = None
+        self.nested = False
+        """The parent is another item (a type nested in a root), not a root."""
+
+
+def _follow_origins(items: list[_Item], hints: dict[str, set[str]]) -> None:
+    # Items by client, in clock order (as the update lists them), to find the item
+    # holding an id by bisection.
+    by_client: dict[int, list[_Item]] = {}
+    for item in items:
+        by_client.setdefault(item.client, []).append(item)
+    starts = {client: [item.clock for item in row] for client, row in by_client.items()}
+
+    def holder(item_id: tuple[int, int]) -> _Item | None:
+        row = by_client.get(item_id[0])
+        if row is None:
+            return None
+        index = bisect_right(starts[item_id[0]], item_id[1]) - 1
+        if index < 0 or item_id[1] >= row[index].clock + row[index].length:
+            return None
+        return row[index]
+
+    for item in items:
+        if item.root is not None or item.nested or item.kind is None:
+            continue
+        chain = [item]
+        current: _Item | None = item
+        while current is not None and current.root is None and not current.nested:
+            neighbour = current.origin or current.right
+            current = holder(neighbour) if neighbour is not None else None
+            if current is not None:
+                if current in chain:
+                    break
+                chain.append(current)
+        if current is None or current.root is None:
+            continue
+        for link in chain:  # everything on the way has the same parent and key
+            link.root, link.key = current.root, current.key
+        if item.root in hints:
+            hints[item.root].add("map" if item.key else item.kind)
+
+
+def _struct(reader: _Reader, roots: set[str] | None = None, *, item: _Item | None = None) -> int:
     """Read one struct; return its length in clock units (and add the root it names
     as its parent to `roots`)."""
     info = reader.byte()
@@ -121,18 +225,30 @@ def _struct(reader: _Reader, roots: set[str] | None = None) -> int:
     if kind in (_GC, _SKIP):
         return reader.var_uint()
     if info & 0x80:
-        reader.var_uint(), reader.var_uint()  # origin
+        origin = reader.var_uint(), reader.var_uint()
+        if item is not None:
+            item.origin = origin
     if info & 0x40:
-        reader.var_uint(), reader.var_uint()  # right origin
+        right = reader.var_uint(), reader.var_uint()
+        if item is not None:
+            item.right = right
     if not info & 0xC0:
         if reader.var_uint() == 1:
             root = reader.var_string()  # the parent is a root, by name
             if roots is not None:
                 roots.add(root)
+            if item is not None:
+                item.root = root
         else:
             reader.var_uint(), reader.var_uint()  # the parent is an item, by id
+            if item is not None:
+                item.nested = True
         if info & 0x20:
             reader.var_string()  # the key in a map
+            if item is not None:
+                item.key = True
+    if item is not None:
+        item.kind = _KIND_OF_CONTENT.get(kind)
     if kind == _DELETED:
         return reader.var_uint()
     if kind == _JSON:
@@ -152,8 +268,11 @@ def _struct(reader: _Reader, roots: set[str] | None = None) -> int:
         reader.var_string(), reader.var_string()
         return 1
     if kind == _TYPE:
-        if reader.var_uint() in (_XML_ELEMENT, _XML_HOOK):
+        type_ref = reader.var_uint()
+        if type_ref in (_XML_ELEMENT, _XML_HOOK):
             reader.var_string()
+        if item is not None and type_ref in (_XML_ELEMENT, _XML_HOOK, _XML_TEXT):
+            item.kind = "xml"
         return 1
     if kind == _ANY:
         count = reader.var_uint()
@@ -165,6 +284,18 @@ def _struct(reader: _Reader, roots: set[str] | None = None) -> int:
         reader.any()
         return 1
     raise ProtocolError(f"unknown struct content {kind}")
+
+
+_KIND_OF_CONTENT: Final = {
+    _JSON: "array",
+    _BINARY: "array",
+    _STRING: "text",
+    _EMBED: "text",
+    _FORMAT: "text",
+    _TYPE: "array",  # a nested type in a sequence; XML nodes are told apart above
+    _ANY: "array",
+    _DOC: "array",
+}
 
 
 class _Reader(Decoder):

@@ -18,6 +18,7 @@ from typing import Any
 from pycrdt import Doc, Text, TransactionEvent, UndoManager, merge_updates
 
 from .blocks import clock_ends, root_names
+from .content import typed_roots
 from .errors import ProtocolError
 from .protocol import decode_state_vector
 from .types import Update
@@ -75,3 +76,40 @@ def rollback(doc: Doc[Any], update: Update) -> Rollback:
     if not undone:
         return Rollback(changed=True, merged=None)  # nothing the undo could take back
     return Rollback(changed=True, merged=merge_updates(update, *undone))
+
+
+_RESTORED = "collab-engine:restored"
+
+
+def revert(version: Doc[Any], current: Update, kinds: dict[str, str]) -> Update:
+    """The update that makes a document whose state is `current` equal to `version`
+    (an earlier point of its history), as a new change on top of it.
+
+    It is the undo of everything `current` has that `version` lacks, computed on
+    `version` itself (changed by this call): content inserted since is deleted,
+    content deleted since is inserted again as new items, map keys take back their
+    values, formatting its attributes. Applied to a replica that has edits
+    `current` lacks, it merges with them by the usual CRDT rules. `kinds` names the
+    roots in scope and their kind (see `content.kinds_of`); the empty update
+    `b"\\x00\\x00"` means nothing differs.
+
+    Raises:
+        ValueError: `current` is not a valid Yjs update.
+    """
+    names = {*kinds, *root_names(current)}
+    scopes = list(typed_roots(version, {name: kinds.get(name, "text") for name in names}).values())
+    manager = UndoManager(scopes=scopes, capture_timeout_millis=0)
+    manager.include_origin(_RESTORED)
+    with version.transaction(origin=_RESTORED):
+        version.apply_update(current)
+    if not manager.can_undo():
+        return b"\x00\x00"
+    undone: list[Update] = []
+
+    def capture(event: TransactionEvent) -> None:
+        undone.append(event.update)
+
+    subscription = version.observe(capture)
+    manager.undo()
+    version.unobserve(subscription)
+    return merge_updates(*undone) if len(undone) > 1 else (undone[0] if undone else b"\x00\x00")

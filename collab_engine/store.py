@@ -54,6 +54,23 @@ class Version:
     automatic: bool
     created_at: float
     """Unix time."""
+    editors: tuple[str, ...] = ()
+    """Who wrote updates between the version before this one and this one (authors
+    of the log entries in that range, by first appearance; anonymous writers count
+    under their anonymous id)."""
+
+    def to_json(self) -> dict[str, object]:
+        """The version as the HTTP API and the WebSocket message give it."""
+        return {
+            "id": self.id,
+            "document": self.document,
+            "seq": self.seq,
+            "label": self.label,
+            "author": self.author,
+            "automatic": self.automatic,
+            "createdAt": self.created_at,
+            "editors": list(self.editors),
+        }
 
 
 class Store(Protocol):
@@ -69,8 +86,17 @@ class Store(Protocol):
         """
         ...
 
-    async def load(self, document: str) -> Stored:
-        """The latest snapshot of `document` and every update after it."""
+    async def load(self, document: str, upto: int | None = None) -> Stored:
+        """The latest snapshot of `document` and every update after it; with `upto`,
+        as of update `upto`: the latest snapshot at or before it and the updates up
+        to it."""
+        ...
+
+    async def log(
+        self, document: str, after: int, upto: int | None = None
+    ) -> list[tuple[int, Update, str | None]]:
+        """The log entries of `document` after seq `after` (up to `upto`), as
+        (seq, update, author), in seq order."""
         ...
 
     async def snapshot(self, document: str, state: Update, seq: int) -> None:
@@ -108,7 +134,8 @@ class Store(Protocol):
         """Record a version of a stored `document` at update `seq` (0: before any).
 
         Versions only name points of the log, which is never deleted: compaction
-        cannot take away what a version needs.
+        cannot take away what a version needs. The version's `editors` are the
+        authors of the log entries after the newest version at or before `seq`.
 
         Raises:
             ValueError: `document` is not stored, or has no update `seq`.
@@ -117,6 +144,13 @@ class Store(Protocol):
 
     async def versions(self, document: str) -> list[Version]:
         """The versions of `document`, oldest first."""
+        ...
+
+    async def remove_version(self, document: str, version_id: int) -> bool:
+        """Forget a version (the log is untouched); whether there was one.
+
+        Its editors are added to the next version's, which now covers its range.
+        """
         ...
 
     async def documents(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from collab_engine.permissions import Grant
 from collab_engine.store import Entry, Stored, Version
@@ -15,9 +16,10 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._log: dict[str, list[tuple[int, Update, str | None]]] = {}
-        self._snapshots: dict[str, tuple[int, Update]] = {}
+        self._snapshots: dict[str, list[tuple[int, Update]]] = {}
         self._grants: dict[str, dict[str, Grant]] = {}
         self._versions: list[Version] = []
+        self._last_id = 0
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
         seqs = []
@@ -28,18 +30,28 @@ class MemoryStore:
             seqs.append(seq)
         return seqs
 
-    async def load(self, document: str) -> Stored:
-        seq, state = self._snapshots.get(document, (0, None))
-        updates = [(s, u) for s, u, _ in self._log.get(document, []) if s > seq]
+    async def load(self, document: str, upto: int | None = None) -> Stored:
+        last = upto if upto is not None else float("inf")
+        seq, state = max(
+            ((s, u) for s, u in self._snapshots.get(document, []) if s <= last),
+            default=(0, None),
+        )
+        updates = [(s, u) for s, u, _ in self._log.get(document, []) if seq < s <= last]
         return Stored(snapshot=state, snapshot_seq=seq, updates=updates)
+
+    async def log(
+        self, document: str, after: int, upto: int | None = None
+    ) -> list[tuple[int, Update, str | None]]:
+        last = upto if upto is not None else float("inf")
+        return [entry for entry in self._log.get(document, []) if after < entry[0] <= last]
 
     async def snapshot(self, document: str, state: Update, seq: int) -> None:
         log = self._log.get(document, [])
         if seq < 1 or not log or seq > log[-1][0]:
             raise ValueError(f"no update {seq} in the log of {document!r}")
-        current = self._snapshots.get(document)
-        if current is None or current[0] < seq:
-            self._snapshots[document] = (seq, state)
+        kept = self._snapshots.setdefault(document, [])
+        if not kept or kept[-1][0] < seq:
+            kept.append((seq, state))
 
     async def grants(self, document: str) -> list[Grant]:
         return [grant for _, grant in sorted(self._grants.get(document, {}).items())]
@@ -62,14 +74,35 @@ class MemoryStore:
         log = self._log.get(document)
         if not log or not 0 <= seq <= log[-1][0]:
             raise ValueError(f"no update {seq} in the log of {document!r}")
+        previous = max(
+            (v.seq for v in self._versions if v.document == document and v.seq <= seq), default=0
+        )
+        editors = dict.fromkeys(
+            author for s, _, author in log if previous < s <= seq and author is not None
+        )
+        self._last_id += 1
         version = Version(
-            len(self._versions) + 1, document, seq, label, author, automatic, time.time()
+            self._last_id, document, seq, label, author, automatic, time.time(), tuple(editors)
         )
         self._versions.append(version)
         return version
 
     async def versions(self, document: str) -> list[Version]:
         return [version for version in self._versions if version.document == document]
+
+    async def remove_version(self, document: str, version_id: int) -> bool:
+        ordered = sorted(
+            (v for v in self._versions if v.document == document), key=lambda v: (v.seq, v.id)
+        )
+        index = next((i for i, v in enumerate(ordered) if v.id == version_id), None)
+        if index is None:
+            return False
+        if index + 1 < len(ordered):
+            after = ordered[index + 1]
+            editors = tuple(dict.fromkeys([*ordered[index].editors, *after.editors]))
+            self._versions[self._versions.index(after)] = replace(after, editors=editors)
+        self._versions.remove(ordered[index])
+        return True
 
     async def documents(self) -> list[str]:
         return sorted(self._log)

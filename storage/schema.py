@@ -3,6 +3,8 @@
     documents(name PK, last_seq, created_at)
     updates(document, seq, data, author, created_at)   PK (document, seq): the log
     snapshots(document, seq, state, created_at)        PK (document, seq)
+    grants(document, principal, role, created_at)      PK (document, principal)
+    versions(id, document, seq, label, author, automatic, created_at, editors)
     schema_version(version)                            one row
 
 The same schema runs on SQLite and PostgreSQL. Migrations are keyed by version
@@ -25,6 +27,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    inspect,
+    text,
 )
 
 metadata = MetaData()
@@ -75,6 +80,7 @@ versions = Table(
     Column("author", String(256)),
     Column("automatic", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("editors", Text),  # JSON list: who wrote updates since the version before
 )
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
@@ -92,7 +98,13 @@ def _v3(connection: Connection) -> None:
     metadata.create_all(connection, tables=[versions])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(connection: Connection) -> None:
+    # Version 3 databases have the table without the column (new ones get it from _v3).
+    if "editors" not in {column["name"] for column in inspect(connection).get_columns("versions")}:
+        connection.execute(text("ALTER TABLE versions ADD COLUMN editors TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 """Migration N (1-based) brings the schema from version N - 1 to N."""
 
 

@@ -12,6 +12,7 @@ one document (SQLite's write lock; PostgreSQL's row locks, `FOR UPDATE`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -117,20 +118,21 @@ class SQLStore:
             await connection.execute(updates.insert(), rows)
         return seqs
 
-    async def load(self, document: str) -> Stored:
+    async def load(self, document: str, upto: int | None = None) -> Stored:
         async with self.engine.connect() as connection:
+            query = select(snapshots.c.seq, snapshots.c.state).where(
+                snapshots.c.document == document
+            )
+            if upto is not None:
+                query = query.where(snapshots.c.seq <= upto)
             row = (
-                await connection.execute(
-                    select(snapshots.c.seq, snapshots.c.state)
-                    .where(snapshots.c.document == document)
-                    .order_by(snapshots.c.seq.desc())
-                    .limit(1)
-                )
+                await connection.execute(query.order_by(snapshots.c.seq.desc()).limit(1))
             ).first()
             seq, state = (int(row.seq), bytes(row.state)) if row else (0, None)
             rows = await connection.execute(
                 select(updates.c.seq, updates.c.data)
                 .where(updates.c.document == document, updates.c.seq > seq)
+                .where(updates.c.seq <= (upto if upto is not None else _MAX_SEQ))
                 .order_by(updates.c.seq)
             )
             return Stored(
@@ -138,6 +140,18 @@ class SQLStore:
                 snapshot_seq=seq,
                 updates=[(int(r.seq), bytes(r.data)) for r in rows],
             )
+
+    async def log(
+        self, document: str, after: int, upto: int | None = None
+    ) -> list[tuple[int, Update, str | None]]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(updates.c.seq, updates.c.data, updates.c.author)
+                .where(updates.c.document == document, updates.c.seq > after)
+                .where(updates.c.seq <= (upto if upto is not None else _MAX_SEQ))
+                .order_by(updates.c.seq)
+            )
+            return [(int(r.seq), bytes(r.data), r.author) for r in rows]
 
     async def snapshot(self, document: str, state: Update, seq: int) -> None:
         async with self.engine.begin() as connection:
@@ -206,11 +220,32 @@ class SQLStore:
         async with self.engine.begin() as connection:
             last = (
                 await connection.execute(
-                    select(documents.c.last_seq).where(documents.c.name == document)
+                    select(documents.c.last_seq)
+                    .where(documents.c.name == document)
+                    .with_for_update()
                 )
             ).scalar()
             if last is None or not 0 <= seq <= last:
                 raise ValueError(f"no update {seq} in the log of {document!r}")
+            previous = (
+                await connection.execute(
+                    select(func.max(versions.c.seq)).where(
+                        versions.c.document == document, versions.c.seq <= seq
+                    )
+                )
+            ).scalar()
+            rows = await connection.execute(
+                select(updates.c.author)
+                .where(
+                    updates.c.document == document,
+                    updates.c.seq > (previous or 0),
+                    updates.c.seq <= seq,
+                    updates.c.author.is_not(None),
+                )
+                .group_by(updates.c.author)
+                .order_by(func.min(updates.c.seq))
+            )
+            editors = tuple(row.author for row in rows)
             result = await connection.execute(
                 versions.insert()
                 .values(
@@ -220,29 +255,44 @@ class SQLStore:
                     author=author,
                     automatic=automatic,
                     created_at=now,
+                    editors=json.dumps(editors),
                 )
                 .returning(versions.c.id)
             )
             version_id = int(result.scalar_one())
-        return Version(version_id, document, seq, label, author, automatic, now)
+        return Version(version_id, document, seq, label, author, automatic, now, editors)
 
     async def versions(self, document: str) -> list[Version]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 select(versions).where(versions.c.document == document).order_by(versions.c.id)
             )
-            return [
-                Version(
-                    int(row.id),
-                    row.document,
-                    int(row.seq),
-                    row.label,
-                    row.author,
-                    bool(row.automatic),
-                    float(row.created_at),
+            return [_version(row) for row in rows]
+
+    async def remove_version(self, document: str, version_id: int) -> bool:
+        async with self.engine.begin() as connection:
+            rows = (
+                await connection.execute(
+                    select(versions)
+                    .where(versions.c.document == document)
+                    .order_by(versions.c.seq, versions.c.id)
+                    .with_for_update()
                 )
-                for row in rows
-            ]
+            ).all()
+            found = [i for i, row in enumerate(rows) if int(row.id) == version_id]
+            if not found:
+                return False
+            index = found[0]
+            if index + 1 < len(rows):
+                after = _version(rows[index + 1])
+                editors = dict.fromkeys([*_version(rows[index]).editors, *after.editors])
+                await connection.execute(
+                    update(versions)
+                    .where(versions.c.id == after.id)
+                    .values(editors=json.dumps(list(editors)))
+                )
+            await connection.execute(delete(versions).where(versions.c.id == version_id))
+            return True
 
     async def documents(self) -> list[str]:
         async with self.engine.connect() as connection:
@@ -251,6 +301,23 @@ class SQLStore:
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+_MAX_SEQ = 2**62
+"""Past any seq: `upto` when there is none."""
+
+
+def _version(row: Any) -> Version:
+    return Version(
+        int(row.id),
+        row.document,
+        int(row.seq),
+        row.label,
+        row.author,
+        bool(row.automatic),
+        float(row.created_at),
+        tuple(json.loads(row.editors)) if row.editors else (),
+    )
 
 
 def _check_sqlite_directory(url: str) -> None:

@@ -56,3 +56,42 @@ async def test_a_version_1_database_is_brought_to_the_current_version(tmp_path: 
         await store.aclose()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+
+
+async def test_a_version_3_database_gets_the_editors_of_versions(tmp_path: Path) -> None:
+    """Schema 3 had versions without editors: migration 4 adds the column, and the
+    versions already there read with no editors."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE schema_version (version INTEGER NOT NULL);
+            INSERT INTO schema_version VALUES (3);
+            CREATE TABLE documents (name VARCHAR(1024) PRIMARY KEY, last_seq BIGINT NOT NULL,
+                created_at FLOAT NOT NULL);
+            CREATE TABLE updates (document VARCHAR(1024), seq BIGINT, data BLOB NOT NULL,
+                author VARCHAR(256), created_at FLOAT NOT NULL, PRIMARY KEY (document, seq));
+            CREATE TABLE snapshots (document VARCHAR(1024), seq BIGINT, state BLOB NOT NULL,
+                created_at FLOAT NOT NULL, PRIMARY KEY (document, seq));
+            CREATE TABLE grants (document VARCHAR(1024), principal VARCHAR(512),
+                role VARCHAR(16) NOT NULL, created_at FLOAT NOT NULL,
+                PRIMARY KEY (document, principal));
+            CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                document VARCHAR(1024) NOT NULL, seq BIGINT NOT NULL, label VARCHAR(512),
+                author VARCHAR(256), automatic BOOLEAN NOT NULL, created_at FLOAT NOT NULL);
+            INSERT INTO documents VALUES ('d', 1, 0);
+            INSERT INTO updates VALUES ('d', 1, x'00', 'alice', 0);
+            INSERT INTO versions (document, seq, label, automatic, created_at)
+                VALUES ('d', 1, 'old', 0, 0);
+            """
+        )
+    store = await SQLStore.connect(sqlite_url(str(path)))
+    try:
+        (old,) = await store.versions("d")
+        assert (old.label, old.editors) == ("old", ())
+        new = await store.add_version("d", 1, label="new")
+        assert new.editors == ()  # nothing since the version at the same seq
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]

@@ -226,3 +226,42 @@ async def test_versions_name_points_of_the_log(open_store: Opener) -> None:
     assert second.id > first.id
     assert [seq for seq, _ in (await reopened.load("doc")).updates] == []
     assert [v.seq for v in await reopened.versions("other")] == [0]
+
+
+async def test_load_as_of_a_seq_uses_the_snapshots_at_or_before_it(open_store: Opener) -> None:
+    """`load(upto=n)` is the document as of update n: the latest snapshot not past
+    n, then the updates up to n; `log` gives entries with their authors."""
+    store = await open_store()
+    await store.append([Entry("doc", f"u{i}".encode(), f"user:{i % 2}") for i in range(1, 7)])
+    await store.snapshot("doc", b"at2", 2)
+    await store.snapshot("doc", b"at4", 4)
+    reopened = await open_store()
+    cases = {1: (None, 0, [1]), 3: (b"at2", 2, [3]), 5: (b"at4", 4, [5]), None: (b"at4", 4, [5, 6])}
+    for upto, (snapshot, snapshot_seq, seqs) in cases.items():
+        stored = await reopened.load("doc", upto=upto)
+        assert (stored.snapshot, stored.snapshot_seq) == (snapshot, snapshot_seq), upto
+        assert [seq for seq, _ in stored.updates] == seqs, upto
+    assert await reopened.log("doc", 2, 4) == [(3, b"u3", "user:1"), (4, b"u4", "user:0")]
+    assert [seq for seq, _, _ in await reopened.log("doc", 4)] == [5, 6]
+    assert await reopened.log("nobody", 0) == []
+
+
+async def test_versions_record_who_edited_since_the_one_before(open_store: Opener) -> None:
+    """A version's editors are the authors after the version before it (by first
+    appearance); removing a version hands its editors to the next one."""
+    store = await open_store()
+    authors = ["alice", "bob", None, "alice", "carol", "dave"]
+    await store.append([Entry("doc", b"u", author) for author in authors])
+    first = await store.add_version("doc", 2)
+    second = await store.add_version("doc", 5, label="named")
+    third = await store.add_version("doc", 6)
+    assert first.editors == ("alice", "bob")
+    assert second.editors == ("alice", "carol")  # seq 3 has no author
+    assert third.editors == ("dave",)
+    reopened = await open_store()
+    assert await reopened.remove_version("doc", second.id) is True
+    assert await reopened.remove_version("doc", second.id) is False
+    listed = await reopened.versions("doc")
+    assert [v.id for v in listed] == [first.id, third.id]
+    assert listed[1].editors == ("alice", "carol", "dave")
+    assert listed[0].editors == ("alice", "bob")
