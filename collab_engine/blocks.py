@@ -213,8 +213,8 @@ def _follow_origins(items: list[_Item], hints: dict[str, set[str]]) -> None:
             continue
         for link in chain:  # everything on the way has the same parent and key
             link.root, link.key = current.root, current.key
-        if item.root in hints:
-            hints[item.root].add("map" if item.key else item.kind)
+        if current.root in hints:
+            hints[current.root].add("map" if current.key else item.kind)
 
 
 def _struct(reader: _Reader, roots: set[str] | None = None, *, item: _Item | None = None) -> int:

@@ -77,6 +77,7 @@ class _Sequence:
                 take(op["delete"], deleting=True)
             elif "insert" in op:
                 inserted = op["insert"]
+                data: Any
                 if text:
                     data = inserted.encode("utf-8") if isinstance(inserted, str) else _EMBED_BYTE
                 else:
@@ -97,7 +98,7 @@ def diff(
     map_authors: dict[str, dict[str, str | None]] = {}
     authors: dict[str, list[str | None]] = {name: [] for name in roots}
     events: list[tuple[str, Any]] = []
-    subscriptions = []
+    subscriptions: list[tuple[Any, Any]] = []
     for name, root in roots.items():
         if isinstance(root, Text | Array):
             initial: Any = _text_bytes(root) if isinstance(root, Text) else list(old[name])

@@ -14,7 +14,8 @@ observer, which also hands the update to the journal.
 
 The engine owns its background tasks in one task group that lives and dies with
 the `async with` block: the journal's writer, the sweeper (awareness timeouts,
-idle rooms, compaction due) and the compactor. Leaving the block closes every
+idle rooms, compaction and automatic versions due), the compactor and the
+history's versioner (see `history`). Leaving the block closes every
 peer with 1001, stops the rooms taking changes, and writes everything accepted.
 
 Compaction runs on its own schedule, never inside a write: when a loaded
@@ -38,16 +39,16 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from pycrdt import Doc
 
 from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
+from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
 from .locks import Locks
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
 from .room import Room
-from .store import Store, Stored
+from .store import Store, Stored, rebuild
 from .types import DocumentName, Update
 
 log = logging.getLogger("collab_engine.engine")
@@ -89,6 +90,8 @@ class EngineConfig:
     """Seconds before a document whose compaction failed is tried again."""
     drain_timeout: float = 30.0
     """Seconds the engine waits, when it stops, for the journal to write what it holds."""
+    history: HistoryPolicy = HistoryPolicy()
+    """When automatic versions are made and how long they are kept (see `history`)."""
 
 
 @dataclass(slots=True)
@@ -128,6 +131,8 @@ class Engine:
         # Grants by document: read from the store once, then kept here and changed
         # only through `grant`/`revoke`, which also apply them to open connections.
         self._grants: dict[DocumentName, list[Grant]] = {}
+        self.history = History(self, self.config.history)
+        """Versions, content at a version, diffs and restore (needs a store)."""
 
     async def __aenter__(self) -> Engine:
         if self._task_group is not None:
@@ -137,6 +142,7 @@ class Engine:
         if self.journal is not None:
             await self._task_group.start(self.journal.run)
             self._task_group.start_soon(self._compact_forever)
+            self._task_group.start_soon(self.history.run)
         self._task_group.start_soon(self._sweep_forever)
         return self
 
@@ -347,9 +353,12 @@ class Engine:
                 del self._slots[name]
                 room.close()
                 log.debug("room %r unloaded", name)
+                if room.failed is None:
+                    self.history.unloaded(name, room.edited_at is not None, room.stored_seq)
             elif self._due_for_compaction(room, now):
                 self._compaction_due[name] = None
                 self._compaction_wakeup.set()
+        self.history.sweep(now)
 
     def _due_for_compaction(self, room: Room, now: float) -> bool:
         if self.store is None or room.failed is not None or room.name in self._compaction_due:
@@ -433,39 +442,6 @@ class Engine:
                 next_sweep = anyio.current_time() + self.config.sweep_interval
                 self.sweep()
                 self._expire_credentials(time.time())
-
-
-def rebuild(name: str, stored: Stored) -> Doc[Any]:
-    """The document `stored` describes: its snapshot, then every update after it.
-
-    Raises:
-        StorageError: the snapshot or an update cannot be decoded; it names the
-            document and the sequence number. No partial document is returned.
-    """
-    doc: Doc[Any] = Doc()
-    if stored.snapshot is not None:
-        _integrate(
-            doc, stored.snapshot, f"document {name!r}: the snapshot at seq {stored.snapshot_seq}"
-        )
-    for seq, update in stored.updates:
-        _integrate(doc, update, f"document {name!r}: update {seq}")
-    return doc
-
-
-def _integrate(doc: Doc[Any], update: Update, what: str) -> None:
-    try:
-        doc.apply_update(update)
-    except Exception as exc:
-        error = StorageError(f"{what} cannot be decoded ({exc})")
-        log.error("%s", error.reason)
-        raise error from exc
-    except BaseException as exc:
-        # Yrs panics (pyo3's PanicException is a BaseException) on some garbage.
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        error = StorageError(f"{what} cannot be decoded (the decoder panicked)")
-        log.error("%s", error.reason)
-        raise error from exc
 
 
 def _state_of(name: str, stored: Stored) -> Update:

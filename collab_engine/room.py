@@ -129,6 +129,8 @@ class Room:
         """Set when the room's updates could not be stored; the room is then done."""
         self.author: str | None = None
         """Who the update being applied is from, for the update log (set by `apply`)."""
+        self.edited_at: float | None = None
+        """When (the room's clock) the document last changed; None: not since loaded."""
         self._subscription = self.doc.observe(self._on_transaction)
 
     # -- the document ------------------------------------------------------------------
@@ -140,6 +142,7 @@ class Room:
         update = event.update
         if update == _EMPTY_UPDATE:
             return
+        self.edited_at = self._clock()
         if self.journal is not None and self.failed is None:
             self.last_ticket = self.journal.submit(self, update, self.author)
         if self._shadow is not None:

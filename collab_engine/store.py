@@ -9,10 +9,14 @@ time, never content). Implementations live in the `storage` package.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from pycrdt import Doc
+
+from .errors import StorageError
 from .permissions import Grant
 from .types import Update
 
@@ -40,6 +44,9 @@ class Stored:
     def last_seq(self) -> int:
         """The seq of the newest update (0 for a document with none)."""
         return self.updates[-1][0] if self.updates else self.snapshot_seq
+
+
+log = logging.getLogger("collab_engine.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +129,22 @@ class Store(Protocol):
         """Remove the principal's grant on `document`; whether there was one."""
         ...
 
+    async def last_seq(self, document: str) -> int | None:
+        """The seq of the newest update of `document` (0: none yet); None when the
+        document is not stored."""
+        ...
+
     async def add_version(
         self,
         document: str,
-        seq: int,
+        seq: int | None,
         *,
         label: str | None = None,
         author: str | None = None,
         automatic: bool = False,
     ) -> Version:
-        """Record a version of a stored `document` at update `seq` (0: before any).
+        """Record a version of a stored `document` at update `seq` (0: before any;
+        None: its newest update, read in the same transaction).
 
         Versions only name points of the log, which is never deleted: compaction
         cannot take away what a version needs. The version's `editors` are the
@@ -160,3 +173,36 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Release connections; the store is not used after this."""
         ...
+
+
+def rebuild(name: str, stored: Stored) -> Doc[Any]:
+    """The document `stored` describes: its snapshot, then every update after it.
+
+    Raises:
+        StorageError: the snapshot or an update cannot be decoded; it names the
+            document and the sequence number. No partial document is returned.
+    """
+    doc: Doc[Any] = Doc()
+    if stored.snapshot is not None:
+        _integrate(
+            doc, stored.snapshot, f"document {name!r}: the snapshot at seq {stored.snapshot_seq}"
+        )
+    for seq, update in stored.updates:
+        _integrate(doc, update, f"document {name!r}: update {seq}")
+    return doc
+
+
+def _integrate(doc: Doc[Any], update: Update, what: str) -> None:
+    try:
+        doc.apply_update(update)
+    except Exception as exc:
+        error = StorageError(f"{what} cannot be decoded ({exc})")
+        log.error("%s", error.reason)
+        raise error from exc
+    except BaseException as exc:
+        # Yrs panics (pyo3's PanicException is a BaseException) on some garbage.
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        error = StorageError(f"{what} cannot be decoded (the decoder panicked)")
+        log.error("%s", error.reason)
+        raise error from exc

@@ -62,17 +62,23 @@ class MemoryStore:
     async def revoke(self, document: str, principal: str) -> bool:
         return self._grants.get(document, {}).pop(principal, None) is not None
 
+    async def last_seq(self, document: str) -> int | None:
+        log = self._log.get(document)
+        return None if log is None else (log[-1][0] if log else 0)
+
     async def add_version(
         self,
         document: str,
-        seq: int,
+        seq: int | None,
         *,
         label: str | None = None,
         author: str | None = None,
         automatic: bool = False,
     ) -> Version:
         log = self._log.get(document)
-        if not log or not 0 <= seq <= log[-1][0]:
+        if log and seq is None:
+            seq = log[-1][0]
+        if not log or seq is None or not 0 <= seq <= log[-1][0]:
             raise ValueError(f"no update {seq} in the log of {document!r}")
         previous = max(
             (v.seq for v in self._versions if v.document == document and v.seq <= seq), default=0

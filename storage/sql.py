@@ -207,10 +207,19 @@ class SQLStore:
             )
             return bool(result.rowcount)
 
+    async def last_seq(self, document: str) -> int | None:
+        async with self.engine.connect() as connection:
+            last = (
+                await connection.execute(
+                    select(documents.c.last_seq).where(documents.c.name == document)
+                )
+            ).scalar()
+            return None if last is None else int(last)
+
     async def add_version(
         self,
         document: str,
-        seq: int,
+        seq: int | None,
         *,
         label: str | None = None,
         author: str | None = None,
@@ -225,7 +234,9 @@ class SQLStore:
                     .with_for_update()
                 )
             ).scalar()
-            if last is None or not 0 <= seq <= last:
+            if last is not None and seq is None:
+                seq = int(last)
+            if last is None or seq is None or not 0 <= seq <= last:
                 raise ValueError(f"no update {seq} in the log of {document!r}")
             previous = (
                 await connection.execute(
