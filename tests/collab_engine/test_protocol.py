@@ -15,9 +15,9 @@ from collab_engine.errors import ProtocolError
 from collab_engine.protocol import (
     AwarenessEntry,
     AwarenessUpdate,
-    PermissionDenied,
     LockReply,
     LockRequest,
+    PermissionDenied,
     Persisted,
     QueryAwareness,
     RequestPersisted,
