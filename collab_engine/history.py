@@ -29,6 +29,7 @@ editor to name, owner to restore).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .content import content_of, kinds_of
 from .diff import diff
 from .errors import StorageError
 from .journal import describe_error
+from .permissions import Role
 from .rollback import revert
 from .store import Store, Stored, Version, rebuild
 from .types import DocumentName, Update
@@ -53,6 +55,16 @@ log = logging.getLogger("collab_engine.history")
 
 MAX_LABEL = 512
 """The longest version label, in characters."""
+
+
+NEEDED: dict[str, Role] = {
+    "list": Role.VIEWER,
+    "content": Role.VIEWER,
+    "diff": Role.VIEWER,
+    "create": Role.EDITOR,
+    "restore": Role.OWNER,
+}
+"""The role each history operation needs, over HTTP and the WebSocket alike."""
 
 
 class VersionNotFound(LookupError):
@@ -238,6 +250,49 @@ class History:
                 f" ({version.label})" if version.label else ""
             )
             return await self.create(name, label=label[:MAX_LABEL], author=author)
+
+    # -- the WebSocket message -------------------------------------------------------
+
+    async def answer(self, name: str, body: str, *, author: str, role: Role) -> dict[str, Any]:
+        """The reply to a version request (our WebSocket message) on document `name`
+        from a peer with `role`:
+
+            {"id": 1, "op": "create", "label": "draft"}  -> {"id": 1, "ok": true, "version": {...}}
+            {"id": 2, "op": "list"}                      -> {"id": 2, "ok": true, "versions": [...]}
+            {"id": 3, "op": "restore", "version": 7}     -> {"id": 3, "ok": true, "version": {...}}
+
+        A version created here holds every update the peer sent before the request.
+        Errors are replies ({"ok": false, "error": ...}), never a closed connection.
+        """
+        request = json.loads(body)
+        reply: dict[str, Any] = {"id": request.get("id")}
+        op = request.get("op")
+        try:
+            if op not in NEEDED:
+                raise ValueError(f"unknown version op {op!r}: {', '.join(NEEDED)}")
+            if role < NEEDED[op]:
+                raise PermissionError(f"{NEEDED[op]} right needed to {op} versions")
+            if op == "list":
+                return {
+                    **reply,
+                    "ok": True,
+                    "versions": [v.to_json() for v in await self.versions(name)],
+                }
+            if op == "create":
+                label = request.get("label")
+                if label is not None and not isinstance(label, str):
+                    raise ValueError("label must be a string")
+                version = await self.create(name, label=label, author=author)
+            elif op == "restore":
+                target = request.get("version")
+                if not isinstance(target, int):
+                    raise ValueError("restore needs the version's id")
+                version = await self.restore(name, target, author=author)
+            else:
+                raise ValueError(f"{op} is answered over HTTP: /api/documents/<name>/versions")
+        except (ValueError, PermissionError, VersionNotFound, StorageError) as error:
+            return {**reply, "ok": False, "error": str(error)}
+        return {**reply, "ok": True, "version": version.to_json()}
 
     # -- automatic versions ------------------------------------------------------------
 

@@ -18,6 +18,8 @@ and two messages of ours, under a message type y-websocket does not use (100):
     persisted(count)     := varUint(100) varUint(1) varUint(count)
     lockRequest(json)    := varUint(100) varUint(2) varString(JSON object)
     lockReply(json)      := varUint(100) varUint(3) varString(JSON object)
+    versionRequest(json) := varUint(100) varUint(4) varString(JSON object)
+    versionReply(json)   := varUint(100) varUint(5) varString(JSON object)
 
 A client that sends `requestPersisted` is told, with `persisted(count)`, whenever
 more of its updates are durable: the first `count` update messages (sync step 2
@@ -58,6 +60,8 @@ COLLAB_REQUEST_PERSISTED: Final = 0
 COLLAB_PERSISTED: Final = 1
 COLLAB_LOCK_REQUEST: Final = 2
 COLLAB_LOCK_REPLY: Final = 3
+COLLAB_VERSION_REQUEST: Final = 4
+COLLAB_VERSION_REPLY: Final = 5
 
 MAX_VAR_UINT: Final = 2**53 - 1
 """The largest integer lib0 (JavaScript) can read back; larger ones are refused."""
@@ -142,6 +146,20 @@ class LockReply:
     body: str
 
 
+@dataclass(frozen=True, slots=True)
+class VersionRequest:
+    """Ours: name a version, or list them (client to server); `body` is a JSON object."""
+
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionReply:
+    """Ours: the answer to a version request (server to client); `body` is a JSON object."""
+
+    body: str
+
+
 Message: TypeAlias = (
     SyncStep1
     | SyncStep2
@@ -153,6 +171,8 @@ Message: TypeAlias = (
     | Persisted
     | LockRequest
     | LockReply
+    | VersionRequest
+    | VersionReply
 )
 
 
@@ -229,6 +249,16 @@ def encode_lock_reply(body: str) -> Frame:
     return b"\x64\x03" + _var_bytes(body.encode())
 
 
+def encode_version_request(body: str) -> Frame:
+    """Encode our version request carrying the JSON `body`."""
+    return b"\x64\x04" + _var_bytes(body.encode())
+
+
+def encode_version_reply(body: str) -> Frame:
+    """Encode our version reply carrying the JSON `body`."""
+    return b"\x64\x05" + _var_bytes(body.encode())
+
+
 def encode(message: Message) -> Frame:
     """Encode any message; the inverse of `decode`."""
     match message:
@@ -252,6 +282,10 @@ def encode(message: Message) -> Frame:
             return encode_lock_request(body)
         case LockReply(body):
             return encode_lock_reply(body)
+        case VersionRequest(body):
+            return encode_version_request(body)
+        case VersionReply(body):
+            return encode_version_reply(body)
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -347,9 +381,9 @@ def _json_object(text: str) -> None:
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError("lock message is not valid JSON") from exc
+        raise ProtocolError("lock or version message is not valid JSON") from exc
     if not isinstance(value, dict):
-        raise ProtocolError("lock message must be a JSON object")
+        raise ProtocolError("lock or version message must be a JSON object")
 
 
 def _decode_awareness(payload: bytes) -> AwarenessUpdate:
@@ -433,6 +467,10 @@ def decode(frame: bytes) -> Message:
             body = reader.var_string()
             _json_object(body)
             message = LockRequest(body) if sub == COLLAB_LOCK_REQUEST else LockReply(body)
+        elif sub in (COLLAB_VERSION_REQUEST, COLLAB_VERSION_REPLY):
+            body = reader.var_string()
+            _json_object(body)
+            message = VersionRequest(body) if sub == COLLAB_VERSION_REQUEST else VersionReply(body)
         else:
             raise ProtocolError(f"unknown collab-engine message type {sub}")
     else:

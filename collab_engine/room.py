@@ -47,6 +47,8 @@ from .protocol import (
     SyncStep1,
     SyncStep2,
     SyncUpdate,
+    VersionReply,
+    VersionRequest,
     encode_awareness,
     encode_lock_reply,
     encode_permission_denied,
@@ -469,8 +471,12 @@ class Room:
             case RequestPersisted():
                 peer.wants_acks = True
                 peer.send(encode_persisted(peer.acked))
-            case PermissionDenied() | Persisted() | LockReply():
+            case PermissionDenied() | Persisted() | LockReply() | VersionReply():
                 raise ProtocolError("this message is sent by the server, not to it")
+            case VersionRequest():
+                # Answered by the connection with the engine's history (it awaits
+                # the store); a room alone has no history.
+                raise ProtocolError("versions need a server with a store")
 
     def sweep(self) -> list[AwarenessEntry]:
         """Remove awareness states that were not renewed in time, for everyone."""

@@ -8,6 +8,15 @@
     GET    /api/documents/<name>/grants               owner    the stored grants
     PUT    /api/documents/<name>/grants/<principal>   owner    body {"role": "editor"}
     DELETE /api/documents/<name>/grants/<principal>   owner    remove that grant
+    GET    /api/documents/<name>/versions             viewer   the versions, oldest first
+    POST   /api/documents/<name>/versions             editor   body {"label": "..."}: name
+                                                               the document as it is now
+    GET    /api/documents/<name>/versions/<id>        viewer   content at a version ("now":
+                                                               the current content)
+    GET    /api/documents/<name>/versions/<a>/diff/<b> viewer  what changed from a to b
+                                                               (b may be "now"), with authors
+    POST   /api/documents/<name>/versions/<id>/restore owner   make the document equal to
+                                                               the version, as a new change
 
 Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
 secret configured (open development mode) every request is owner. Answers are
@@ -20,10 +29,12 @@ changed here takes effect on open connections at once.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from collab_engine.engine import Engine
 from collab_engine.errors import Forbidden, StorageError, Unauthenticated
+from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, parse_section
 from collab_engine.permissions import Grant, Role
@@ -62,11 +73,19 @@ async def documents_api(
     await respond(send, status, body)
 
 
+_VERSIONS = re.compile(
+    r"^(?P<name>.+)/versions(?:/(?P<id>\d+|now)(?:/(?P<action>restore|diff/(?P<to>\d+|now)))?)?$"
+)
+
+
 async def _route(
     engine: Engine, settings: Settings, scope: Scope, receive: Receive
 ) -> tuple[int, dict[str, Any]]:
     rest: str = scope["path"][len(DOCUMENTS) :]
     method = "GET" if scope["method"] == "HEAD" else scope["method"]
+    versions = _VERSIONS.match(rest)
+    if versions is not None:
+        return await _versions(engine, settings, scope, receive, method, versions)
     allowed: tuple[str, ...]
     principal: str | None
     if rest.endswith("/presence"):
@@ -134,6 +153,57 @@ async def _route(
         raise HTTPError(400, str(exc)) from None
     await engine.grant(name, grant)
     return 200, {"document": name, "grant": _grant_json(grant)}
+
+
+async def _versions(
+    engine: Engine,
+    settings: Settings,
+    scope: Scope,
+    receive: Receive,
+    method: str,
+    match: re.Match[str],
+) -> tuple[int, dict[str, Any]]:
+    name, at, action, to = match["name"], match["id"], match["action"], match["to"]
+    allowed: tuple[str, ...]
+    if at is None:
+        op, allowed = ("list" if method == "GET" else "create"), ("GET", "POST")
+    elif action is None:
+        op, allowed = "content", ("GET",)
+    elif action == "restore":
+        op, allowed = "restore", ("POST",)
+    else:
+        op, allowed = "diff", ("GET",)
+    if method not in allowed:
+        raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
+    if len(name.encode()) > settings.max_name_length:
+        raise HTTPError(400, "bad document name")
+    if engine.store is None:
+        raise HTTPError(404, "this server keeps no history (it has no store)")
+    identity, _ = await _authorize(engine, settings, scope, name, NEEDED[op])
+    history = engine.history
+    version_id = None if at in (None, "now") else int(at)
+    try:
+        if op == "list":
+            listed = await history.versions(name)
+            return 200, {"document": name, "versions": [v.to_json() for v in listed]}
+        if op == "create":
+            label = (await _read_json(receive)).get("label")
+            if label is not None and not isinstance(label, str):
+                raise HTTPError(400, "label must be a string")
+            version = await history.create(name, label=label, author=identity.user_id)
+            return 200, {"document": name, "version": version.to_json()}
+        if op == "content":
+            return 200, await history.content(name, version_id)
+        if version_id is None:
+            raise HTTPError(400, f"{op} needs a version id, not 'now'")
+        if op == "diff":
+            return 200, await history.diff(name, version_id, None if to == "now" else int(to))
+        version = await history.restore(name, version_id, author=identity.user_id)
+        return 200, {"document": name, "version": version.to_json()}
+    except VersionNotFound as error:
+        raise HTTPError(404, str(error)) from None
+    except ValueError as error:
+        raise HTTPError(400, str(error)) from None
 
 
 async def _authorize(

@@ -10,6 +10,7 @@ frame ends this connection only.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import anyio
@@ -24,9 +25,16 @@ from collab_engine.errors import (
     StorageError,
     close_reason,
 )
+from collab_engine.history import History
 from collab_engine.journal import Journal
 from collab_engine.peer import Peer
-from collab_engine.protocol import SyncStep2, SyncUpdate, decode
+from collab_engine.protocol import (
+    SyncStep2,
+    SyncUpdate,
+    VersionRequest,
+    decode,
+    encode_version_reply,
+)
 from collab_engine.room import Room
 
 from .auth import credentials_for
@@ -78,7 +86,8 @@ async def serve_websocket(
         return
     try:
         async with engine.room(name) as room:
-            await _attend(room, peer, receive, send, settings, engine.journal)
+            history = engine.history if engine.store is not None else None
+            await _attend(room, peer, receive, send, settings, engine.journal, history)
     except StorageError as error:
         # The document could not be loaded: refuse it whole rather than serve part.
         peer.close(error)
@@ -121,11 +130,12 @@ async def _attend(
     send: Send,
     settings: Settings,
     journal: Journal | None,
+    history: History | None,
 ) -> None:
     room.join(peer)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_read, room, peer, receive, settings.max_frame_size, journal)
+            tg.start_soon(_read, room, peer, receive, settings.max_frame_size, journal, history)
             tg.start_soon(_write, peer, send)
             # Whoever closes the peer (reader, room, engine) ends the connection,
             # even while the writer is stuck on a client that stopped reading.
@@ -136,12 +146,19 @@ async def _attend(
 
 
 async def _read(
-    room: Room, peer: Peer, receive: Receive, max_frame_size: int, journal: Journal | None
+    room: Room,
+    peer: Peer,
+    receive: Receive,
+    max_frame_size: int,
+    journal: Journal | None,
+    history: History | None,
 ) -> None:
     """Receive, decode and hand frames to the room until the client leaves or errs.
 
     While the journal is full, an update waits here before the room takes it: the
-    client's later frames stay unread, and TCP slows the client down.
+    client's later frames stay unread, and TCP slows the client down. A version
+    request is answered here, in order: the frames after it wait until the version
+    (which holds everything the client sent before) is stored.
     """
     try:
         while True:
@@ -159,6 +176,12 @@ async def _read(
             decoded = decode(data)
             if journal is not None and isinstance(decoded, SyncUpdate | SyncStep2):
                 await journal.room_for_more()
+            if isinstance(decoded, VersionRequest) and history is not None:
+                reply = await history.answer(
+                    room.name, decoded.body, author=peer.author, role=peer.role
+                )
+                peer.send(encode_version_reply(json.dumps(reply)))
+                continue
             room.receive(peer, decoded)
             # receive() returns at once while frames are buffered: let the writers run.
             await anyio.lowlevel.checkpoint()

@@ -38,7 +38,9 @@ async def running_server(settings: Settings | None = None) -> AsyncIterator[tupl
     """
     # No pings by default: hypercorn's ping task keeps a closed connection's task alive
     # until its next tick; the ping test sets a short interval of its own.
-    settings = settings or Settings(host="127.0.0.1", port=0, ping_interval=None, engine=TEST_ENGINE)
+    settings = settings or Settings(
+        host="127.0.0.1", port=0, ping_interval=None, engine=TEST_ENGINE
+    )
     settings = replace(settings, host="127.0.0.1", port=0)
     async with AsyncExitStack() as stack:
         if settings.database_url is None:
@@ -57,7 +59,9 @@ async def running_server(settings: Settings | None = None) -> AsyncIterator[tupl
                 shutdown.set()
 
 
-async def _serve(app: App, shutdown: anyio.Event, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+async def _serve(
+    app: App, shutdown: anyio.Event, *, task_status: anyio.abc.TaskStatus[int]
+) -> None:
     await serve(app, shutdown=shutdown, task_status=task_status)
 
 

@@ -71,7 +71,9 @@ class YClient:
         sent = self.updates_sent
         await self.wait_for(lambda: self.persisted >= sent, timeout)
 
-    async def set_awareness(self, state: dict[str, Any] | None, client_id: int | None = None) -> None:
+    async def set_awareness(
+        self, state: dict[str, Any] | None, client_id: int | None = None
+    ) -> None:
         cid = self.doc.client_id if client_id is None else client_id
         clock = self.awareness_clock.get(cid, 0) + 1
         self.awareness_clock[cid] = clock

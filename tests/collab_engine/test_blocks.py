@@ -12,7 +12,9 @@ from collab_engine.errors import ProtocolError
 from collab_engine.protocol import decode_state_vector
 
 edits = st.lists(
-    st.tuples(st.sampled_from(["text", "delete", "map", "array", "xml"]), st.text(min_size=1, max_size=5)),
+    st.tuples(
+        st.sampled_from(["text", "delete", "map", "array", "xml"]), st.text(min_size=1, max_size=5)
+    ),
     min_size=1,
     max_size=30,
 )

@@ -79,7 +79,9 @@ def edit(doc: Doc[Any], draw: Callable[[Any], Any]) -> None:
     kind = draw(st.sampled_from(["insert", "delete", "set", "unset", "push", "remove"]))
     with doc.transaction():
         if kind == "insert":
-            text.insert(draw(st.integers(0, len(text))), draw(st.text("abcxyz", min_size=1, max_size=4)))
+            text.insert(
+                draw(st.integers(0, len(text))), draw(st.text("abcxyz", min_size=1, max_size=4))
+            )
         elif kind == "delete" and len(text):
             start = draw(st.integers(0, len(text) - 1))
             del text[start : min(len(text), start + draw(st.integers(1, 3)))]
@@ -132,7 +134,10 @@ def test_replicas_converge_under_any_delivery_order(data: st.DataObject) -> None
         # Deliver everything still in flight.
         for replica in draw(st.permutations(replicas)):
             while replica.outgoing:
-                room.receive(replica.peer, SyncUpdate(replica.outgoing.pop(pick(draw, replica.outgoing, fifo))))
+                room.receive(
+                    replica.peer,
+                    SyncUpdate(replica.outgoing.pop(pick(draw, replica.outgoing, fifo))),
+                )
         for replica in replicas:
             replica.incoming += replica.peer.drain()
             while replica.incoming:

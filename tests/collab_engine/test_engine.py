@@ -199,7 +199,9 @@ async def test_an_undecodable_row_refuses_the_document_whole(store: SQLStore) ->
     )
     async with Engine(FAST, store) as engine:
         for _ in range(2):  # refused every time, not half-served the second time
-            with pytest.raises(StorageError, match=r"document 'broken': update 2 cannot be decoded"):
+            with pytest.raises(
+                StorageError, match=r"document 'broken': update 2 cannot be decoded"
+            ):
                 async with engine.room("broken"):
                     pass
         assert "broken" not in engine.rooms
@@ -229,7 +231,9 @@ async def test_compaction_snapshots_on_schedule_and_keeps_the_log(store: SQLStor
     assert str(rebuild("doc", stored).get("t", type=Text)) == expected
     # Every log row is kept for version history: a full replay gives the same text.
     async with store.engine.connect() as connection:
-        rows = (await connection.execute(select(updates.c.seq).where(updates.c.document == "doc"))).all()
+        rows = (
+            await connection.execute(select(updates.c.seq).where(updates.c.document == "doc"))
+        ).all()
     assert sorted(row.seq for row in rows) == list(range(1, 26))
 
 

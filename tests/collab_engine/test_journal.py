@@ -154,7 +154,9 @@ async def test_leaving_the_engine_writes_everything_accepted(store: SQLStore) ->
     assert len((await store.load("doc")).updates) == 500
 
 
-async def test_a_document_that_cannot_be_written_ends_alone(store: SQLStore, tmp_path: Path) -> None:
+async def test_a_document_that_cannot_be_written_ends_alone(
+    store: SQLStore, tmp_path: Path
+) -> None:
     """A write refused by the database (here a trigger rejecting one document) fails
     that document only: its peers are closed with 1011 and a reason naming it and the
     sequence, it takes no more changes, and the other document is written."""

@@ -221,4 +221,6 @@ def test_a_lock_deep_in_nested_maps_blocks_only_that_key() -> None:
     room.receive(bob, SyncUpdate(replica.get_update(before)))
     denied = [m for m in map(protocol.decode, bob.drain()) if isinstance(m, PermissionDenied)]
     assert denied == [PermissionDenied("['sections', 'intro', 'title'] is locked by Ann")]
-    assert room.doc.get("sections", type=Map).to_py() == {"intro": {"title": "t", "body": "bob's body"}}
+    assert room.doc.get("sections", type=Map).to_py() == {
+        "intro": {"title": "t", "body": "bob's body"}
+    }

@@ -34,7 +34,9 @@ def entry(client: int, clock: int, state: dict[str, Any] | None) -> AwarenessEnt
 
 
 def states(entries: list[AwarenessEntry]) -> list[tuple[int, int, dict[str, Any] | None]]:
-    return [(e.client_id, e.clock, None if e.state is None else json.loads(e.state)) for e in entries]
+    return [
+        (e.client_id, e.clock, None if e.state is None else json.loads(e.state)) for e in entries
+    ]
 
 
 def own(identity: Identity, **fields: Any) -> dict[str, Any]:
@@ -63,7 +65,9 @@ def test_an_anonymous_connection_gets_its_id_stamped_and_keeps_its_name() -> Non
     corrected state goes to everyone, the owner included, one clock ahead."""
     p = presence()
     p.connect(A, ANON_A, False, 0.0)
-    out = p.receive(A, (entry(7, 3, {"user": {"id": "u-alice", "name": "Alice", "color": "#f00"}}),), 0.0)
+    out = p.receive(
+        A, (entry(7, 3, {"user": {"id": "u-alice", "name": "Alice", "color": "#f00"}}),), 0.0
+    )
     assert out.to_others == []
     assert states(out.to_all) == [
         (7, 4, {"user": {"id": "anonymous:1", "name": "Alice", "color": "#f00", "anonymous": True}})
@@ -74,7 +78,9 @@ def test_an_authenticated_identity_is_stamped_whole() -> None:
     """Someone authenticated as Alice is shown as Alice whatever the state says."""
     p = presence()
     p.connect(A, ALICE, False, 0.0)
-    out = p.receive(A, (entry(7, 1, {"user": {"id": "u-bob", "name": "Bob", "anonymous": True}}),), 0.0)
+    out = p.receive(
+        A, (entry(7, 1, {"user": {"id": "u-bob", "name": "Bob", "anonymous": True}}),), 0.0
+    )
     assert states(out.to_all) == [(7, 2, {"user": {"id": "u-alice", "name": "Alice"}})]
     # The client adopts it; its next states carry the right identity and pass as sent.
     again = entry(7, 3, {"user": {"id": "u-alice", "name": "Alice"}, "cursor": 1})
@@ -186,7 +192,9 @@ def test_an_edit_ends_idleness_and_a_chosen_status_is_kept() -> None:
 def test_invalid_presence_fields_are_dropped() -> None:
     p = presence()
     p.connect(A, ANON_A, False, 0.0)
-    out = p.receive(A, (entry(7, 1, own(ANON_A, status="sleeping", typing="yes", statusText=3)),), 0.0)
+    out = p.receive(
+        A, (entry(7, 1, own(ANON_A, status="sleeping", typing="yes", statusText=3)),), 0.0
+    )
     assert states(out.to_all) == [(7, 2, own(ANON_A))]
 
 
@@ -226,7 +234,12 @@ def test_connections_without_a_state_are_listed() -> None:
     p = presence()
     p.connect(A, ALICE, False, 0.0)
     [info] = p.describe(Doc(), 2.0)
-    assert (info.client_id, info.user_id, info.name, info.status) == (None, "u-alice", "Alice", "online")
+    assert (info.client_id, info.user_id, info.name, info.status) == (
+        None,
+        "u-alice",
+        "Alice",
+        "online",
+    )
     assert info.inactive_for == 2.0
 
 
@@ -333,7 +346,12 @@ def test_positions_follow_their_characters_under_concurrent_edits(data: st.DataO
     final = str(replicas[0].get("t", type=Text))
     units = utf16(final)
     for char, (client, clock) in ids.items():
-        position = {"type": None, "tname": "t", "item": {"client": client, "clock": clock}, "assoc": 0}
+        position = {
+            "type": None,
+            "tname": "t",
+            "item": {"client": client, "clock": clock},
+            "assoc": 0,
+        }
         index = resolve_position(replicas[0], position)
         assert index is not None and 0 <= index <= len(units)
         if char in final:

@@ -24,6 +24,8 @@ from collab_engine.protocol import (
     SyncStep1,
     SyncStep2,
     SyncUpdate,
+    VersionReply,
+    VersionRequest,
     decode,
     encode,
 )
@@ -34,7 +36,9 @@ json_objects = st.dictionaries(
     st.text(max_size=8),
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        ),
         max_leaves=8,
     ),
     max_size=4,
@@ -56,6 +60,8 @@ messages = st.one_of(
     st.builds(Persisted, var_uints),
     st.builds(LockRequest, json_objects.map(json.dumps)),
     st.builds(LockReply, json_objects.map(json.dumps)),
+    st.builds(VersionRequest, json_objects.map(json.dumps)),
+    st.builds(VersionReply, json_objects.map(json.dumps)),
 )
 
 

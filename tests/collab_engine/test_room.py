@@ -194,7 +194,9 @@ def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
     assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 1, None),))]
 
 
-def test_server_side_edits_are_broadcast_even_without_explicit_transaction(new_peer: NewPeer) -> None:
+def test_server_side_edits_are_broadcast_even_without_explicit_transaction(
+    new_peer: NewPeer,
+) -> None:
     """Edits made directly on room.doc (implicit pycrdt transactions) reach the peers."""
     room = new_room()
     peer = new_peer()

@@ -46,7 +46,9 @@ INTRO = ["map", "intro"]
 TEXT = ["text"]
 
 
-async def lock(node: NodeClient, op: str, section: list[str], *, client: int | str = 0, **fields: Any) -> list[dict[str, Any]]:
+async def lock(
+    node: NodeClient, op: str, section: list[str], *, client: int | str = 0, **fields: Any
+) -> list[dict[str, Any]]:
     """Send the lock request `op` on `section` from `client` (all of them, in one tick,
     for "all"); return the server's replies ({"id", "ok", "lock" | "error"}), in
     client order."""
@@ -59,7 +61,9 @@ def lease_key(lease: dict[str, Any]) -> dict[str, Any]:
     return {"section": lease["section"], "fence": lease["fence"], "holder": lease["holder"]["id"]}
 
 
-def assert_lease(lease: dict[str, Any], section: list[str], user: str, name: str, ttl: float) -> None:
+def assert_lease(
+    lease: dict[str, Any], section: list[str], user: str, name: str, ttl: float
+) -> None:
     """The shape of a lease in a reply (and in the server's awareness entry)."""
     assert set(lease) == {"section", "holder", "fence", "expiresIn", "expiresAt"}, lease
     assert lease["section"] == section
@@ -83,7 +87,9 @@ async def test_write_into_locked_section_is_rolled_back_elsewhere_passes() -> No
                 for node in (alice, bob, carol):
                     await node.request("trackContent")
                 # Alice's content, before any lock: a Y.Map under `intro`, and the text.
-                await alice.request("mapSetNested", key="intro", inner="title", value="Intro by Alice")
+                await alice.request(
+                    "mapSetNested", key="intro", inner="title", value="Intro by Alice"
+                )
                 await alice.request("insert", index=0, text="Alice's text")
                 before = {"intro": {"title": "Intro by Alice"}}
                 for node in (bob, carol):
@@ -125,7 +131,11 @@ async def test_write_into_locked_section_is_rolled_back_elsewhere_passes() -> No
                     await bob.request(op, **fields)
                     expected_denials += 1
                     await bob.wait(
-                        {"permissionDenied": expected_denials, "mapEquals": before, "text": "Alice's text"},
+                        {
+                            "permissionDenied": expected_denials,
+                            "mapEquals": before,
+                            "text": "Alice's text",
+                        },
                         timeout=5,
                     )
                     assert "['map', 'intro'] is locked by Alice" in denials(bob)[0]
@@ -157,7 +167,9 @@ async def test_write_into_locked_section_is_rolled_back_elsewhere_passes() -> No
                 await bob.wait({"status": "disconnected"})
                 await bob.request("mapSet", key="intro", value=DENIED)
                 await bob.request("connect")
-                await bob.wait({"synced": True, "permissionDenied": 4, "mapEquals": final}, timeout=5)
+                await bob.wait(
+                    {"synced": True, "permissionDenied": 4, "mapEquals": final}, timeout=5
+                )
                 await bob.request("mapSet", key="outro", value="Outro v2")  # a barrier
                 final = {**final, "outro": "Outro v2"}
                 for node in (alice, carol):
@@ -181,7 +193,10 @@ async def test_lock_of_killed_holder_is_gone_after_grace() -> None:
     grace = 0.3
     base = secret_settings()
     with anyio.fail_after(40):
-        async with running_server(replace(base, engine=replace(base.engine, lock_grace=grace))) as (app, url):
+        async with running_server(replace(base, engine=replace(base.engine, lock_grace=grace))) as (
+            app,
+            url,
+        ):
             async with (
                 node_client(url, room, token("victim", Role.EDITOR), label="victim") as victim,
                 node_client(url, room, token("watcher", Role.EDITOR), label="watcher") as watcher,
@@ -196,7 +211,9 @@ async def test_lock_of_killed_holder_is_gone_after_grace() -> None:
                 victim.kill9()
                 await watcher.wait({"serverLocks": []}, timeout=5)
                 elapsed = time.monotonic() - killed_at
-                print(f"lease gone from the server's awareness {elapsed * 1000:.0f} ms after kill -9")
+                print(
+                    f"lease gone from the server's awareness {elapsed * 1000:.0f} ms after kill -9"
+                )
                 # The grace, plus the sweeper's interval and the network.
                 assert grace <= elapsed < grace + 1.5, elapsed
                 (got,) = await lock(watcher, "acquire", TEXT)
@@ -231,16 +248,25 @@ async def test_ten_clients_racing_for_one_lock_one_wins() -> None:
                     for i, reply in enumerate(replies):
                         if i != winner:
                             assert reply["ok"] is False, reply
-                            assert f"is locked by {holder['name']} (fence {lease['fence']})" in reply["error"], reply
+                            assert (
+                                f"is locked by {holder['name']} (fence {lease['fence']})"
+                                in reply["error"]
+                            ), reply
                     # Every client sees that one holder in the server's awareness entry.
                     await racers.wait({"serverLocks": [lease_key(lease)]}, timeout=5)
-                    assert [x.to_json(0)["fence"] for x in app.engine.rooms[room].locks.leases] == [lease["fence"]]
+                    assert [x.to_json(0)["fence"] for x in app.engine.rooms[room].locks.leases] == [
+                        lease["fence"]
+                    ]
 
                     # A loser's release (even with the right fence) is refused.
                     loser = (winner + 1) % 10
-                    (got,) = await lock(racers, "release", section, client=loser, fence=lease["fence"])
+                    (got,) = await lock(
+                        racers, "release", section, client=loser, fence=lease["fence"]
+                    )
                     assert got["ok"] is False and "not by you" in got["error"], got
                     # The winner's release ends it, for everyone.
-                    (got,) = await lock(racers, "release", section, client=winner, fence=lease["fence"])
+                    (got,) = await lock(
+                        racers, "release", section, client=winner, fence=lease["fence"]
+                    )
                     assert got["ok"] is True, got
                     await racers.wait({"serverLocks": []}, timeout=5)

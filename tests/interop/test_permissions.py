@@ -65,12 +65,19 @@ def token(
     ttl: float = 600.0,
     secret: str = SECRET,
 ) -> str:
-    return mint(secret, user=user, name=user.title(), groups=groups, role=role, documents=documents, ttl=ttl)
+    return mint(
+        secret, user=user, name=user.title(), groups=groups, role=role, documents=documents, ttl=ttl
+    )
 
 
 @asynccontextmanager
 async def node_client(
-    base_url: str, room: str, token: str | None, *, label: str, synced: bool = True,
+    base_url: str,
+    room: str,
+    token: str | None,
+    *,
+    label: str,
+    synced: bool = True,
     defer_connect: bool = False,
 ) -> AsyncIterator[NodeClient]:
     """The interop client of `test_yjs_client`, with `token` as y-websocket's `params`."""
@@ -178,11 +185,18 @@ async def test_viewer_reads_but_its_writes_are_denied_and_rolled_back_for_everyo
                 await editor.request("insert", text="hello world")
                 await editor.request("mapSet", key="k", value="original")
                 await wait_server(
-                    app, room, lambda: server_text(app, room) == "hello world" and server_map(app, room) == {"k": "original"}
+                    app,
+                    room,
+                    lambda: (
+                        server_text(app, room) == "hello world"
+                        and server_map(app, room) == {"k": "original"}
+                    ),
                 )
                 await editor.request("trackContent")
                 with server_history(app, room) as history:
-                    async with node_client(url, room, token("vic", Role.VIEWER), label="viewer") as viewer:
+                    async with node_client(
+                        url, room, token("vic", Role.VIEWER), label="viewer"
+                    ) as viewer:
                         # It reads: the content came with the sync.
                         await viewer.wait({"text": "hello world", "mapEquals": {"k": "original"}})
                         await viewer.request("trackContent")
@@ -192,7 +206,9 @@ async def test_viewer_reads_but_its_writes_are_denied_and_rolled_back_for_everyo
                         # 1. An insert in the middle of the text.
                         await viewer.request("insert", index=5, text=f" {DENIED}-insert")
                         # Its editor returns to the server's content within a second.
-                        await viewer.wait({"permissionDenied": 1, "text": "hello world"}, timeout=1.0)
+                        await viewer.wait(
+                            {"permissionDenied": 1, "text": "hello world"}, timeout=1.0
+                        )
                         # 2. A map set over an existing key, then of a new key.
                         await viewer.request("mapSet", key="k", value=f"{DENIED}-k")
                         await viewer.wait({"permissionDenied": 2, "mapEquals": {"k": "original"}})
@@ -206,7 +222,9 @@ async def test_viewer_reads_but_its_writes_are_denied_and_rolled_back_for_everyo
                         # both; whatever the server sent the editor before has arrived.
                         await editor.request("insert", text="!")
                         for node in (editor, viewer):
-                            await node.wait({"text": "hello world!", "mapEquals": {"k": "original"}})
+                            await node.wait(
+                                {"text": "hello world!", "mapEquals": {"k": "original"}}
+                            )
                         assert server_text(app, room) == "hello world!"
                         assert server_map(app, room) == {"k": "original"}
 
@@ -259,7 +277,12 @@ async def test_viewers_offline_edits_in_sync_step_2_are_denied_and_rolled_back()
                     await viewer.request("trackContent")
                     await viewer.request("connect")
                     await viewer.wait(
-                        {"synced": True, "permissionDenied": 1, "text": "shared text", "mapEquals": {"k": "original"}}
+                        {
+                            "synced": True,
+                            "permissionDenied": 1,
+                            "text": "shared text",
+                            "mapEquals": {"k": "original"},
+                        }
                     )
                     await editor.request("insert", text="!")
                     for node in (editor, viewer):
@@ -267,7 +290,9 @@ async def test_viewers_offline_edits_in_sync_step_2_are_denied_and_rolled_back()
                     assert closes(viewer) == []
                 assert_never_showed(editor, DENIED)
                 for event in contents(editor):
-                    assert event["text"].startswith("shared text") and event["map"] == {"k": "original"}, event
+                    assert event["text"].startswith("shared text") and event["map"] == {
+                        "k": "original"
+                    }, event
                 assert server_text(app, room) == "shared text!"
                 assert server_map(app, room) == {"k": "original"}
 
@@ -275,7 +300,10 @@ async def test_viewers_offline_edits_in_sync_step_2_are_denied_and_rolled_back()
 REFUSED: dict[str, tuple[Callable[[], str | None], int]] = {
     "no token": (lambda: None, 4401),
     "token for other documents": (lambda: token("otto", Role.OWNER, documents="other/*"), 4403),
-    "token signed with another secret": (lambda: token("eve", Role.OWNER, secret=OTHER_SECRET), 4401),
+    "token signed with another secret": (
+        lambda: token("eve", Role.OWNER, secret=OTHER_SECRET),
+        4401,
+    ),
     "expired token": (lambda: token("late", Role.OWNER, ttl=-30), 4401),
     "malformed token": (lambda: "not-a-jwt", 4401),
 }
@@ -329,12 +357,20 @@ async def test_grants_changed_over_http_apply_to_open_y_websocket_connections() 
 
                 # A non-owner may not change grants.
                 async with http(url, bob) as bob_api:
-                    response = await bob_api.put(f"/api/documents/{room}/grants/user:bob", json={"role": "owner"})
+                    response = await bob_api.put(
+                        f"/api/documents/{room}/grants/user:bob", json={"role": "owner"}
+                    )
                     assert response.status_code == 403, response.text
 
                 # Grants that keep alice owner and bob editor (through `*`)...
-                for principal, role in (("*", "owner"), ("user:alice", "owner"), ("group:staff", "viewer")):
-                    response = await api.put(f"/api/documents/{room}/grants/{principal}", json={"role": role})
+                for principal, role in (
+                    ("*", "owner"),
+                    ("user:alice", "owner"),
+                    ("group:staff", "viewer"),
+                ):
+                    response = await api.put(
+                        f"/api/documents/{room}/grants/{principal}", json={"role": role}
+                    )
                     assert response.status_code == 200, response.text
                 await editor.request("insert", text="bob2;")
                 await owner.wait({"text": "bob1;bob2;"})
@@ -359,7 +395,9 @@ async def test_grants_changed_over_http_apply_to_open_y_websocket_connections() 
 
                 # Editor again (same connection): its writes go through, after the
                 # denied one that its own doc and the server both hold as deleted.
-                response = await api.put(f"/api/documents/{room}/grants/group:staff", json={"role": "editor"})
+                response = await api.put(
+                    f"/api/documents/{room}/grants/group:staff", json={"role": "editor"}
+                )
                 assert response.status_code == 200, response.text
                 await editor.request("insert", text="bob3;")
                 for node in (owner, editor):
@@ -406,11 +444,16 @@ async def test_expiring_token_closes_with_4401() -> None:
                 first = closes(short_lived)[0]
                 assert first["code"] == 4401 and "expired" in first["reason"], first
                 # Not before the expiry (same clock: both on this machine), and soon after it.
-                assert expires * 1000 - 250 <= first["t"] <= expires * 1000 + 3000, (first["t"], expires)
+                assert expires * 1000 - 250 <= first["t"] <= expires * 1000 + 3000, (
+                    first["t"],
+                    expires,
+                )
                 await short_lived.wait({"closedWith": [4401, 2]}, timeout=10)
                 assert_closed_with(short_lived, 4401)
                 await long_lived.request("insert", text="; after")
-                await wait_server(app, room, lambda: server_text(app, room) == "before expiry; after")
+                await wait_server(
+                    app, room, lambda: server_text(app, room) == "before expiry; after"
+                )
                 assert closes(long_lived) == []
                 assert len(app.engine.rooms[DocumentName(room)].peers) == 1
 
@@ -424,7 +467,9 @@ async def test_presence_says_read_only_after_a_live_downgrade() -> None:
     with anyio.fail_after(30):
         async with running_server(settings()) as (_app, url):
             async with (
-                node_client(url, room, token("bob", Role.EDITOR, groups=("staff",)), label="bob") as bob,
+                node_client(
+                    url, room, token("bob", Role.EDITOR, groups=("staff",)), label="bob"
+                ) as bob,
                 http(url, alice) as api,
             ):
                 await bob.request("setUser", user={"name": "Bob"})
@@ -442,8 +487,14 @@ async def test_presence_says_read_only_after_a_live_downgrade() -> None:
                 assert await bob_read_only() is False
                 # As in the test above: through `*` first, so that bob is never without
                 # a grant (and never reconnects, which would make a new presence entry).
-                for principal, role in (("*", "owner"), ("user:alice", "owner"), ("group:staff", "viewer")):
-                    response = await api.put(f"/api/documents/{room}/grants/{principal}", json={"role": role})
+                for principal, role in (
+                    ("*", "owner"),
+                    ("user:alice", "owner"),
+                    ("group:staff", "viewer"),
+                ):
+                    response = await api.put(
+                        f"/api/documents/{room}/grants/{principal}", json={"role": role}
+                    )
                     assert response.status_code == 200, response.text
                 response = await api.delete(f"/api/documents/{room}/grants/*")
                 assert response.status_code == 200, response.text

@@ -42,7 +42,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.timeout(60)]
 
 def settings(**policy: Any) -> Settings:
     """Server settings with the test timings and the presence policy `policy`."""
-    return Settings(ping_interval=None, engine=replace(TEST_ENGINE, presence=PresencePolicy(**policy)))
+    return Settings(
+        ping_interval=None, engine=replace(TEST_ENGINE, presence=PresencePolicy(**policy))
+    )
 
 
 def room_of(app: App, room: str) -> Room:
@@ -119,7 +121,9 @@ def seen_states(node: NodeClient, client_id: int, client: int = 0) -> list[dict[
     return [
         event["changes"][key]
         for event in node.events
-        if event["event"] == "awareness-states" and event["client"] == client and key in event["changes"]
+        if event["event"] == "awareness-states"
+        and event["client"] == client
+        and key in event["changes"]
     ]
 
 
@@ -157,7 +161,9 @@ async def test_cursor_selection_after_emoji_resolves_alike_in_yjs_and_http() -> 
                 key = str(a.client_id)
                 for style, anchor, head, assoc in cases:
                     case = f"{style} anchor={anchor} head={head} assoc={assoc}"
-                    reply = await a.request("setCursor", anchor=anchor, head=head, assoc=assoc, style=style)
+                    reply = await a.request(
+                        "setCursor", anchor=anchor, head=head, assoc=assoc, style=style
+                    )
                     sent = reply["cursors"][0]
                     if style == "object":
                         assert set(sent["anchor"]) == {"type", "tname", "item", "assoc"}, sent
@@ -165,14 +171,21 @@ async def test_cursor_selection_after_emoji_resolves_alike_in_yjs_and_http() -> 
                         assert "type" not in sent["anchor"], sent
                     assert sent["anchor"]["tname"] == "text"
                     # B gets the cursor exactly as A sent it, and Yjs resolves it alike.
-                    await b.wait({"statesMatch": {key: {"cursor": sent}}, "cursorAt": {key: {"anchor": anchor, "head": head}}})
+                    await b.wait(
+                        {
+                            "statesMatch": {key: {"cursor": sent}},
+                            "cursorAt": {key: {"anchor": anchor, "head": head}},
+                        }
+                    )
                     resolved = (await b.request("resolveCursor", of=a.client_id))["cursor"]
                     assert resolved == {"anchor": anchor, "head": head}, case
                     own = (await a.request("resolveCursor", of=a.client_id))["cursor"]
                     assert own == resolved, case
                     # And the server resolves it to the same UTF-16 indexes.
                     expected = {"anchor": anchor, "head": head, "type": "text"}
-                    people = await wait_presence(url, room, has(a.client_id, cursor=expected), f"cursor {case}")
+                    people = await wait_presence(
+                        url, room, has(a.client_id, cursor=expected), f"cursor {case}"
+                    )
                     person = entry(people, a.client_id)
                     assert person is not None
                     assert person["user"]["name"] == "Ärger"
@@ -209,17 +222,30 @@ async def test_relative_cursor_follows_its_character_through_concurrent_edits() 
                 await ab.wait({"cursorAt": {key: {"anchor": anchor, "head": head}}})
                 await c.wait({"text": initial, "cursorAt": {key: {"anchor": anchor, "head": head}}})
                 await wait_presence(
-                    url, room, has(a_id, cursor={"anchor": anchor, "head": head, "type": "text"}), "initial cursor"
+                    url,
+                    room,
+                    has(a_id, cursor={"anchor": anchor, "head": head, "type": "text"}),
+                    "initial cursor",
                 )
 
                 # Concurrent edits, before, at and after both positions. Each client's
                 # edits are listed from the end of its text, so that its indexes hold.
                 edits = [
-                    {"op": "insert", "client": 0, "index": 9, "text": "«A after»😺"},  # right after X
+                    {
+                        "op": "insert",
+                        "client": 0,
+                        "index": 9,
+                        "text": "«A after»😺",
+                    },  # right after X
                     {"op": "insert", "client": 0, "index": 0, "text": "Ωα🌍"},
                     {"op": "insert", "client": 1, "index": -1, "text": "🦄"},
                     {"op": "insert", "client": 1, "index": 12, "text": "🐍 "},  # right before "end"
-                    {"op": "insert", "client": 1, "index": 8, "text": "B✓before🐍"},  # right before X
+                    {
+                        "op": "insert",
+                        "client": 1,
+                        "index": 8,
+                        "text": "B✓before🐍",
+                    },  # right before X
                     {"op": "insert", "client": 1, "index": 6, "text": "ñ"},
                     {"op": "delete", "client": 1, "index": 0, "length": 2},  # "st"
                 ]
@@ -245,7 +271,9 @@ async def test_relative_cursor_follows_its_character_through_concurrent_edits() 
                 assert cursor["anchor"] == utf16(final).index(utf16("X")) // 2
                 expected = {"anchor": cursor["anchor"], "head": cursor["head"]}
                 for node, client in ((ab, 0), (ab, 1), (c, 0)):
-                    resolved = (await node.request("resolveCursor", client=client, of=a_id))["cursor"]
+                    resolved = (await node.request("resolveCursor", client=client, of=a_id))[
+                        "cursor"
+                    ]
                     assert resolved == expected, (node.label, client, final)
                 assert b_id != a_id
 
@@ -272,13 +300,20 @@ async def test_identity_stamped_and_other_client_ids_refused() -> None:
                 assert a_user_id != s_user_id
 
                 # 1. S claims A's user id: everyone (S too) sees S under its own id.
-                await s.request("setUser", user={"name": "impostor", "id": a_user_id, "anonymous": False})
-                corrected = {s_key: {"user.name": "impostor", "user.id": s_user_id, "user.anonymous": True}}
+                await s.request(
+                    "setUser", user={"name": "impostor", "id": a_user_id, "anonymous": False}
+                )
+                corrected = {
+                    s_key: {"user.name": "impostor", "user.id": s_user_id, "user.anonymous": True}
+                }
                 for node in (a, b, s):
                     await node.wait({"statesMatch": corrected})
                 for node in (a, b):
                     for state in seen_states(node, s.client_id):
-                        assert state is None or state["user"]["id"] == s_user_id, (node.label, state)
+                        assert state is None or state["user"]["id"] == s_user_id, (
+                            node.label,
+                            state,
+                        )
                 people = await http_presence(url, room)
                 assert len(people) == 3
                 user_ids = [person["user"]["id"] for person in people]
@@ -286,7 +321,12 @@ async def test_identity_stamped_and_other_client_ids_refused() -> None:
                 s_entry = entry(people, s.client_id)
                 a_entry = entry(people, a.client_id)
                 assert s_entry is not None and a_entry is not None
-                assert s_entry["user"] == {"id": s_user_id, "name": "impostor", "color": None, "anonymous": True}
+                assert s_entry["user"] == {
+                    "id": s_user_id,
+                    "name": "impostor",
+                    "color": None,
+                    "anonymous": True,
+                }
                 assert a_entry["user"]["id"] == a_user_id
 
                 # 2. S sends, over its own socket, A's client id with a newer clock: a
@@ -304,25 +344,40 @@ async def test_identity_stamped_and_other_client_ids_refused() -> None:
                 await anyio.sleep(0.3)
                 await a.request("setField", field="marker", value=1)
                 for node in (a, b):
-                    await node.wait({"statesMatch": {a_key: {"marker": 1, "user.name": "alice", "user.id": a_user_id}}})
+                    await node.wait(
+                        {
+                            "statesMatch": {
+                                a_key: {"marker": 1, "user.name": "alice", "user.id": a_user_id}
+                            }
+                        }
+                    )
                 for node in (a, b):
                     seen = seen_states(node, a.client_id)
                     assert seen, node.label
                     for state in seen:
                         assert state is not None and "spoofed" not in state, (node.label, state)
                     removed = [
-                        event for event in node.events if event["event"] == "awareness" and a.client_id in event["removed"]
+                        event
+                        for event in node.events
+                        if event["event"] == "awareness" and a.client_id in event["removed"]
                     ]
                     assert removed == [], (node.label, removed)
                 record = room_of(app, room).awareness.get(ClientId(a.client_id))
-                assert record is not None and record.state is not None and "spoofed" not in record.state
+                assert (
+                    record is not None
+                    and record.state is not None
+                    and "spoofed" not in record.state
+                )
 
                 # S's connection is still open and S still speaks for itself.
                 await s.request("setField", field="after", value=True)
                 for node in (a, b):
                     await node.wait({"statesMatch": {s_key: {"after": True}}})
                 assert disconnections(s) == []
-                assert [e["status"] for e in s.events if e["event"] == "status"] == ["connecting", "connected"]
+                assert [e["status"] for e in s.events if e["event"] == "status"] == [
+                    "connecting",
+                    "connected",
+                ]
                 assert len(room_of(app, room).peers) == 3
 
 
@@ -359,7 +414,10 @@ async def test_typing_cleared_after_timeout_without_activity() -> None:
     room = "interop/presence-typing"
     timeout = 0.8
     with anyio.fail_after(40):
-        async with running_server(settings(typing_timeout=timeout, idle_timeout=30.0)) as (app, url):
+        async with running_server(settings(typing_timeout=timeout, idle_timeout=30.0)) as (
+            app,
+            url,
+        ):
             async with (
                 node_client(url, room, label="a", user={"name": "a"}) as a,
                 node_client(url, room, label="b", user={"name": "b"}) as b,
@@ -380,7 +438,10 @@ async def test_typing_cleared_after_timeout_without_activity() -> None:
                         break
                     await anyio.sleep(0.1)
                 await b.wait({"textLength": (await a.state())["textLength"]})
-                assert all(state is not None and state.get("typing") is True for state in seen_states(b, a.client_id)), (
+                assert all(
+                    state is not None and state.get("typing") is True
+                    for state in seen_states(b, a.client_id)
+                ), (
                     "typing was cleared while the client was editing",
                     seen_states(b, a.client_id),
                 )
@@ -388,13 +449,17 @@ async def test_typing_cleared_after_timeout_without_activity() -> None:
                 # Then nothing: cleared for the others and for the client itself.
                 await b.wait({"statesMatch": {key: {"typing": False}}}, timeout=5)
                 elapsed = time.monotonic() - last_edit
-                assert elapsed >= timeout - 0.05, f"typing cleared {elapsed:.3f} s after the last edit"
+                assert elapsed >= timeout - 0.05, (
+                    f"typing cleared {elapsed:.3f} s after the last edit"
+                )
                 await a.wait({"statesMatch": {key: {"typing": False}}}, timeout=5)
                 person = entry(await http_presence(url, room), a.client_id)
                 assert person is not None and person["typing"] is False
                 assert (await a.state())["awareness"][key]["user"]["name"] == "a"
                 assert len(room_of(app, room).peers) == 2
-                print(f"typing cleared {elapsed * 1000:.0f} ms after the last edit (timeout {timeout} s)")
+                print(
+                    f"typing cleared {elapsed * 1000:.0f} ms after the last edit (timeout {timeout} s)"
+                )
 
 
 async def test_idle_client_shown_away_and_back_on_activity() -> None:
@@ -415,7 +480,12 @@ async def test_idle_client_shown_away_and_back_on_activity() -> None:
                 await c.request("setField", field="status", value="busy")
                 started = time.monotonic()
                 await a.request("setCursor", anchor=2, head=2)
-                await b.wait({"statesMatch": {c_key: {"status": "busy"}}, "cursorAt": {a_key: {"anchor": 2, "head": 2}}})
+                await b.wait(
+                    {
+                        "statesMatch": {c_key: {"status": "busy"}},
+                        "cursorAt": {a_key: {"anchor": 2, "head": 2}},
+                    }
+                )
 
                 # A does nothing: shown away, to the others and to itself.
                 await b.wait({"statesMatch": {a_key: {"status": "away"}}}, timeout=6)
@@ -431,23 +501,40 @@ async def test_idle_client_shown_away_and_back_on_activity() -> None:
                 c_entry = entry(c_person, c.client_id)
                 assert c_entry is not None
                 assert (c_entry["status"], c_entry["statusText"]) == ("busy", "in a meeting")
-                assert all(state is None or state.get("status") != "away" for state in seen_states(b, c.client_id))
+                assert all(
+                    state is None or state.get("status") != "away"
+                    for state in seen_states(b, c.client_id)
+                )
 
                 # A moves its cursor: back to its own status (none: online), for all.
                 await a.request("setCursor", anchor=4, head=6)
-                await b.wait({"statesMatch": {a_key: {"status": None}}, "cursorAt": {a_key: {"anchor": 4, "head": 6}}})
+                await b.wait(
+                    {
+                        "statesMatch": {a_key: {"status": None}},
+                        "cursorAt": {a_key: {"anchor": 4, "head": 6}},
+                    }
+                )
                 await a.wait({"statesMatch": {a_key: {"status": None}}})
                 person = entry(await http_presence(url, room), a.client_id)
-                assert person is not None and (person["status"], person["idle"]) == ("online", False)
+                assert person is not None and (person["status"], person["idle"]) == (
+                    "online",
+                    False,
+                )
 
                 # Away again, and back with an edit this time.
                 await b.wait({"statesMatch": {a_key: {"status": "away"}}}, timeout=6)
                 await a.request("insert", index=0, text="¡")
                 await b.wait({"statesMatch": {a_key: {"status": None}}, "textIncludes": ["¡héllo"]})
                 person = entry(await http_presence(url, room), a.client_id)
-                assert person is not None and (person["status"], person["idle"]) == ("online", False)
+                assert person is not None and (person["status"], person["idle"]) == (
+                    "online",
+                    False,
+                )
                 # The cursor survived both round trips: its state was only re-statused.
-                assert (await b.request("resolveCursor", of=a.client_id))["cursor"] == {"anchor": 5, "head": 7}
+                assert (await b.request("resolveCursor", of=a.client_id))["cursor"] == {
+                    "anchor": 5,
+                    "head": 7,
+                }
 
 
 async def test_killed_client_cursor_disappears_within_a_second() -> None:
@@ -464,8 +551,15 @@ async def test_killed_client_cursor_disappears_within_a_second() -> None:
                     await watchers.request("setUser", client=i, user={"name": f"w{i}"})
                 await victim.request("insert", index=0, text="a 🌍 b")
                 await victim.request("setCursor", anchor=2, head=4, style="object")
-                await watchers.wait({"cursorAt": {key: {"anchor": 2, "head": 4}}, "users": ["victim", "w0", "w1"]})
-                await wait_presence(url, room, has(victim.client_id, cursor={"anchor": 2, "head": 4, "type": "text"}), "cursor")
+                await watchers.wait(
+                    {"cursorAt": {key: {"anchor": 2, "head": 4}}, "users": ["victim", "w0", "w1"]}
+                )
+                await wait_presence(
+                    url,
+                    room,
+                    has(victim.client_id, cursor={"anchor": 2, "head": 4, "type": "text"}),
+                    "cursor",
+                )
 
                 killed_at = time.monotonic()
                 victim.kill9()
@@ -474,8 +568,12 @@ async def test_killed_client_cursor_disappears_within_a_second() -> None:
                 print(f"cursor removed {elapsed * 1000:.0f} ms after kill -9")
                 assert elapsed < 1.0, f"the killed client's cursor removed after {elapsed:.3f} s"
                 for i in range(2):
-                    assert (await watchers.request("resolveCursor", client=i, of=victim.client_id))["cursor"] is None
-                people = await wait_presence(url, room, lambda p: entry(p, victim.client_id) is None, "victim gone", 2)
+                    assert (await watchers.request("resolveCursor", client=i, of=victim.client_id))[
+                        "cursor"
+                    ] is None
+                people = await wait_presence(
+                    url, room, lambda p: entry(p, victim.client_id) is None, "victim gone", 2
+                )
                 assert len(people) == 2
                 await victim.process.wait()
                 assert victim.process.returncode == -signal.SIGKILL

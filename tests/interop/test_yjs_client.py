@@ -148,7 +148,9 @@ class NodeClient:
             raise AssertionError(f"node client {self.label!r}: {op!r} failed: {reply['error']}")
         return reply
 
-    async def wait(self, until: dict[str, Any], *, client: int | str = "all", timeout: float = 10.0) -> dict[str, Any]:
+    async def wait(
+        self, until: dict[str, Any], *, client: int | str = "all", timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Wait, in Node and event-driven, until every condition of `until` holds."""
         return await self.request("wait", client=client, until=until, within=timeout)
 
@@ -160,7 +162,9 @@ class NodeClient:
         reply = await self.request("state", client="all", full=full)
         return reply["states"]  # type: ignore[no-any-return]
 
-    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         """The first event (already seen or to come) that satisfies `predicate`."""
         found: list[dict[str, Any]] = []
 
@@ -267,7 +271,9 @@ def server_map(app: App, room: str) -> dict[str, Any]:
     return _normalise(app.engine.rooms[room].doc.get("map", type=Map).to_py() or {})  # type: ignore[no-any-return]
 
 
-async def wait_server(app: App, room: str, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_server(
+    app: App, room: str, predicate: Callable[[], bool], timeout: float = 5.0
+) -> None:
     """Wait until `predicate()` holds, re-checking after each transaction on the
     server's document."""
     doc = app.engine.rooms[room].doc
@@ -332,11 +338,18 @@ async def test_three_clients_converge_on_text_and_map() -> None:
     room = "interop/converge"
     with anyio.fail_after(40):
         async with running_server() as (app, url), AsyncExitStack() as stack:
-            nodes = [await stack.enter_async_context(node_client(url, room, label=name)) for name in "abc"]
+            nodes = [
+                await stack.enter_async_context(node_client(url, room, label=name))
+                for name in "abc"
+            ]
             # All three edit at once: random inserts, deletes and overwrites of shared keys.
             async with anyio.create_task_group() as tg:
                 for seed, node in enumerate(nodes, start=1):
-                    tg.start_soon(partial(node.request, "randomEdits", count=80, seed=seed * 7919, tag=node.label))
+                    tg.start_soon(
+                        partial(
+                            node.request, "randomEdits", count=80, seed=seed * 7919, tag=node.label
+                        )
+                    )
             # Each client's last edit sets done:<label>, and a client's updates arrive in
             # order: once everyone sees every done key, everyone has seen everything.
             done = [f"done:{node.label}" for node in nodes]
@@ -345,7 +358,9 @@ async def test_three_clients_converge_on_text_and_map() -> None:
             states = [await node.state() for node in nodes]
             assert_converged(states, app, room)
             assert states[0]["textLength"] > 0
-            assert {key for key in states[0]["map"] if key.startswith("k")}, "no shared key was written"
+            assert {key for key in states[0]["map"] if key.startswith("k")}, (
+                "no shared key was written"
+            )
             for node in nodes:
                 assert states[0]["map"][f"done:{node.label}"] == 80
             assert len(app.engine.rooms[room].peers) == 3
@@ -382,7 +397,9 @@ async def test_clients_see_each_others_awareness() -> None:
                     user_ids.add(user["id"])
             assert len(user_ids) == 3
             entries = app.engine.rooms[room].awareness.entries()
-            assert {entry.client_id for entry in entries} == {n.client_id for n in nodes} | {server_id}
+            assert {entry.client_id for entry in entries} == {n.client_id for n in nodes} | {
+                server_id
+            }
 
 
 async def test_late_joiner_gets_content_and_awareness() -> None:
@@ -394,7 +411,9 @@ async def test_late_joiner_gets_content_and_awareness() -> None:
             await b.request("mapSet", key="from-b", value={"list": [1, 2, 3], "ok": True})
             await b.request("insert", index=-1, text="and more from b.")
             for node in (a, b):
-                await node.wait({"users": ["a", "b"], "mapHas": ["from-b"], "textIncludes": ["from b."]})
+                await node.wait(
+                    {"users": ["a", "b"], "mapHas": ["from-b"], "textIncludes": ["from b."]}
+                )
             expected = await a.state()
 
             async with node_client(url, room, label="late") as late:
@@ -407,7 +426,12 @@ async def test_late_joiner_gets_content_and_awareness() -> None:
                 assert _normalise(state["map"]) == _normalise(expected["map"])
                 aw = state["awareness"]
                 server_id = str(app.engine.rooms[room].presence.server_client_id)
-                assert set(aw) == {str(late.client_id), str(a.client_id), str(b.client_id), server_id}
+                assert set(aw) == {
+                    str(late.client_id),
+                    str(a.client_id),
+                    str(b.client_id),
+                    server_id,
+                }
                 assert aw[str(a.client_id)]["user"]["name"] == "a"
                 assert aw[str(b.client_id)]["user"]["name"] == "b"
                 # Its own: empty so far, or already stamped with its id by the server.
@@ -425,7 +449,9 @@ async def test_twenty_clients_join_cold_room_at_once() -> None:
     count = 20
     with anyio.fail_after(40):
         async with running_server() as (app, url):
-            async with node_client(url, room, label="crowd", clients=count, defer_connect=True) as crowd:
+            async with node_client(
+                url, room, label="crowd", clients=count, defer_connect=True
+            ) as crowd:
                 # Each client brings content of its own, written before it connects.
                 for i in range(count):
                     await crowd.request("insert", client=i, index=0, text=f"[c{i}]")
@@ -534,7 +560,9 @@ async def test_killed_client_awareness_removed_within_a_second() -> None:
                 await watchers.wait({"awarenessAbsent": [victim.client_id]}, timeout=5)
                 elapsed = time.monotonic() - killed_at
                 print(f"awareness removed {elapsed * 1000:.0f} ms after kill -9")
-                assert elapsed < 1.0, f"awareness of the killed client removed after {elapsed:.3f} s"
+                assert elapsed < 1.0, (
+                    f"awareness of the killed client removed after {elapsed:.3f} s"
+                )
 
                 removals = [
                     event
@@ -548,7 +576,10 @@ async def test_killed_client_awareness_removed_within_a_second() -> None:
                     assert event["t"] - killed_at_wall_ms < 1000
                 await victim.process.wait()
                 assert victim.process.returncode == -signal.SIGKILL
-                assert all(entry.client_id != victim.client_id for entry in app.engine.rooms[room].awareness.entries())
+                assert all(
+                    entry.client_id != victim.client_id
+                    for entry in app.engine.rooms[room].awareness.entries()
+                )
                 assert len(app.engine.rooms[room].peers) == 2
                 assert disconnections(watchers) == []
 
@@ -599,7 +630,9 @@ async def test_malformed_frame_closes_only_that_socket() -> None:
 def utf16_insert(text: str, index: int, insert: str) -> str:
     """Insert at a UTF-16 index, as Yjs (JavaScript) counts."""
     units = text.encode("utf-16-le")
-    return (units[: 2 * index] + insert.encode("utf-16-le") + units[2 * index :]).decode("utf-16-le")
+    return (units[: 2 * index] + insert.encode("utf-16-le") + units[2 * index :]).decode(
+        "utf-16-le"
+    )
 
 
 async def test_non_ascii_text_matches_pycrdt() -> None:
@@ -608,7 +641,10 @@ async def test_non_ascii_text_matches_pycrdt() -> None:
     piece = "aé😀b"  # 5 UTF-16 units: a, é, the surrogate pair of 😀, b
     with anyio.fail_after(30):
         async with running_server() as (app, url):
-            async with node_client(url, room, label="a") as a, node_client(url, room, label="b") as b:
+            async with (
+                node_client(url, room, label="a") as a,
+                node_client(url, room, label="b") as b,
+            ):
                 expected = ""
                 for index in (0, 0, 5, 2, 7, -1, 1):
                     at = len(expected.encode("utf-16-le")) // 2 if index < 0 else index

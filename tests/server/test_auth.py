@@ -15,7 +15,9 @@ SECRET = "s" * 32
 
 
 def test_a_minted_token_verifies_to_its_claims() -> None:
-    token = mint(SECRET, user="alice", name="Alice", groups=["eng"], role=Role.VIEWER, documents="n/*")
+    token = mint(
+        SECRET, user="alice", name="Alice", groups=["eng"], role=Role.VIEWER, documents="n/*"
+    )
     credentials = verify(SECRET, token)
     assert credentials.identity.user_id == "alice" and credentials.identity.name == "Alice"
     assert credentials.identity.groups == ("eng",) and not credentials.identity.anonymous
@@ -31,7 +33,9 @@ def test_a_minted_token_verifies_to_its_claims() -> None:
         pytest.param("not.a.token", "invalid token", id="garbage"),
         pytest.param(jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), "exp", id="no-expiry"),
         pytest.param(
-            jwt.encode({"sub": "a", "exp": time.time() + 60, "role": "god"}, SECRET, algorithm="HS256"),
+            jwt.encode(
+                {"sub": "a", "exp": time.time() + 60, "role": "god"}, SECRET, algorithm="HS256"
+            ),
             "unknown role",
             id="bad-role",
         ),

@@ -91,7 +91,9 @@ async def rest_of_output(process: anyio.abc.Process) -> str:
 
 async def test_cli_limits_are_applied() -> None:
     """--max-frame-size and --max-name-length given on the command line are enforced."""
-    process, url = await start_server("--max-frame-size", "1000", "--max-name-length", "8", "--log-level", "WARNING")
+    process, url = await start_server(
+        "--max-frame-size", "1000", "--max-name-length", "8", "--log-level", "WARNING"
+    )
     try:
         async with connect(f"{url}/123456789") as ws:
             with anyio.fail_after(5), pytest.raises(ConnectionClosed):

@@ -35,7 +35,9 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-async def cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+async def cli(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run `collab-engine ARGS` to its end (20 s at most); never raises on its status."""
     with anyio.fail_after(20):
         return await anyio.run_process(
@@ -51,7 +53,9 @@ def err(result: subprocess.CompletedProcess[bytes]) -> str:
     return result.stderr.decode()
 
 
-async def serve(*args: str, env: Mapping[str, str] | None = None) -> tuple[anyio.abc.Process, str, str]:
+async def serve(
+    *args: str, env: Mapping[str, str] | None = None
+) -> tuple[anyio.abc.Process, str, str]:
     """Run `collab-engine serve` on a free port (as `test_cli.start_server`, with an
     environment of its own); return the process, its ws:// URL and what it printed
     up to and including the `listening on` line."""
@@ -124,10 +128,16 @@ async def test_token_from_the_cli_is_accepted_by_serve_with_the_same_secret(tmp_
     }
     assert 3590 <= claims["exp"] - time.time() <= 3601
     # The secret from the environment instead, a viewer this time.
-    viewer = await mint_with_cli("--user", "vic", "--role", "viewer", env=environment(COLLAB_SECRET=SECRET))
+    viewer = await mint_with_cli(
+        "--user", "vic", "--role", "viewer", env=environment(COLLAB_SECRET=SECRET)
+    )
 
     process, url, startup = await serve(
-        "--db", str(tmp_path / "collab.db"), "--log-level", "INFO", env=environment(COLLAB_SECRET=SECRET)
+        "--db",
+        str(tmp_path / "collab.db"),
+        "--log-level",
+        "INFO",
+        env=environment(COLLAB_SECRET=SECRET),
     )
     try:
         assert OPEN_MODE not in startup, startup
@@ -153,7 +163,9 @@ async def test_token_from_the_cli_is_accepted_by_serve_with_the_same_secret(tmp_
         assert none.close_code == 4401 and none.received == []
         outside = await refused(url, f"notes/doc?token={editor}")
         assert outside.close_code == 4403 and outside.received == []
-        forged = await mint_with_cli("--user", "alice", "--secret", "another-secret-of-at-least-32-bytes!!")
+        forged = await mint_with_cli(
+            "--user", "alice", "--secret", "another-secret-of-at-least-32-bytes!!"
+        )
         other = await refused(url, f"cli/doc?token={forged}")
         assert other.close_code == 4401 and other.received == []
     finally:
@@ -163,7 +175,9 @@ async def test_token_from_the_cli_is_accepted_by_serve_with_the_same_secret(tmp_
 async def test_serve_without_a_secret_warns_of_the_open_mode(tmp_path: Path) -> None:
     """Without --secret nor COLLAB_SECRET, `serve` logs a loud warning before it
     listens, and anyone connects without a token."""
-    process, url, startup = await serve("--db", str(tmp_path / "collab.db"), "--log-level", "WARNING")
+    process, url, startup = await serve(
+        "--db", str(tmp_path / "collab.db"), "--log-level", "WARNING"
+    )
     try:
         warnings = [line for line in startup.splitlines() if OPEN_MODE in line]
         assert len(warnings) == 1, startup
@@ -186,7 +200,9 @@ async def test_serve_without_a_secret_warns_of_the_open_mode(tmp_path: Path) -> 
     ],
     ids=["no secret", "short secret", "unknown role"],
 )
-async def test_token_without_a_good_secret_or_role_fails_in_one_line(args: tuple[str, ...], message: str) -> None:
+async def test_token_without_a_good_secret_or_role_fails_in_one_line(
+    args: tuple[str, ...], message: str
+) -> None:
     """No token printed, status 2, one line on stderr that says why; no traceback."""
     result = await cli("token", *args)
     assert result.returncode == 2, (out(result), err(result))
@@ -218,7 +234,11 @@ async def test_grants_set_list_revoke_then_a_server_enforces_them(tmp_path: Path
         result = await cli("grants", "set", doc, principal, role, "--db", db)
         assert result.returncode == 0, err(result)
     result = await cli("grants", "set", doc, "user:mallory", "owner", "--db", db)  # replaces
-    assert sorted(out(result).splitlines()) == ["group:staff\tviewer", "user:alice\towner", "user:mallory\towner"]
+    assert sorted(out(result).splitlines()) == [
+        "group:staff\tviewer",
+        "user:alice\towner",
+        "user:mallory\towner",
+    ]
     result = await cli("grants", "revoke", doc, "user:mallory", "--db", db)
     assert result.returncode == 0, err(result)
     assert sorted(out(result).splitlines()) == ["group:staff\tviewer", "user:alice\towner"]
@@ -260,7 +280,10 @@ async def test_grants_set_list_revoke_then_a_server_enforces_them(tmp_path: Path
             client = await refused(url, f"{doc}?token={token}")
             assert client.close_code == 4403, name
             assert client.received == [], name
-        async with yclient(url, f"{doc}?token={alice}") as a, yclient(url, f"{doc}?token={carol}") as c:
+        async with (
+            yclient(url, f"{doc}?token={alice}") as a,
+            yclient(url, f"{doc}?token={carol}") as c,
+        ):
             a.doc.get("t", type=Text).insert(0, "alice writes")
             await a.flush()
             await c.wait_for(lambda: str(c.doc.get("t", type=Text)) == "alice writes")

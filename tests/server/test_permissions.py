@@ -95,7 +95,9 @@ async def test_a_viewers_write_is_rolled_back_for_everyone(secured: Server) -> N
             assert not viewer.closed.is_set()
         editor.doc.get("t", type=Text).insert(0, ">")
         await editor.flush()
-        await editor.wait_for(lambda: str(app.engine.rooms["d"].doc.get("t", type=Text)) == ">keep this text")
+        await editor.wait_for(
+            lambda: str(app.engine.rooms["d"].doc.get("t", type=Text)) == ">keep this text"
+        )
     replay: Doc = Doc()
     replay.apply_update(start)
     seen = []
@@ -115,7 +117,9 @@ async def test_rights_change_live(secured: Server) -> None:
         await app.engine.grant("live", Grant("user:ann", Role.VIEWER))
         ann.doc.get("t", type=Text).insert(0, "denied ")
         await ann.flush()
-        await ann.wait_for(lambda: str(ann.doc.get("t", type=Text)) == "mine" and len(denials(ann)) == 1)
+        await ann.wait_for(
+            lambda: str(ann.doc.get("t", type=Text)) == "mine" and len(denials(ann)) == 1
+        )
         await app.engine.grant("live", Grant("user:bob", Role.OWNER))
         await app.engine.revoke("live", "user:ann")
         with anyio.fail_after(5):
@@ -136,10 +140,21 @@ async def test_grants_over_http(secured: Server) -> None:
     async with httpx.AsyncClient(base_url=base) as http:
         assert (await http.get("/api/documents/g/grants")).status_code == 401
         assert (await http.get("/api/documents/g/grants", headers=editor)).status_code == 403
-        put = await http.put("/api/documents/g/grants/user:olga", headers=owner, json={"role": "owner"})
-        assert put.status_code == 200 and put.json()["grant"] == {"principal": "user:olga", "role": "owner"}
-        assert (await http.put("/api/documents/g/grants/group:eng", headers=owner, json={"role": "viewer"})).status_code == 200
-        bad = await http.put("/api/documents/g/grants/group:eng", headers=owner, json={"role": "god"})
+        put = await http.put(
+            "/api/documents/g/grants/user:olga", headers=owner, json={"role": "owner"}
+        )
+        assert put.status_code == 200 and put.json()["grant"] == {
+            "principal": "user:olga",
+            "role": "owner",
+        }
+        assert (
+            await http.put(
+                "/api/documents/g/grants/group:eng", headers=owner, json={"role": "viewer"}
+            )
+        ).status_code == 200
+        bad = await http.put(
+            "/api/documents/g/grants/group:eng", headers=owner, json={"role": "god"}
+        )
         assert bad.status_code == 400 and "unknown role" in bad.json()["error"]
         listed = await http.get("/api/documents/g/grants", headers=owner)
         assert listed.json()["grants"] == [
@@ -148,8 +163,12 @@ async def test_grants_over_http(secured: Server) -> None:
         ]
         # Grants now bound every token: the editor, matching none, may not even read.
         assert (await http.get("/api/documents/g/presence", headers=editor)).status_code == 403
-        assert (await http.delete("/api/documents/g/grants/group:eng", headers=owner)).status_code == 200
-        assert (await http.delete("/api/documents/g/grants/group:eng", headers=owner)).status_code == 404
+        assert (
+            await http.delete("/api/documents/g/grants/group:eng", headers=owner)
+        ).status_code == 200
+        assert (
+            await http.delete("/api/documents/g/grants/group:eng", headers=owner)
+        ).status_code == 404
     assert await app.engine.grants("g") == [Grant("user:olga", Role.OWNER)]
 
 
@@ -162,27 +181,58 @@ async def test_locks_over_http_and_websocket(secured: Server) -> None:
     ann = {"Authorization": f"Bearer {token('ann')}"}
     viewer = {"Authorization": f"Bearer {token('vi', Role.VIEWER)}"}
     owner = {"Authorization": f"Bearer {token('olga', Role.OWNER)}"}
-    async with httpx.AsyncClient(base_url=base) as http, yclient(url, f"lk?token={token('bob')}") as bob:
+    async with (
+        httpx.AsyncClient(base_url=base) as http,
+        yclient(url, f"lk?token={token('bob')}") as bob,
+    ):
         bob.doc.get("sections", type=Map)["intro"] = "first"
         await bob.flush()
         await bob.wait_for(lambda: "intro" in app.engine.rooms["lk"].doc.get("sections", type=Map))
-        took = await http.post("/api/documents/lk/locks", headers=ann, json={"op": "acquire", "section": ["sections", "intro"], "ttl": 60})
+        took = await http.post(
+            "/api/documents/lk/locks",
+            headers=ann,
+            json={"op": "acquire", "section": ["sections", "intro"], "ttl": 60},
+        )
         assert took.status_code == 200 and took.json()["lock"]["holder"]["id"] == "ann"
         server_id = app.engine.rooms["lk"].presence.server_client_id
-        await bob.wait_for(lambda: bool(bob.awareness.get(server_id, {}).get("server", {}).get("locks")))
+        await bob.wait_for(
+            lambda: bool(bob.awareness.get(server_id, {}).get("server", {}).get("locks"))
+        )
         bob.doc.get("sections", type=Map)["intro"] = "overwritten"
         await bob.flush()
-        await bob.wait_for(lambda: bob.doc.get("sections", type=Map)["intro"] == "first" and denials(bob) != [])
+        await bob.wait_for(
+            lambda: bob.doc.get("sections", type=Map)["intro"] == "first" and denials(bob) != []
+        )
         assert denials(bob) == ["['sections', 'intro'] is locked by Ann"]
-        await bob.send(protocol.encode_lock_request('{"id": 9, "op": "acquire", "section": ["sections"]}'))
+        await bob.send(
+            protocol.encode_lock_request('{"id": 9, "op": "acquire", "section": ["sections"]}')
+        )
         await bob.wait_for(lambda: any(isinstance(m, protocol.LockReply) for m in bob.received))
         [reply] = [m for m in bob.received if isinstance(m, protocol.LockReply)]
         assert '"ok": false' in reply.body and "locked by Ann" in reply.body
         listed = await http.get("/api/documents/lk/locks", headers=viewer)
         assert [lock["section"] for lock in listed.json()["locks"]] == [["sections", "intro"]]
-        assert (await http.post("/api/documents/lk/locks", headers=viewer, json={"op": "acquire", "section": []})).status_code == 403
-        assert (await http.post("/api/documents/lk/locks", headers=ann, json={"op": "forceRelease", "section": ["sections", "intro"]})).status_code == 403
-        assert (await http.post("/api/documents/lk/locks", headers=owner, json={"op": "forceRelease", "section": ["sections", "intro"]})).status_code == 200
+        assert (
+            await http.post(
+                "/api/documents/lk/locks", headers=viewer, json={"op": "acquire", "section": []}
+            )
+        ).status_code == 403
+        assert (
+            await http.post(
+                "/api/documents/lk/locks",
+                headers=ann,
+                json={"op": "forceRelease", "section": ["sections", "intro"]},
+            )
+        ).status_code == 403
+        assert (
+            await http.post(
+                "/api/documents/lk/locks",
+                headers=owner,
+                json={"op": "forceRelease", "section": ["sections", "intro"]},
+            )
+        ).status_code == 200
         bob.doc.get("sections", type=Map)["intro"] = "now free"
         await bob.flush()
-        await bob.wait_for(lambda: app.engine.rooms["lk"].doc.get("sections", type=Map)["intro"] == "now free")
+        await bob.wait_for(
+            lambda: app.engine.rooms["lk"].doc.get("sections", type=Map)["intro"] == "now free"
+        )

@@ -57,7 +57,11 @@ async def test_two_clients_sync_and_a_late_joiner_gets_everything(server: Server
 async def test_names_address_separate_documents_and_ignore_the_query(server: Server) -> None:
     """The whole path is the name (slashes included); the query string is not part of it."""
     _, url = server
-    async with yclient(url, "a/b?token=xyz") as a, yclient(url, "a/b") as same, yclient(url, "a") as other:
+    async with (
+        yclient(url, "a/b?token=xyz") as a,
+        yclient(url, "a/b") as same,
+        yclient(url, "a") as other,
+    ):
         a.doc.get("t", type=Text).insert(0, "x")
         await a.flush()
         await same.wait_for(lambda: str(same.doc.get("t", type=Text)) == "x")
@@ -91,7 +95,9 @@ async def test_joiner_gets_awareness_and_disconnect_removes_it(server: Server) -
             # Abrupt: drop the TCP connection without a close frame.
             leaver.ws.transport.abort()
             start = anyio.current_time()
-            await watcher.wait_for(lambda: leaver.doc.client_id not in watcher.awareness, timeout=1.0)
+            await watcher.wait_for(
+                lambda: leaver.doc.client_id not in watcher.awareness, timeout=1.0
+            )
             assert anyio.current_time() - start < 1.0
 
 
@@ -183,7 +189,9 @@ async def test_awareness_state_over_the_limit_closes_with_1009() -> None:
 @pytest.mark.parametrize(
     ("name", "reason"), [("", "no document name"), ("n" * 600, "longer than 512 bytes")]
 )
-async def test_bad_document_name_is_refused_with_4400(server: Server, name: str, reason: str) -> None:
+async def test_bad_document_name_is_refused_with_4400(
+    server: Server, name: str, reason: str
+) -> None:
     """An empty or over-long document name is refused with 4400 and a reason."""
     _, url = server
     async with connect(f"{url}/{name}") as ws:

@@ -119,7 +119,12 @@ async def test_unknown_document_loads_empty(open_store: Opener) -> None:
     """A document never written loads as nothing at all."""
     store = await open_store()
     loaded = await store.load("nobody")
-    assert (loaded.snapshot, loaded.snapshot_seq, loaded.updates, loaded.last_seq) == (None, 0, [], 0)
+    assert (loaded.snapshot, loaded.snapshot_seq, loaded.updates, loaded.last_seq) == (
+        None,
+        0,
+        [],
+        0,
+    )
 
 
 async def test_live_document_equals_reloaded_one(open_store: Opener) -> None:
