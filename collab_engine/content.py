@@ -18,7 +18,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pycrdt import Array, Doc, Map, Text, XmlFragment
+from xml.etree import ElementTree
+
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
 from .blocks import root_kinds
 
@@ -100,3 +102,91 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)  # Yjs numbers are doubles; 1.0 reads better as 1
     return value
+
+
+def fill(doc: Doc[Any], roots: dict[str, Any]) -> None:
+    """Make each root named in `roots` (JSON as `content_of` gives it) hold exactly
+    that content, in one transaction: its old content is deleted, the new inserted.
+    Roots not named are untouched.
+
+    Text is filled from its delta (formatting and embeds kept), Map and Array from
+    their values (nested objects and lists become plain JSON values, not nested
+    types), XmlFragment from its XML (elements, attributes and text). The binary
+    Yjs update is the lossless form of a document; this is for content made
+    elsewhere.
+
+    Raises:
+        ValueError: a root's JSON is not of a known kind or shape, or its XML does
+            not parse; nothing is changed then.
+    """
+    built = {name: _parsed(name, value) for name, value in roots.items()}
+    with doc.transaction():
+        for name, (kind, value) in built.items():
+            root = doc.get(name, type=TYPES[kind])
+            if kind == "text":
+                del root[0 : len(root)]
+                at, previous = 0, dict[str, Any]()
+                for insert, attributes in value:
+                    # Yrs extends the formatting on the left to unformatted text:
+                    # end what the previous run had and this one has not, explicitly.
+                    attributes = attributes or {}
+                    ended = {key: None for key in previous if key not in attributes}
+                    explicit = {**ended, **attributes} or None
+                    if isinstance(insert, str):
+                        root.insert(at, insert, explicit)
+                        at += len(insert.encode("utf-8"))  # Yrs counts UTF-8 bytes
+                    else:
+                        root.insert_embed(at, insert, explicit)
+                        at += 1
+                    previous = attributes
+            elif kind == "map":
+                root.clear()
+                for key, item in value.items():
+                    root[key] = item
+            elif kind == "array":
+                root.clear()
+                root.extend(value)
+            else:
+                while len(root.children):
+                    del root.children[0]
+                for node in value:
+                    root.children.append(node)
+
+
+def _parsed(name: str, value: Any) -> tuple[str, Any]:
+    if not isinstance(value, dict) or value.get("type") not in TYPES:
+        raise ValueError(f"root {name!r}: expected {{'type': 'text' | 'map' | 'array' | 'xml', ...}}")
+    kind = value["type"]
+    if kind == "text":
+        delta = value.get("delta")
+        if delta is None:
+            delta = [{"insert": value.get("text", "")}]
+        if not isinstance(delta, list) or not all(
+            isinstance(op, dict) and "insert" in op for op in delta
+        ):
+            raise ValueError(f"root {name!r}: a text delta is a list of {{'insert': ...}}")
+        return kind, [(op["insert"], op.get("attributes")) for op in delta]
+    if kind == "map":
+        if not isinstance(value.get("value"), dict):
+            raise ValueError(f"root {name!r}: a map's value is a JSON object")
+        return kind, value["value"]
+    if kind == "array":
+        if not isinstance(value.get("value"), list):
+            raise ValueError(f"root {name!r}: an array's value is a JSON list")
+        return kind, value["value"]
+    try:
+        tree = ElementTree.fromstring(f"<root>{value.get('xml', '')}</root>")
+    except ElementTree.ParseError as exc:
+        raise ValueError(f"root {name!r}: the XML does not parse ({exc})") from exc
+    return kind, _xml_nodes(tree)
+
+
+def _xml_nodes(element: ElementTree.Element) -> list[Any]:
+    nodes: list[Any] = []
+    if element.text:
+        nodes.append(XmlText(element.text))
+    for child in element:
+        nodes.append(XmlElement(child.tag, dict(child.attrib), _xml_nodes(child)))
+        if child.tail:
+            nodes.append(XmlText(child.tail))
+    return nodes

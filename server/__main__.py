@@ -23,6 +23,7 @@ from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
 
+from . import history
 from .app import run
 from .auth import MIN_SECRET_BYTES, mint
 from .settings import Settings
@@ -169,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     where = grants.add_mutually_exclusive_group()
     where.add_argument("--db", metavar="PATH", default=DEFAULT_DB)
     where.add_argument("--database-url", metavar="URL")
+    history.add_commands(commands)
     return parser
 
 
@@ -179,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _token(args)
     elif args.command == "grants":
         _grants(args)
+    elif args.command in ("history", "export", "import"):
+        history.run(args)
     else:
         _serve(args)
 

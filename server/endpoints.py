@@ -17,6 +17,17 @@
                                                                (b may be "now"), with authors
     POST   /api/documents/<name>/versions/<id>/restore owner   make the document equal to
                                                                the version, as a new change
+    GET    /api/documents/<name>/update               viewer   the document as one binary
+                                                               Yjs update (export)
+    POST   /api/documents/<name>/update               editor   body: a binary Yjs update,
+                                                               merged in as a change (import)
+    PUT    /api/documents/<name>/content              editor   body {"roots": {...}} as the
+                                                               content JSON: those roots
+                                                               replaced, as a change (import)
+
+Imports are applied like any edit (broadcast, stored before the answer) and are
+refused with 409 while the document has locks. An imported body is at most the
+WebSocket frame limit (413 beyond); other JSON bodies at most `MAX_BODY`.
 
 Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
 secret configured (open development mode) every request is owner. Answers are
@@ -32,8 +43,9 @@ import json
 import re
 from typing import Any
 
+from collab_engine.content import fill
 from collab_engine.engine import Engine
-from collab_engine.errors import Forbidden, StorageError, Unauthenticated
+from collab_engine.errors import Forbidden, ProtocolError, StorageError, Unauthenticated
 from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, parse_section
@@ -66,6 +78,9 @@ async def documents_api(
     """Serve one request under `/api/documents/`."""
     try:
         status, body = await _route(engine, settings, scope, receive)
+    except Binary as answer:
+        await _respond_binary(send, answer.data)
+        return
     except HTTPError as error:
         status, body = error.status, {"error": error.reason}
     except StorageError as error:
@@ -86,6 +101,8 @@ async def _route(
     versions = _VERSIONS.match(rest)
     if versions is not None:
         return await _versions(engine, settings, scope, receive, method, versions)
+    if rest.endswith(("/update", "/content")):
+        return await _transfer(engine, settings, scope, receive, method, rest)
     allowed: tuple[str, ...]
     principal: str | None
     if rest.endswith("/presence"):
@@ -206,6 +223,54 @@ async def _versions(
         raise HTTPError(400, str(error)) from None
 
 
+async def _transfer(
+    engine: Engine, settings: Settings, scope: Scope, receive: Receive, method: str, rest: str
+) -> tuple[int, dict[str, Any]]:
+    name, what = rest.rsplit("/", 1)
+    allowed = ("GET", "POST") if what == "update" else ("PUT",)
+    if method not in allowed:
+        raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
+    if not name or len(name.encode()) > settings.max_name_length:
+        raise HTTPError(400, "bad document name")
+    needed = Role.VIEWER if method == "GET" else Role.EDITOR
+    identity, _ = await _authorize(engine, settings, scope, name, needed)
+    if method == "GET":
+        async with engine.room(name) as room:
+            raise Binary(room.doc.get_update())
+    update, roots = b"", dict[str, Any]()
+    if what == "update":
+        update = bytes(await _read_body(receive, settings.max_frame_size))
+    else:
+        given = (await _read_json(receive, settings.max_frame_size)).get("roots")
+        if not isinstance(given, dict):
+            raise HTTPError(400, 'body must be {"roots": {...}}')
+        roots = given
+    async with engine.room(name) as room:
+        if room.locks.leases:
+            raise HTTPError(409, f"{name!r} has locks: release them before importing")
+        try:
+            if what == "update":
+                room.apply(update, origin="collab-engine:import", author=identity.user_id)
+            else:
+                room.author = identity.user_id
+                try:
+                    fill(room.doc, roots)
+                finally:
+                    room.author = None
+        except (ProtocolError, ValueError) as error:
+            raise HTTPError(400, str(error)) from None
+        await room.flush()
+        return 200, {"document": name, "seq": room.stored_seq}
+
+
+class Binary(Exception):
+    """An answer of raw bytes (application/octet-stream) rather than JSON."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__("binary answer")
+        self.data = data
+
+
 async def _authorize(
     engine: Engine, settings: Settings, scope: Scope, name: str, needed: Role
 ) -> tuple[Identity, Role]:
@@ -225,17 +290,21 @@ def _grant_json(grant: Grant) -> dict[str, str]:
     return {"principal": grant.principal, "role": str(grant.role)}
 
 
-async def _read_json(receive: Receive) -> dict[str, Any]:
+async def _read_body(receive: Receive, limit: int) -> bytearray:
     data = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
             raise HTTPError(400, "request ended early")
         data += message.get("body", b"")
-        if len(data) > MAX_BODY:
-            raise HTTPError(400, f"body over {MAX_BODY} bytes")
+        if len(data) > limit:
+            raise HTTPError(413, f"body over {limit} bytes")
         if not message.get("more_body", False):
-            break
+            return data
+
+
+async def _read_json(receive: Receive, limit: int = MAX_BODY) -> dict[str, Any]:
+    data = await _read_body(receive, limit)
     try:
         value = json.loads(data or b"{}")
     except ValueError:
@@ -243,6 +312,20 @@ async def _read_json(receive: Receive) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise HTTPError(400, "body must be a JSON object")
     return value
+
+
+async def _respond_binary(send: Send, data: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 async def respond(send: Send, status: int, body: dict[str, Any]) -> None:

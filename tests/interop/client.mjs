@@ -317,7 +317,14 @@ const checks = {
   /** At least this many lock replies received. */
   lockReplies: (c, v) => c.lockReplies.length >= v,
   /** At least this many connections closed with close code v[0]: [code, count]. */
-  closedWith: (c, [code, count]) => c.closeCodes.filter((x) => x === code).length >= count
+  closedWith: (c, [code, count]) => c.closeCodes.filter((x) => x === code).length >= count,
+  /** {root, xml, tree}: the Y.XmlFragment `root` reads as `xml` (its toString()) and
+   * its `xmlTree` dump equals `tree` (either may be left out). */
+  xmlMatches: (c, v) => {
+    const fragment = c.doc.getXmlFragment(v.root ?? 'prosemirror')
+    return (v.xml === undefined || fragment.toString() === v.xml) &&
+      (v.tree === undefined || canonical(xmlTree(fragment)) === canonical(v.tree))
+  }
 }
 
 /** `state.a.b` for the path "a.b" (undefined if any step is missing). */
@@ -442,6 +449,63 @@ async function randomEdits (c, { count, seed, tag }) {
   }
   // Updates travel in order: whoever sees this key has seen all of this client's edits.
   c.map.set(`done:${tag}`, count)
+}
+
+// -- XML (the shape y-prosemirror gives a document) ------------------------------------------
+
+/** A new (preliminary) Y.XmlElement or Y.XmlText from a spec, built as y-prosemirror
+ * builds them: {name, attrs: {...}, children: [spec, ...]} is an element (attributes
+ * set with setAttribute, any JSON value), {text: delta} an XmlText filled with
+ * applyDelta (marks as formatting attributes: {insert, attributes: {bold: true}}). */
+function xmlNode (spec) {
+  if (spec.text !== undefined) {
+    const text = new Y.XmlText()
+    text.applyDelta(spec.text)
+    return text
+  }
+  const element = new Y.XmlElement(spec.name)
+  for (const [key, value] of Object.entries(spec.attrs ?? {})) element.setAttribute(key, value)
+  element.insert(0, (spec.children ?? []).map(xmlNode))
+  return element
+}
+
+/** The node at `path` (child indexes from the fragment `root`). */
+function xmlAt (c, root, path = []) {
+  let node = c.doc.getXmlFragment(root ?? 'prosemirror')
+  for (const index of path) {
+    const child = node instanceof Y.XmlFragment ? node.get(index) : undefined
+    if (child === undefined) throw new Error(`no XML node at ${JSON.stringify(path)} (index ${index})`)
+    node = child
+  }
+  return node
+}
+
+/** A structured dump of an XML node: {name, attrs, children} for an element,
+ * {text: toDelta()} (with the formatting attributes) for an XmlText, {fragment: true,
+ * children} for the fragment itself. */
+function xmlTree (node) {
+  if (node instanceof Y.XmlText) return { text: node.toDelta() }
+  if (node instanceof Y.XmlElement) {
+    return { name: node.nodeName, attrs: node.getAttributes(), children: node.toArray().map(xmlTree) }
+  }
+  if (node instanceof Y.XmlFragment) return { fragment: true, children: node.toArray().map(xmlTree) }
+  if (node instanceof Y.XmlHook) return { hook: node.hookName, map: node.toJSON() }
+  return { unknown: String(node) }
+}
+
+/** One edit of `xmlEdit` (see there). */
+function xmlEditOne (c, root, edit) {
+  const node = xmlAt(c, root, edit.path)
+  switch (edit.do) {
+    case 'insert': node.insert(edit.index, edit.nodes.map(xmlNode)); break
+    case 'delete': node.delete(edit.index, edit.length ?? 1); break
+    case 'setAttribute': node.setAttribute(edit.name, edit.value); break
+    case 'removeAttribute': node.removeAttribute(edit.name); break
+    case 'insertText': node.insert(edit.index, edit.text, edit.attributes ?? {}); break
+    case 'deleteText': node.delete(edit.index, edit.length); break
+    case 'format': node.format(edit.index, edit.length, edit.attributes); break
+    default: throw new Error(`unknown XML edit ${edit.do}`)
+  }
 }
 
 // -- commands -----------------------------------------------------------------------------
@@ -607,6 +671,36 @@ const ops = {
     await Promise.all(targets(cmd).map((c, k) =>
       randomEdits(c, { count: cmd.count, seed: (cmd.seed ?? 1) + k, tag: cmd.tag ?? `${label}.${c.index}` })))
     return {}
+  },
+  /** Edit the Y.XmlFragment `root` (default "prosemirror") in ONE transaction, as
+   * y-prosemirror applies an editor transaction. Each of `edits` is {do, path, ...}
+   * with `path` the child indexes from the fragment to the node edited:
+   *   {do: "insert", path, index, nodes: [spec]}   (specs: see xmlNode)
+   *   {do: "delete", path, index, length}
+   *   {do: "setAttribute" | "removeAttribute", path, name, value}  (path to an element)
+   *   {do: "insertText", path, index, text, attributes}             (path to an XmlText)
+   *   {do: "deleteText", path, index, length}
+   *   {do: "format", path, index, length, attributes}   (null removes a mark) */
+  xmlEdit (cmd) {
+    for (const c of targets(cmd)) {
+      c.doc.transact(() => { for (const edit of cmd.edits) xmlEditOne(c, cmd.root, edit) })
+    }
+    return {}
+  },
+  /** The Y.XmlFragment `root` of each target client: {xml: toString(), tree: xmlTree
+   * dump, stateVector: {clientID: clock}}. */
+  xmlDump (cmd) {
+    return {
+      dumps: targets(cmd).map((c) => {
+        const fragment = c.doc.getXmlFragment(cmd.root ?? 'prosemirror')
+        return {
+          client: c.index,
+          xml: fragment.toString(),
+          tree: xmlTree(fragment),
+          stateVector: Object.fromEntries(Y.decodeStateVector(Y.encodeStateVector(c.doc)))
+        }
+      })
+    }
   },
   connect (cmd) {
     for (const c of targets(cmd)) c.provider.connect()
