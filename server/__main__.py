@@ -18,6 +18,7 @@ import anyio
 
 from collab_engine.engine import EngineConfig
 from collab_engine.errors import StorageError
+from collab_engine.history import HistoryPolicy
 from collab_engine.journal import describe_error
 from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
@@ -142,6 +143,35 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=engine.lock_grace,
         help="seconds a lock outlives its holder's connection (default %(default)s)",
+    )
+    policy = engine.history
+    serve.add_argument(
+        "--version-after-quiet",
+        type=float,
+        default=policy.quiet,
+        help="seconds without edits before a document gets an automatic version "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--version-min-interval",
+        type=float,
+        default=policy.min_interval,
+        help="seconds between two automatic versions of a document (default %(default)s)",
+    )
+    serve.add_argument(
+        "--keep-versions",
+        type=int,
+        default=policy.keep,
+        help="automatic versions kept per document, newest first (default %(default)s)",
+    )
+    serve.add_argument(
+        "--keep-version-days",
+        type=float,
+        default=policy.keep_days,
+        help="days an automatic version is kept; 0 keeps them forever (default %(default)s)",
+    )
+    serve.add_argument(
+        "--no-automatic-versions", action="store_true", help="make no automatic versions"
     )
     serve.add_argument(
         "--secret",
@@ -272,6 +302,13 @@ def _serve(args: argparse.Namespace) -> None:
             journal_max_batch=args.journal_batch,
             lock_ttl=args.lock_ttl,
             lock_grace=args.lock_grace,
+            history=HistoryPolicy(
+                quiet=args.version_after_quiet,
+                min_interval=args.version_min_interval,
+                keep=args.keep_versions,
+                keep_days=args.keep_version_days or None,
+                enabled=not args.no_automatic_versions,
+            ),
             presence=PresencePolicy(
                 rate=args.presence_rate,
                 burst=args.presence_burst,

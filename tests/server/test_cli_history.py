@@ -88,9 +88,19 @@ async def test_history_export_and_import_on_the_database(tmp_path: Path) -> None
 
 async def test_history_against_a_running_server_reaches_connected_clients(tmp_path: Path) -> None:
     """With `--url`, a restore and an import go through the server: a connected client
-    sees them at once. The CLI mints an owner token from the secret."""
+    sees them at once. The CLI mints an owner token from the secret. The serve flags
+    for automatic versions apply: the quiet import gets one, crediting its author."""
     process, url = await start_server(
-        "--db", str(tmp_path / "live.db"), "--secret", SECRET, "--log-level", "WARNING"
+        "--db",
+        str(tmp_path / "live.db"),
+        "--secret",
+        SECRET,
+        "--log-level",
+        "WARNING",
+        "--version-after-quiet",
+        "0.3",
+        "--version-min-interval",
+        "0",
     )
     http = url.replace("ws://", "http://")
     where = ("--url", http, "--secret", SECRET)
@@ -113,6 +123,16 @@ async def test_history_against_a_running_server_reaches_connected_clients(tmp_pa
             await cli("import", "live", str(content), *where)
             meta = client.doc.get("meta", type=Map)
             await client.wait_for(lambda: meta.to_py() == {"k": 1.0})
+            with anyio.fail_after(10):
+                while True:
+                    listed = await cli("history", "list", "live", "--json", *where)
+                    versions = json.loads(listed.stdout)["versions"]
+                    if versions[-1]["automatic"]:
+                        break
+                    await anyio.sleep(0.2)
+            assert versions[-1]["editors"] == ["cli"]
+            named = [v["label"] for v in versions if not v["automatic"]]
+            assert named == [None, f"Restored version {made['version']['id']}"]
             refused = await cli("history", "list", "live", "--url", http, check=False)
             assert refused.returncode == 1 and b"401" in refused.stderr
     finally:
