@@ -16,6 +16,8 @@ values out.
 from __future__ import annotations
 
 import base64
+import json
+from html import escape
 from typing import Any
 
 from xml.etree import ElementTree
@@ -73,8 +75,54 @@ def root_json(root: Any) -> dict[str, Any]:
     if isinstance(root, Array):
         return {"type": "array", "value": jsonable(root.to_py())}
     if isinstance(root, XmlFragment):
-        return {"type": "xml", "xml": str(root)}
+        return {"type": "xml", "xml": xml_of(root)}
     raise TypeError(f"not a root type: {type(root).__name__}")
+
+
+def xml_of(node: Any) -> str:
+    """An XmlFragment, XmlElement or XmlText as XML, the way Yjs's `toString` renders
+    it (element names lowercased; attributes sorted by name; formatted text as nested
+    elements named by mark, sorted), but well-formed: `&`, `<`, `>` and `"` are
+    escaped, and the same content always renders the same (pycrdt's own `str` gives
+    attributes in hash order)."""
+    if isinstance(node, XmlText):
+        parts = []
+        for insert, attributes in node.diff():
+            if not isinstance(insert, str):
+                continue  # an embed has no XML form (Yjs renders it as "[object Object]")
+            marks = sorted((attributes or {}).items())
+            opening = "".join(
+                f"<{name}{_xml_attributes(value if isinstance(value, dict) else {})}>"
+                for name, value in marks
+            )
+            closing = "".join(f"</{name}>" for name, _ in reversed(marks))
+            parts.append(opening + escape(insert) + closing)
+        return "".join(parts)
+    children = "".join(xml_of(child) for child in node.children)
+    if isinstance(node, XmlFragment):
+        return children
+    tag = node.tag.lower()
+    return f"<{tag}{_xml_attributes(dict(node.attributes))}>{children}</{tag}>"
+
+
+def _xml_attributes(attributes: dict[str, Any]) -> str:
+    return "".join(
+        f' {key}="{escape(_js_string(value), quote=True)}"'
+        for key, value in sorted(attributes.items())
+    )
+
+
+def _js_string(value: Any) -> str:
+    # As JavaScript's String(value), which Yjs uses, for the values Yjs holds.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(jsonable(value), ensure_ascii=False)
+    return str(value)
 
 
 def text_delta(text: Text) -> list[dict[str, Any]]:
@@ -111,7 +159,8 @@ def fill(doc: Doc[Any], roots: dict[str, Any]) -> None:
 
     Text is filled from its delta (formatting and embeds kept), Map and Array from
     their values (nested objects and lists become plain JSON values, not nested
-    types), XmlFragment from its XML (elements, attributes and text). The binary
+    types), XmlFragment from its XML (elements, attributes and text; formatting
+    marks, rendered as elements by `xml_of`, come back as elements). The binary
     Yjs update is the lossless form of a document; this is for content made
     elsewhere.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
-from .content import EMBED, jsonable, typed_roots, utf16_length
+from .content import EMBED, jsonable, typed_roots, utf16_length, xml_of
 from .types import Update
 
 _EMBED_BYTE = b"\x00"
@@ -152,7 +152,7 @@ def _value(root: Any) -> Any:
     if isinstance(root, Text):
         return "".join(chunk if isinstance(chunk, str) else EMBED for chunk, _ in root.diff())
     if isinstance(root, XmlFragment):
-        return str(root)
+        return xml_of(root)
     return jsonable(root.to_py())
 
 
