@@ -632,10 +632,8 @@ def header(
     load: tuple[str, str],
     history: History,
     node: str | None,
+    commit: str,
 ) -> str:
-    commit = provenance.commit(
-        ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
-    )
     uname = os.uname()
     tmp = tempfile.gettempdir()
     peer = f", Node {node} with yjs {yjs_version()}" if node else ""
@@ -680,6 +678,47 @@ ROWS = [
 ]
 
 
+SUMMARY = [
+    ("content oldest", "content at the oldest version"),
+    ("content middle", "content at the middle version"),
+    ("content newest", "content at the newest version"),
+    ("diff", "diff, middle to newest"),
+    ("restore oldest", "restore to the oldest version"),
+    ("restore middle", "restore to the middle version"),
+    ("open", "for scale: cold room open"),
+]
+
+
+def summary_table(history: History, cases: Sequence[Case], reference: Reference) -> str:
+    base = median([a + b for a, b in zip(reference.load, reference.rebuild, strict=True)])
+    lines = [
+        "## Summary: median seconds (and the ratio to loading and rebuilding the whole log)",
+        "",
+        f"Load + rebuild of the whole log, {history.edits:,} updates, with pycrdt "
+        f"(`store.load()` then `rebuild`): {seconds(base)} s"
+        + (
+            f"; Yjs in Node applying the same updates: {seconds(median(reference.yjs))} s."
+            if reference.yjs
+            else "."
+        ),
+        "",
+        "| operation | " + " | ".join(case.label for case in cases) + " |",
+        "|---|" + "---:|" * len(cases),
+    ]
+    for key, label in SUMMARY:
+        cells = []
+        for case in cases:
+            runs = case.times.get(key, [])
+            if not runs:
+                cells.append("n/a")
+                continue
+            value = median(runs)
+            ratio = f" ({value / base:.2f}x)" if base and not math.isnan(base) else ""
+            cells.append(f"{seconds(value)}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def times_table(history: History, cases: Sequence[Case]) -> str:
     values = {
         "oldest": f"{history.seqs[OLDEST]:,}",
@@ -692,7 +731,13 @@ def times_table(history: History, cases: Sequence[Case]) -> str:
         "Updates replayed: log entries applied after the snapshot the call starts from "
         "(a restore replays those of its version, then opens the room, which replays "
         "those after the newest snapshot; a diff also reads and applies the "
-        f"{history.seqs[NEWEST] - history.seqs[MIDDLE]:,} entries between its versions).",
+        f"{history.seqs[NEWEST] - history.seqs[MIDDLE]:,} entries between its versions"
+        + (
+            f", and gives {median(cases[0].times['diff changes']):,.0f} text changes"
+            if cases and cases[0].times.get("diff changes")
+            else ""
+        )
+        + ").",
         "",
         "| operation | case | updates replayed | median | min | max | runs |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -736,19 +781,6 @@ def reference_table(history: History, cases: Sequence[Case], reference: Referenc
             f"| {' | '.join(spread(reference.yjs))} | {len(reference.yjs)} |"
         )
     base = median(rebuild_total)
-    ratios = []
-    for case in cases:
-        for key in ("content oldest", "content middle", "content newest", "restore oldest",
-                    "restore middle", "diff"):  # fmt: skip
-            runs = case.times.get(key)
-            if runs and base:
-                ratios.append(f"{key} {case.key} {median(runs) / base:.2f}")
-    lines += [
-        "",
-        "Ratio of medians, history call / (load + rebuild) of the whole log: "
-        + "; ".join(ratios)
-        + ".",
-    ]
     if reference.yjs and base:
         lines.append(
             f"pycrdt load + rebuild / Yjs applying the updates: "
@@ -840,6 +872,10 @@ def parse_options(argv: Sequence[str]) -> Options:
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
     load_before = load_average()
+    # The commit measured is the one imported now (the tree may change during a run).
+    commit = provenance.commit(
+        ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
+    )
     checker = Checker()
     say(f"replaying {options.trace.name} ...")
     history = read_history(options.trace, options.edits)
@@ -885,7 +921,9 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                 + (f", yjs {reference.yjs[-1]:.3f}" if reference.yjs else "")
             )
     report = [
-        header(options, argv, (load_before, load_average()), history, node),
+        header(options, argv, (load_before, load_average()), history, node, commit),
+        "",
+        summary_table(history, cases, reference),
         "",
         times_table(history, cases),
         "",

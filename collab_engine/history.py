@@ -174,19 +174,18 @@ class History:
         version = None if version_id is None else await self.version(name, version_id)
         room = self.engine.rooms.get(DocumentName(name))
         current = room.doc.get_update() if room is not None else None
-        if version is None:
-            if current is None:
-                stored = await self._load(name, None)
-                seq = stored.last_seq
-                current = await anyio.to_thread.run_sync(_state, name, stored)
-            else:
-                seq = room.stored_seq if room is not None else 0
+        if version is None and current is None:
+            stored = await self._load(name, None)
+            seq = stored.last_seq
+            roots = await anyio.to_thread.run_sync(_content_at, name, stored, None)
+        elif version is None:
+            assert room is not None and current is not None
+            seq = room.stored_seq
             roots = await anyio.to_thread.run_sync(_content_of_update, current, None)
         else:
             stored = await self._load(name, version.seq)
             seq = version.seq
-            hint = root_kinds(current) if current is not None else None
-            roots = await anyio.to_thread.run_sync(_content_at, name, stored, hint)
+            roots = await anyio.to_thread.run_sync(_content_at, name, stored, current)
         return {
             "document": name,
             "version": None if version is None else version.to_json(),
@@ -343,7 +342,11 @@ class History:
     async def _automatic(self, name: DocumentName) -> None:
         versions = await self._call(f"read the versions of {name!r}", self.store.versions, name)
         last = await self._call(f"read {name!r}", self.store.last_seq, name)
-        self._checked[name] = last or 0
+        if name in self.engine.rooms:
+            self._checked[name] = last or 0
+        else:
+            # Not loaded: no edit can come before it loads again, and marks it anew.
+            self._checked.pop(name, None)
         if last is None or last <= max((v.seq for v in versions), default=0):
             return  # nothing since the newest version
         automatic = [v for v in versions if v.automatic]
@@ -395,18 +398,15 @@ class History:
             raise StorageError(f"cannot {what}: {describe_error(exc)}") from exc
 
 
-def _state(name: str, stored: Stored) -> Update:
-    state: Update = rebuild(name, stored).get_update()
-    return state
-
-
 def _content_of_update(update: Update, hint: dict[str, str] | None) -> dict[str, Any]:
     doc: Doc[Any] = Doc()
     doc.apply_update(update)
     return content_of(doc, hint)
 
 
-def _content_at(name: str, stored: Stored, hint: dict[str, str] | None) -> dict[str, Any]:
+def _content_at(name: str, stored: Stored, current: Update | None) -> dict[str, Any]:
+    # The current state tells the kind of roots empty at the version.
+    hint = root_kinds(current) if current is not None else None
     return content_of(rebuild(name, stored), hint)
 
 

@@ -65,14 +65,7 @@ def rollback(doc: Doc[Any], update: Update) -> Rollback:
         return Rollback(changed=True, merged=None)  # waits for updates nobody sent
     if not manager.can_undo():
         return Rollback(changed=False, merged=None)  # nothing new: no write at all
-    undone: list[Update] = []
-
-    def capture(event: TransactionEvent) -> None:
-        undone.append(event.update)
-
-    subscription = scratch.observe(capture)
-    manager.undo()
-    scratch.unobserve(subscription)
+    undone = _undo(scratch, manager)
     if not undone:
         return Rollback(changed=True, merged=None)  # nothing the undo could take back
     return Rollback(changed=True, merged=merge_updates(update, *undone))
@@ -102,14 +95,20 @@ def revert(version: Doc[Any], current: Update, kinds: dict[str, str]) -> Update:
     manager.include_origin(_RESTORED)
     with version.transaction(origin=_RESTORED):
         version.apply_update(current)
-    if not manager.can_undo():
+    undone = _undo(version, manager) if manager.can_undo() else []
+    if not undone:
         return b"\x00\x00"
+    return merge_updates(*undone) if len(undone) > 1 else undone[0]
+
+
+def _undo(doc: Doc[Any], manager: UndoManager) -> list[Update]:
+    """Undo the last change `manager` tracked in `doc`; the updates that made."""
     undone: list[Update] = []
 
     def capture(event: TransactionEvent) -> None:
         undone.append(event.update)
 
-    subscription = version.observe(capture)
+    subscription = doc.observe(capture)
     manager.undo()
-    version.unobserve(subscription)
-    return merge_updates(*undone) if len(undone) > 1 else (undone[0] if undone else b"\x00\x00")
+    doc.unobserve(subscription)
+    return undone
