@@ -328,3 +328,23 @@ def _text_update(text: str) -> bytes:
     doc: Doc[Any] = Doc()
     doc.get("t", type=Text).insert(0, text)
     return doc.get_update()
+
+
+async def test_a_root_empty_at_a_version_gets_its_kind_from_now(db: str) -> None:
+    """A root whose every item is deleted at a version has no type left to read
+    there; the current document tells it."""
+    async for engine in open_engine(db):
+        async with engine.room("doc") as room:
+            text = room.doc.get("t", type=Text)
+            text.insert(0, "abc")
+            del text[0:3]
+            empty = await engine.history.create("doc")
+            text.insert(0, "later")
+            content = await engine.history.content("doc", empty.id)
+            assert content["roots"]["t"] == {"type": "text", "text": "", "delta": []}
+        # Not loaded: nothing tells, and it says so rather than guess.
+        with anyio.fail_after(5):
+            while "doc" in engine.rooms:
+                await anyio.sleep(0.02)
+        unknown = await engine.history.content("doc", empty.id)
+        assert unknown["roots"]["t"] == {"type": None}
