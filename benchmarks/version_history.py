@@ -2,8 +2,8 @@
 
 Usage:
 
-    python benchmarks/version_history.py            # the whole trace, 5 runs (about 10 minutes)
-    python benchmarks/version_history.py --quick    # smoke run: 20,000 edits, 2 runs (about 30 s)
+    python benchmarks/version_history.py            # the whole trace, 5 runs (about 6 minutes)
+    python benchmarks/version_history.py --quick    # smoke run: 20,000 edits, 2 runs (about 15 s)
     python benchmarks/version_history.py --runs 3 --diff-runs 1 --no-node
 
 Everything runs in this one process through the engine's own code (`Engine`,
@@ -304,12 +304,12 @@ async def build_case(case: Case, history: History) -> None:
         started = time.perf_counter()
         if case.snapshots == "end":
             async with Engine(config(), store) as engine:
-                seq = await engine.compact(DOC)
-            assert seq == history.edits, (seq, history.edits)
+                compacted = await engine.compact(DOC)
+            assert compacted == history.edits, (compacted, history.edits)
             case.snapshot_count = 1
         elif case.snapshots == "every":
-            for seq, state in history.snapshots:
-                await store.snapshot(DOC, state, seq)
+            for at, state in history.snapshots:
+                await store.snapshot(DOC, state, at)
             case.snapshot_count = len(history.snapshots)
         case.snapshot_seconds = time.perf_counter() - started
         for name, seq in history.seqs.items():
@@ -540,7 +540,9 @@ process.stdout.write(JSON.stringify({
 
 def yjs_version() -> str:
     try:
-        return str(json.loads((INTEROP / "node_modules" / "yjs" / "package.json").read_text())["version"])
+        return str(
+            json.loads((INTEROP / "node_modules" / "yjs" / "package.json").read_text())["version"]
+        )
     except (OSError, ValueError, KeyError):
         return "?"
 
@@ -782,11 +784,12 @@ def reference_table(history: History, cases: Sequence[Case], reference: Referenc
         )
     base = median(rebuild_total)
     if reference.yjs and base:
-        lines.append(
-            f"pycrdt load + rebuild / Yjs applying the updates: "
+        lines += [
+            "",
+            f"Ratio of medians, pycrdt load + rebuild / Yjs applying the updates: "
             f"{base / median(reference.yjs):.2f}; rebuild alone / Yjs: "
-            f"{median(reference.rebuild) / median(reference.yjs):.2f}."
-        )
+            f"{median(reference.rebuild) / median(reference.yjs):.2f}.",
+        ]
     if reference.yjs_note:
         lines += ["", reference.yjs_note]
     return "\n".join(lines)
@@ -843,9 +846,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="editing trace")
     parser.add_argument("--edits", type=int, help="use the trace's first N edits (default all)")
     parser.add_argument("--no-node", action="store_true", help="skip the Yjs reference")
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 20,000 edits, 2 runs"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 edits, 2 runs")
     parser.add_argument(
         "--output", type=Path,
         help=f"Markdown file to write the results to (default {DEFAULT_OUTPUT.relative_to(REPO)}; "
@@ -863,8 +864,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         output=args.output if args.output or quick else DEFAULT_OUTPUT,
         quick=quick,
     )
-    if options.runs < 1 or options.diff_runs < 0 or (
-        options.edits is not None and options.edits < 8
+    if (
+        options.runs < 1
+        or options.diff_runs < 0
+        or (options.edits is not None and options.edits < 8)
     ):
         parser.error("--runs must be positive, --diff-runs not negative, --edits at least 8")
     return options
@@ -883,7 +886,9 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     node = node_version() if options.node else None
     reference = Reference()
     if options.node and node is None:
-        reference.yjs_note = "Yjs reference skipped: no `node`, or no tests/interop/node_modules/yjs."
+        reference.yjs_note = (
+            "Yjs reference skipped: no `node`, or no tests/interop/node_modules/yjs."
+        )
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
         directory = Path(tmp)
         cases = [
@@ -909,8 +914,11 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                     await measure_restore(case, history, checker, run, name, directory)
                 say(
                     f"run {run} {case.label}: "
-                    + ", ".join(f"{what} {values[-1]:.3f}" for what, values in case.times.items()
-                                if what != "diff changes")  # fmt: skip
+                    + ", ".join(
+                        f"{what} {values[-1]:.3f}"
+                        for what, values in case.times.items()
+                        if what != "diff changes"
+                    )  # fmt: skip
                 )
             await measure_rebuild(cases[0], history, reference, checker, run)
             if node is not None:

@@ -19,7 +19,6 @@ import base64
 import json
 from html import escape
 from typing import Any
-
 from xml.etree import ElementTree
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
@@ -204,7 +203,9 @@ def fill(doc: Doc[Any], roots: dict[str, Any]) -> None:
 
 def _parsed(name: str, value: Any) -> tuple[str, Any]:
     if not isinstance(value, dict) or value.get("type") not in TYPES:
-        raise ValueError(f"root {name!r}: expected {{'type': 'text' | 'map' | 'array' | 'xml', ...}}")
+        raise ValueError(
+            f"root {name!r}: expected {{'type': 'text' | 'map' | 'array' | 'xml', ...}}"
+        )
     kind = value["type"]
     if kind == "text":
         delta = value.get("delta")

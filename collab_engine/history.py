@@ -203,21 +203,22 @@ class History:
         """
         start = await self.version(name, from_id)
         end = None if to_id is None else await self.version(name, to_id)
-        if end is None:
-            room = self.engine.rooms.get(DocumentName(name))
-            if room is not None:
-                await room.flush()
         if end is not None and end.seq < start.seq:
             raise ValueError(f"version {from_id} is newer than version {to_id}")
-        stored = await self._load(name, start.seq)
-        steps = await self._call(
-            f"read the log of {name!r}",
-            self.store.log,
-            name,
-            start.seq,
-            None if end is None else end.seq,
-        )
-        changes = await anyio.to_thread.run_sync(_diff, name, stored, steps)
+        async with self.engine.room(name) as room:
+            # The current document tells the type of every root there is (roots are
+            # never removed), which the replay must know before it starts.
+            await room.flush()
+            current = room.doc.get_update()
+            stored = await self._load(name, start.seq)
+            steps = await self._call(
+                f"read the log of {name!r}",
+                self.store.log,
+                name,
+                start.seq,
+                None if end is None else end.seq,
+            )
+            changes = await anyio.to_thread.run_sync(_diff, name, stored, steps, current)
         return {
             "document": name,
             "from": start.to_json(),
@@ -410,16 +411,15 @@ def _content_at(name: str, stored: Stored, current: Update | None) -> dict[str, 
     return content_of(rebuild(name, stored), hint)
 
 
-def _diff(name: str, stored: Stored, steps: list[tuple[int, Update, str | None]]) -> dict[str, Any]:
+def _diff(
+    name: str, stored: Stored, steps: list[tuple[int, Update, str | None]], current: Update
+) -> dict[str, Any]:
     before = rebuild(name, stored)
-    # The kinds of the roots at the end (a root may be created, or emptied, between
-    # the two points): the end state, built once without observers, tells.
-    after: Doc[Any] = Doc()
-    after.apply_update(before.get_update())
-    for _, update, _ in steps:
-        after.apply_update(update)
-    kinds = kinds_of(after, kinds_of(before))
-    return diff(before, [(author, update) for _, update, author in steps], kinds)
+    there = kinds_of(before)
+    kinds = {**root_kinds(current), **there}
+    changes = diff(before, [(author, update) for _, update, author in steps], kinds)
+    # Roots made after the second point are typed for the replay, but are no change.
+    return {root: value for root, value in changes.items() if root in there or value["authors"]}
 
 
 def _restoration(name: str, stored: Stored, current: Update) -> Update:

@@ -348,3 +348,25 @@ async def test_a_root_empty_at_a_version_gets_its_kind_from_now(db: str) -> None
                 await anyio.sleep(0.02)
         unknown = await engine.history.content("doc", empty.id)
         assert unknown["roots"]["t"] == {"type": None}
+
+
+async def test_a_diff_shows_roots_made_in_its_range_and_not_after(db: str) -> None:
+    """A root created between the two versions is a change (all of it inserted);
+    one created after the second version is not in that diff."""
+    async for engine in open_engine(db):
+        async with engine.room("doc") as room:
+            edit(room, "user:ann", lambda doc: doc.get("first", type=Text).insert(0, "a"))
+            start = await engine.history.create("doc")
+            edit(room, "user:bob", lambda doc: doc.get("list", type=Array).extend([1, 2]))
+            end = await engine.history.create("doc")
+            edit(room, "user:eve", lambda doc: doc.get("late", type=Map).update({"k": 1}))
+        changes = await engine.history.diff("doc", start.id, end.id)
+        assert set(changes["roots"]) == {"first", "list"}
+        assert changes["roots"]["list"]["changes"] == [
+            {"op": "insert", "index": 0, "values": [1, 2], "author": "user:bob"}
+        ]
+        assert changes["roots"]["first"] == {"type": "text", "changes": [], "authors": []}
+        to_now = await engine.history.diff("doc", start.id, None)
+        assert to_now["roots"]["late"]["changes"] == [
+            {"op": "add", "key": "k", "after": 1, "author": "user:eve"}
+        ]
