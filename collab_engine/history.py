@@ -16,9 +16,10 @@ stored, acknowledged), edits made meanwhile by others merge with it by the CRDT
 rules, and a version "Restored version N" is recorded at the point it makes.
 
 Automatic versions: when a loaded document has had no edit for `quiet` seconds, or
-its room unloads (everybody left), and updates were stored since its newest
-version, a version is made, unless the last automatic one is under
-`min_interval` seconds old (it is then made once that much time has passed).
+its room unloads (everybody left), or has been edited for `min_interval` seconds
+without such a pause, and updates were stored since its newest version, a version
+is made, unless the last automatic one is under `min_interval` seconds old (it is
+then made once that much time has passed).
 After each, the retention policy removes automatic versions beyond the newest
 `keep`, and those older than `keep_days`; named versions and restore points are
 kept. Removing a version hands its editors to the next one.
@@ -99,6 +100,7 @@ class History:
         self._wakeup = anyio.Event()
         self._checked: dict[DocumentName, int] = {}
         self._retry_at: dict[DocumentName, float] = {}
+        self._busy_since: dict[DocumentName, float] = {}
 
     @property
     def store(self) -> Store:
@@ -302,10 +304,17 @@ class History:
         if not self.policy.enabled or self.engine.store is None:
             return
         for name, room in self.engine.rooms.items():
-            if room.edited_at is None or room.failed is not None or not room.stored:
+            if room.edited_at is None or room.failed is not None:
                 continue
-            if now - room.edited_at >= self.policy.quiet:
+            if room.stored and self._checked.get(name, -1) >= room.stored_seq:
+                self._busy_since.pop(name, None)  # nothing since the last check
+                continue
+            if room.stored and now - room.edited_at >= self.policy.quiet:
                 self._mark(name, room.stored_seq)
+            elif now - self._busy_since.setdefault(name, now) >= self.policy.min_interval:
+                # Edited without a quiet period for `min_interval`: a long session
+                # gets a version per interval rather than none until it ends.
+                self._mark(name, None)
         wall = time.time()
         for name, at in list(self._retry_at.items()):
             if wall >= at:
@@ -314,6 +323,7 @@ class History:
 
     def unloaded(self, name: DocumentName, edited: bool, stored_seq: int) -> None:
         """A room unloaded: everybody left, so its editing session is over."""
+        self._busy_since.pop(name, None)
         if edited and self.policy.enabled and self.engine.store is not None:
             self._mark(name, stored_seq)
 
@@ -341,6 +351,7 @@ class History:
                 del self._due[name]
 
     async def _automatic(self, name: DocumentName) -> None:
+        self._busy_since.pop(name, None)  # checked now: the next long-session one is due later
         versions = await self._call(f"read the versions of {name!r}", self.store.versions, name)
         last = await self._call(f"read {name!r}", self.store.last_seq, name)
         if name in self.engine.rooms:

@@ -370,3 +370,21 @@ async def test_a_diff_shows_roots_made_in_its_range_and_not_after(db: str) -> No
         assert to_now["roots"]["late"]["changes"] == [
             {"op": "add", "key": "k", "after": 1, "author": "user:eve"}
         ]
+
+
+async def test_a_long_session_without_a_pause_gets_a_version_per_interval(db: str) -> None:
+    """Edits that never pause for `quiet` seconds still get an automatic version once
+    `min_interval` has passed, and not more often."""
+    cfg = config(quiet=60.0, min_interval=0.5, keep=10, keep_days=None)
+    async for engine in open_engine(db, cfg):
+        async with engine.room("doc") as room:
+            text = room.doc.get("t", type=Text)
+            started = anyio.current_time()
+            while anyio.current_time() - started < 1.8:
+                text.insert(0, "x")
+                await anyio.sleep(0.03)
+            versions = await engine.history.versions("doc")
+    assert 1 <= len(versions) <= 3, versions
+    assert all(v.automatic for v in versions)
+    gaps = [b.created_at - a.created_at for a, b in zip(versions, versions[1:], strict=False)]
+    assert all(gap >= 0.5 for gap in gaps), gaps
