@@ -672,6 +672,34 @@ const ops = {
       randomEdits(c, { count: cmd.count, seed: (cmd.seed ?? 1) + k, tag: cmd.tag ?? `${label}.${c.index}` })))
     return {}
   },
+  /** `count` tokens `<TAG.i>` inserted each at a random token boundary of the text
+   * (0, or just after a `>`), so that, with nothing ever deleted, every token stays
+   * whole and can be found again; with each, the map key `TAG.i` is set to i and the
+   * shared key `shared<i % 3>` to "TAG.i" (concurrent overwrites), the three in one
+   * transaction every third edit. Pauses 0..maxPauseMs (default 5) ms between edits;
+   * the last edit sets `done:TAG` to `count`. Seeded by `seed`. */
+  async insertTokens (cmd) {
+    await Promise.all(targets(cmd).map(async (c, k) => {
+      const rnd = prng((cmd.seed ?? 1) + k)
+      const tag = cmd.tag ?? `${label}.${c.index}`
+      const maxPause = cmd.maxPauseMs ?? 5
+      for (let i = 0; i < cmd.count; i++) {
+        const edit = () => {
+          const text = c.text.toString()
+          const boundaries = [0]
+          for (let j = 0; j < text.length; j++) if (text[j] === '>') boundaries.push(j + 1)
+          c.text.insert(boundaries[Math.floor(rnd() * boundaries.length)], `<${tag}.${i}>`)
+          c.map.set(`${tag}.${i}`, i)
+          c.map.set(`shared${i % 3}`, `${tag}.${i}`)
+        }
+        if (i % 3 === 0) c.doc.transact(edit)
+        else edit()
+        await pause(Math.floor(rnd() * (maxPause + 1)))
+      }
+      c.map.set(`done:${tag}`, cmd.count)
+    }))
+    return {}
+  },
   /** Edit the Y.XmlFragment `root` (default "prosemirror") in ONE transaction, as
    * y-prosemirror applies an editor transaction. Each of `edits` is {do, path, ...}
    * with `path` the child indexes from the fragment to the node edited:
