@@ -118,6 +118,11 @@ class RequestFailed(ClientError):
     """The server answered a lock or version request with an error."""
 
 
+class ServerError(ClientError):
+    """The server sent what is not valid Yjs (an update that does not decode): the
+    session ends rather than apply part of it or ask again forever."""
+
+
 class ConnectionLost(ClientError):
     """The connection broke before the server answered a request."""
 
@@ -197,6 +202,7 @@ class Session:
         awaited by its caller, so few)."""
         self._awareness_due = False
         self._closing = False
+        self._fatal: ServerError | None = None
         self._applying = False
         self._connection: _Connection | None = None
         self._changed = anyio.Event()
@@ -418,6 +424,10 @@ class Session:
                         await self._serve(ws)
                     except ConnectionClosed:
                         pass  # the close code says why
+                    if self._fatal is not None:
+                        await ws.close(1007, "invalid update")
+                        self._end(self._fatal)
+                        return
                 code, reason = ws.close_code or 1006, ws.close_reason or ""
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
@@ -475,7 +485,11 @@ class Session:
                 except ProtocolError as error:
                     log.warning("%s: ignoring a frame: %s", self.url, error.reason)
                     continue
-                self._receive(connection, message)
+                try:
+                    self._receive(connection, message)
+                except ServerError as error:
+                    self._fatal = error  # ends this connection, and the session
+                    return
                 self._notify()
         except ConnectionClosed:
             pass
@@ -496,6 +510,8 @@ class Session:
                 try:
                     with self.doc.transaction(origin=REMOTE):
                         self.doc.apply_update(update)
+                except ValueError as exc:
+                    raise ServerError(f"the server sent an invalid update: {exc}") from None
                 finally:
                     self._applying = False
                 if isinstance(message, protocol.SyncStep2):

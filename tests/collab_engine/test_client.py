@@ -243,3 +243,30 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not condition():
             await anyio.sleep(0.01)
+
+
+async def test_a_server_sending_an_invalid_update_ends_the_session() -> None:
+    """A server whose update does not decode is not trusted further: the session
+    closes with `ServerError` (and closes the connection with 1007)."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from collab_engine import protocol
+    from collab_engine.client import ServerError
+
+    codes: list[int | None] = []
+
+    async def rogue(ws: ServerConnection) -> None:
+        await ws.send(protocol.encode_sync_update(b"\x01\x02\x03 not an update"))
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            codes.append(ws.close_code)
+
+    async with serve(rogue, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", "doc", backoff=FAST) as session:
+            with pytest.raises(ServerError, match="invalid update"):
+                await session.synced(timeout=10)
+            assert session.state is State.CLOSED and session.connections == 1
+        await _until(lambda: codes == [1007])
