@@ -17,7 +17,7 @@ from anyio.abc import SocketStream
 from pycrdt import Map, Text
 
 from collab_engine.client import Backoff, GaveUp, Refused, RequestFailed, State, connect
-from collab_engine.errors import GoingAway
+from collab_engine.errors import GoingAway, PeerTooSlow
 from collab_engine.permissions import Role
 from collab_engine.store import rebuild
 from server.auth import mint
@@ -118,11 +118,13 @@ async def proxy(target_port: int) -> AsyncIterator[tuple[int, Any]]:
             tg.cancel_scope.cancel()
 
 
-async def test_the_client_rides_out_network_cuts_and_server_side_closes() -> None:
-    """With the server up, the network is cut twice (every socket through a proxy
-    closed mid-stream) and the server closes the connection once (1001): the client
+async def test_the_client_rides_out_network_cuts(tmp_path: Path) -> None:
+    """The server (a separate process) stays up; the network is cut three times
+    mid-stream (every socket through a proxy closed, no WebSocket close): the client
     reconnects each time, and everything it wrote is stored."""
-    async with running_server() as (app, url):
+    db = str(tmp_path / "cuts.db")
+    process, url = await start_server("--db", db, "--log-level", "WARNING")
+    try:
         server_port = int(url.rsplit(":", 1)[1])
         async with proxy(server_port) as (port, cut):
             async with connect(f"ws://127.0.0.1:{port}", "doc", backoff=FAST) as session:
@@ -131,19 +133,39 @@ async def test_the_client_rides_out_network_cuts_and_server_side_closes() -> Non
                 for i in range(120):
                     keys[f"k{i}"] = i
                     await anyio.sleep(0.005)
-                    if i in (30, 90):
+                    if i in (30, 60, 90):
                         await cut()
-                    if i == 60:
-                        for room in app.engine.rooms.values():
-                            for peer in list(room.peers.values()):
-                                peer.close(GoingAway("closed by the test"))
-                                room.leave(peer)
                 await session.flushed(timeout=30)
                 assert session.connections >= 4
-                async with connect(url, "doc") as reader:
-                    await reader.synced(timeout=10)
-                    got = reader.doc.get("m", type=Map).to_py()
-        assert got == {f"k{i}": float(i) for i in range(120)}
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+    assert await stored_keys(db, "doc") == {f"k{i}": float(i) for i in range(120)}
+
+
+async def test_the_client_rides_out_closes_from_the_server() -> None:
+    """The server closes the client's connection (1001 going away, 1013 too slow) in
+    the middle of its edits: it reconnects, and everything it wrote arrives."""
+    async with running_server() as (app, url):
+        async with connect(url, "doc", backoff=FAST) as session:
+            await session.synced(timeout=10)
+            keys = session.doc.get("m", type=Map)
+            for i in range(90):
+                keys[f"k{i}"] = i
+                await anyio.sleep(0.005)
+                if i in (30, 60):
+                    error = GoingAway("closed by the test") if i == 30 else PeerTooSlow("test")
+                    for room in app.engine.rooms.values():
+                        for peer in list(room.peers.values()):
+                            peer.close(error)
+                            room.leave(peer)
+            await session.flushed(timeout=30)
+            assert session.connections >= 3
+            async with connect(url, "doc") as reader:
+                await reader.synced(timeout=10)
+                got = reader.doc.get("m", type=Map).to_py()
+    assert got == {f"k{i}": float(i) for i in range(90)}
 
 
 async def test_offline_edits_go_in_the_handshake_and_only_there(tmp_path: Path) -> None:
