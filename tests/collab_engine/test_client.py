@@ -292,3 +292,32 @@ async def test_a_server_sending_an_invalid_update_ends_the_session() -> None:
                 await session.synced(timeout=10)
             assert session.state is State.CLOSED and session.connections == 1
         await _until(lambda: codes == [1007])
+
+
+async def test_remote_edits_arrive_as_events_of_the_remote_origin() -> None:
+    """A transaction on one session's doc reaches the other as one pycrdt event whose
+    transaction has the origin `REMOTE`; local edits have their own origin."""
+    from pycrdt import TextEvent
+
+    from collab_engine.client import REMOTE
+
+    async with running_server() as (_, url):
+        async with connect(url, "doc") as ann, connect(url, "doc") as bob:
+            await ann.synced(timeout=10)
+            await bob.synced(timeout=10)
+            events: list[tuple[Any, str]] = []
+
+            def seen(event: TextEvent) -> None:
+                events.append((event.transaction.origin, str(event.delta)))
+
+            text = bob.doc.get("t", type=Text)
+            subscription = text.observe(seen)
+            with ann.doc.transaction():
+                ann.doc.get("t", type=Text).insert(0, "one ")
+                ann.doc.get("t", type=Text).insert(4, "transaction")
+            await _until(lambda: str(text) == "one transaction")
+            with bob.doc.transaction(origin="mine"):
+                text.insert(0, "> ")
+            text.unobserve(subscription)
+    assert [origin for origin, _ in events] == [REMOTE, "mine"]
+    assert "one transaction" in events[0][1]
