@@ -9,6 +9,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -344,9 +345,8 @@ async def test_the_client_syncs_with_pycrdt_websocket_server() -> None:
     websocket_server = WebsocketServer()
     shutdown = anyio.Event()
     async with websocket_server, anyio.create_task_group() as tg:
-        tg.start_soon(
-            lambda: serve(ASGIServer(websocket_server), config, shutdown_trigger=shutdown.wait)
-        )
+        app: Any = ASGIServer(websocket_server)
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=shutdown.wait))
         url = f"ws://127.0.0.1:{port}"
         async with connect(url, "doc", backoff=FAST, ack_timeout=1.0) as ann:
             await ann.synced(timeout=10)
@@ -360,5 +360,5 @@ async def test_the_client_syncs_with_pycrdt_websocket_server() -> None:
             with pytest.raises(NotSupported, match="no persisted acknowledgement"):
                 await ann.flushed(timeout=10)
         shutdown.set()
-    del websocket_server
+    del websocket_server, app
     gc.collect()
