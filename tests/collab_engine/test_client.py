@@ -310,7 +310,7 @@ async def test_remote_edits_arrive_as_events_of_the_remote_origin() -> None:
             events: list[tuple[Any, str]] = []
 
             def seen(event: TextEvent) -> None:
-                events.append((event.transaction.origin, str(event.delta)))
+                events.append((event.transaction.origin, str(event.delta)))  # type: ignore[attr-defined]
 
             text = bob.doc.get("t", type=Text)
             subscription = text.observe(seen)
