@@ -203,6 +203,8 @@ class Session:
         self._awareness_due = False
         self._closing = False
         self._fatal: ServerError | None = None
+        self._acknowledges: bool | None = None
+        """Whether the server acknowledges storage, as its latest connection told."""
         self._applying = False
         self._connection: _Connection | None = None
         self._changed = anyio.Event()
@@ -232,19 +234,20 @@ class Session:
         reconnections).
 
         Raises:
-            NotSupported: the server does not acknowledge storage.
+            NotSupported: the server does not acknowledge storage (as its latest
+                connection showed; offline, that is remembered).
             Refused, GaveUp, Closed: the session ended first.
             TimeoutError: not within `timeout` seconds.
         """
 
         def done() -> bool:
-            connection = self._connection
-            if connection is None or not connection.handshaken or self._pending:
-                return False
-            if connection.acknowledges is False:
+            if self._acknowledges is False:
                 raise NotSupported(
                     f"the server sent no persisted acknowledgement within {self.ack_timeout} s"
                 )
+            connection = self._connection
+            if connection is None or not connection.handshaken or self._pending:
+                return False
             return connection.acked >= connection.sent
 
         await self._wait(done, timeout)
@@ -532,7 +535,7 @@ class Session:
                 self._send_awareness()
             case protocol.Persisted(count):
                 connection.acked = count
-                connection.acknowledges = True
+                connection.acknowledges = self._acknowledges = True
             case protocol.LockReply(body) | protocol.VersionReply(body):
                 reply = json.loads(body)
                 if reply.get("id") in self._replies:
@@ -569,7 +572,7 @@ class Session:
                 changed = self._changed
                 await changed.wait()
             return
-        connection.acknowledges = False
+        connection.acknowledges = self._acknowledges = False
         self._notify()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -629,7 +632,10 @@ async def connect(
         ValueError: `url` is not a ws:// or wss:// URL.
     """
     query = {**(params or {}), **({"token": token} if token is not None else {})}
-    full = f"{url.rstrip('/')}/{quote(name, safe='/')}" + (f"?{urlencode(query)}" if query else "")
+    # As y-websocket writes the room into the path: raw, but for what a path cannot
+    # hold (servers that name rooms by the raw path must see the same name).
+    path = quote(name, safe="/:@!$&'()*+,;=")
+    full = f"{url.rstrip('/')}/{path}" + (f"?{urlencode(query)}" if query else "")
     if not full.startswith(("ws://", "wss://")):
         raise ValueError(f"not a WebSocket URL: {url!r}")
     session = Session(

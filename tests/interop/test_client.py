@@ -373,3 +373,17 @@ async def test_the_client_reconnects_to_the_node_server_after_it_restarts() -> N
             assert State.OFFLINE in states
             assert states.index(State.OFFLINE) < len(states) - 1
             assert State.SYNCED in states[states.index(State.OFFLINE) :]
+
+
+async def test_room_names_reach_the_same_document_as_the_npm_client() -> None:
+    """The client writes the room into the URL path as y-websocket does (raw, but for
+    what a path cannot hold), so on a server that names documents by the raw path
+    the npm client and ours meet, whatever the name's characters."""
+    rooms = ["team/notes", "team:notes", "notes(1)", "a+b", "x y", "ü", "a@b,c;d=e"]
+    async with node_websocket_server(free_port()) as server:
+        for room in rooms:
+            async with connect(server.url, room, backoff=FAST, ack_timeout=1.0) as session:
+                await session.synced(timeout=10)
+                session.doc.get("text", type=Text).insert(0, f"in {room}")
+                async with node_client(server.url, room) as node:
+                    await node.wait({"text": f"in {room}"}, timeout=5)
