@@ -144,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         default=engine.lock_grace,
         help="seconds a lock outlives its holder's connection (default %(default)s)",
     )
+    serve.add_argument(
+        "--websocket-compression",
+        action="store_true",
+        help="accept permessage-deflate from clients that offer it (off by default: it "
+        "costs CPU per frame and receiver)",
+    )
     policy = engine.history
     serve.add_argument(
         "--version-after-quiet",
@@ -293,6 +299,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_name_length=args.max_name_length,
         database_url=args.database_url or sqlite_url(args.db),
         secret=_secret(args),
+        websocket_compression=args.websocket_compression,
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,
             outbox_size=args.outbox_size,

@@ -22,7 +22,9 @@ import anyio
 from anyio.abc import TaskStatus
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.protocol import ws_stream
 from sqlalchemy.engine import make_url
+from wsproto.extensions import PerMessageDeflate
 
 from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
@@ -137,7 +139,22 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.accesslog = None
     # A Logger instance is used as is: hypercorn adds no handler of its own to it.
     config.errorlog = logging.getLogger("hypercorn.error")
+    _offer_compression(settings.websocket_compression)
     return config
+
+
+class _DeclinedDeflate(PerMessageDeflate):
+    """permessage-deflate that declines every offer: frames go uncompressed."""
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+def _offer_compression(enabled: bool) -> None:
+    # hypercorn has no option for it: its handshake builds `PerMessageDeflate()` from
+    # its module's global name, which is swapped here (process-wide, as hypercorn
+    # serves one app per process).
+    vars(ws_stream)["PerMessageDeflate"] = PerMessageDeflate if enabled else _DeclinedDeflate
 
 
 async def serve(

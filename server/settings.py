@@ -23,6 +23,10 @@ class Settings:
     """Seconds hypercorn gives connections to finish on shutdown. Peers are closed
     with 1001 before it starts; what remains is hypercorn's ping task of each recently
     closed WebSocket, which sleeps a full ping interval: no need to wait for it."""
+    websocket_compression: bool = False
+    """Accept permessage-deflate when a client offers it (browsers always do). Off by
+    default, as in Node's `ws`: compressing costs CPU for every frame and every
+    receiver (hypercorn compresses per connection), and y-websocket frames are small."""
     secret: str | None = None
     """The HS256 key tokens are signed with; None runs the open development mode
     (no authentication: every connection is anonymous and owner)."""

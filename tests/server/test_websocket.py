@@ -349,3 +349,19 @@ async def test_presence_over_http(server: Server) -> None:
         assert nobody.status_code == 200 and nobody.json()["presence"] == []
         assert (await http.post("/api/documents/x/presence")).status_code == 405
         assert (await http.get("/api/documents//presence")).status_code == 400
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_websocket_compression_is_off_unless_configured(enabled: bool) -> None:
+    """A client offering permessage-deflate (as browsers do) gets it only when the
+    server is configured for it; either way the document syncs."""
+
+    settings = Settings(ping_interval=None, engine=TEST_ENGINE, websocket_compression=enabled)
+    async with running_server(settings) as (_, url):
+        async with yclient(url, "doc") as client:  # websockets offers deflate by default
+            names = [extension.name for extension in client.ws.protocol.extensions]
+            assert names == (["permessage-deflate"] if enabled else [])
+            client.doc.get("t", type=Text).insert(0, "x" * 1000)
+            await client.flush()
+            async with yclient(url, "doc") as other:
+                assert str(other.doc.get("t", type=Text)) == "x" * 1000
