@@ -12,16 +12,72 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator
+from functools import lru_cache
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pycrdt import merge_updates
 
 from .errors import CollabError, PeerTooSlow
 from .identity import Identity
 from .permissions import Credentials, Role
-from .types import Frame, PeerId
+from .protocol import SyncUpdate, decode, encode_sync_update
+from .types import Frame, PeerId, Update
 
 _ids = itertools.count(1)
+
+MAX_MERGED = 256 * 1024
+"""Update frames are merged up to this many bytes in all (larger ones go as they are):
+merging pays for many small frames, and the cache of merged runs stays small."""
+
+_UPDATE_PREFIX = b"\x00\x02"
+"""How a sync update frame starts (message type 0, sync type 2)."""
+
+
+def coalesce(frames: list[Frame]) -> list[Frame]:
+    """`frames` with every run of consecutive sync update frames replaced by one
+    update frame carrying their merged update; other frames keep their place.
+
+    The same run queued for many peers (a broadcast encodes one frame for all of
+    them) is merged once: the result is cached by the frames themselves.
+    """
+    if len(frames) < 2:
+        return frames
+    out: list[Frame] = []
+    run: list[Frame] = []
+    size = 0
+    for frame in frames:
+        if frame.startswith(_UPDATE_PREFIX) and size + len(frame) <= MAX_MERGED:
+            run.append(frame)
+            size += len(frame)
+            continue
+        if run:
+            out.append(_merged(tuple(run)))
+            run, size = [], 0
+        if frame.startswith(_UPDATE_PREFIX) and len(frame) <= MAX_MERGED:
+            run, size = [frame], len(frame)
+            continue
+        if run:
+            out.append(_merged(tuple(run)))
+            run = []
+        out.append(frame)
+    if run:
+        out.append(_merged(tuple(run)))
+    return out
+
+
+@lru_cache(maxsize=64)
+def _merged(run: tuple[Frame, ...]) -> Frame:
+    if len(run) == 1:
+        return run[0]
+    updates = [_update_of(frame) for frame in run]
+    return encode_sync_update(merge_updates(*updates))
+
+
+def _update_of(frame: Frame) -> Update:
+    message = decode(frame)
+    assert isinstance(message, SyncUpdate)
+    return message.update
 
 
 class Peer:
@@ -123,6 +179,22 @@ class Peer:
             async for frame in self._receive_stream:
                 yield frame
         except anyio.ClosedResourceError:
+            return
+
+    async def batches(self) -> AsyncIterator[list[Frame]]:
+        """Yield what is queued, as soon as there is something, in order, with runs of
+        update frames merged (see `coalesce`): a writer that fell behind catches up
+        with fewer, larger sends. Ends when the peer is closed, as `frames`."""
+        try:
+            async for frame in self._receive_stream:
+                batch = [frame]
+                while True:
+                    try:
+                        batch.append(self._receive_stream.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                yield coalesce(batch)
+        except (anyio.ClosedResourceError, anyio.EndOfStream):
             return
 
     def drain(self) -> list[Frame]:

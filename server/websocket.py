@@ -192,9 +192,12 @@ async def _read(
 
 
 async def _write(peer: Peer, send: Send) -> None:
-    """Send the peer's frames in order, one at a time."""
-    async for frame in peer.frames():
-        await send({"type": "websocket.send", "bytes": frame})
+    """Send the peer's frames in order, one at a time; when several wait, runs of
+    updates go merged (`Peer.batches`): a send is a system call, and under load they
+    are what the server spends its time on."""
+    async for batch in peer.batches():
+        for frame in batch:
+            await send({"type": "websocket.send", "bytes": frame})
 
 
 async def _refuse(receive: Receive, send: Send, error: CollabError) -> None:

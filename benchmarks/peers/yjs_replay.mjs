@@ -1,0 +1,143 @@
+// Yjs side of benchmarks/merge_throughput.py: replays editing traces with the npm
+// `yjs` package and prints one JSON object on stdout. Timings cover the replay
+// only (reading and parsing the input come first, outside the clock).
+//
+//   node benchmarks/peers/yjs_replay.mjs local PATCHES.json
+//       PATCHES.json: {"patches": [[index, deleteCount, text], ...]} in UTF-16 code
+//       units (what Yjs counts); one Y.Doc, getText("text"), each patch in its own
+//       doc.transact(). -> {seconds, patches, text}
+//   node benchmarks/peers/yjs_replay.mjs remote UPDATES.bin
+//       UPDATES.bin: updates, each a little-endian u32 length then its bytes.
+//       (1) Y.applyUpdate of each into a new Y.Doc; (2) Y.mergeUpdates of all of
+//       them, then (3) Y.applyUpdate of the merged update into another new Y.Doc.
+//       -> {apply_seconds, merge_seconds, apply_merged_seconds, merged_bytes,
+//           updates, text, merged_text}
+//   node benchmarks/peers/yjs_replay.mjs concurrent SCHEDULE.json
+//       SCHEDULE.json: {"clientIds": [...], "steps": [{"agent", "deliver": [txn
+//       indexes], "patches": [[index16, delete16, text], ...]}], "final": [[txn
+//       indexes] per agent]}: one Y.Doc per agent; before each transaction its
+//       agent's replica applies the updates of the transactions it is missing
+//       (`deliver`), then the transaction's patches run in one doc.transact() whose
+//       update (the doc's "update" event) is kept for the other replicas. Then every
+//       replica applies what it still misses (`final`): the convergence.
+//       -> {replay_seconds, converge_seconds, texts}
+//
+// yjs is resolved from tests/interop/node_modules (where the interoperability
+// tests install it), then from a package beside this script, then NODE_PATH.
+
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+function loadYjs() {
+  const bases = [
+    new URL("../../tests/interop/package.json", import.meta.url),
+    new URL("./package.json", import.meta.url),
+  ];
+  for (const base of bases) {
+    try {
+      return createRequire(fileURLToPath(base))("yjs");
+    } catch {
+      // next
+    }
+  }
+  return createRequire(import.meta.url)("yjs"); // NODE_PATH
+}
+
+const Y = loadYjs();
+const [mode, input] = process.argv.slice(2);
+
+function readUpdates(path) {
+  const data = readFileSync(path);
+  const updates = [];
+  for (let offset = 0; offset < data.length; ) {
+    const length = data.readUInt32LE(offset);
+    updates.push(new Uint8Array(data.buffer, data.byteOffset + offset + 4, length));
+    offset += 4 + length;
+  }
+  return updates;
+}
+
+function applyPatches(text, patches) {
+  for (const [index, deleted, inserted] of patches) {
+    if (deleted) text.delete(index, deleted);
+    if (inserted) text.insert(index, inserted);
+  }
+}
+
+function local(path) {
+  const { patches } = JSON.parse(readFileSync(path, "utf8"));
+  const doc = new Y.Doc();
+  const text = doc.getText("text");
+  const started = performance.now();
+  for (const [index, deleted, inserted] of patches) {
+    doc.transact(() => {
+      if (deleted) text.delete(index, deleted);
+      if (inserted) text.insert(index, inserted);
+    });
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { seconds, patches: patches.length, text: text.toString() };
+}
+
+function remote(path) {
+  const updates = readUpdates(path);
+  const doc = new Y.Doc();
+  let started = performance.now();
+  for (const update of updates) Y.applyUpdate(doc, update);
+  const apply_seconds = (performance.now() - started) / 1000;
+  started = performance.now();
+  const merged = Y.mergeUpdates(updates);
+  const merge_seconds = (performance.now() - started) / 1000;
+  const other = new Y.Doc();
+  started = performance.now();
+  Y.applyUpdate(other, merged);
+  const apply_merged_seconds = (performance.now() - started) / 1000;
+  return {
+    apply_seconds,
+    merge_seconds,
+    apply_merged_seconds,
+    merged_bytes: merged.length,
+    updates: updates.length,
+    text: doc.getText("text").toString(),
+    merged_text: other.getText("text").toString(),
+  };
+}
+
+function concurrent(path) {
+  const schedule = JSON.parse(readFileSync(path, "utf8"));
+  const LOCAL = Symbol("local");
+  const replicas = schedule.clientIds.map((clientId) => {
+    const doc = new Y.Doc();
+    doc.clientID = clientId;
+    return { doc, text: doc.getText("text"), last: null };
+  });
+  for (const replica of replicas) {
+    replica.doc.on("update", (update, origin) => {
+      if (origin === LOCAL) replica.last = update;
+    });
+  }
+  const updates = new Array(schedule.steps.length);
+  let started = performance.now();
+  schedule.steps.forEach((step, index) => {
+    const replica = replicas[step.agent];
+    for (const missing of step.deliver) Y.applyUpdate(replica.doc, updates[missing]);
+    replica.last = null;
+    replica.doc.transact(() => applyPatches(replica.text, step.patches), LOCAL);
+    updates[index] = replica.last;
+  });
+  const replay_seconds = (performance.now() - started) / 1000;
+  started = performance.now();
+  schedule.final.forEach((missing, agent) => {
+    for (const index of missing) Y.applyUpdate(replicas[agent].doc, updates[index]);
+  });
+  const converge_seconds = (performance.now() - started) / 1000;
+  return { replay_seconds, converge_seconds, texts: replicas.map((r) => r.text.toString()) };
+}
+
+const modes = { local, remote, concurrent };
+if (!(mode in modes) || !input) {
+  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent FILE\n");
+  process.exit(2);
+}
+process.stdout.write(JSON.stringify(modes[mode](input)));
