@@ -7,6 +7,7 @@ another file or `--database-url` another database (`postgresql+asyncpg://...`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -145,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a lock outlives its holder's connection (default %(default)s)",
     )
     serve.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop" if _has_uvloop() else "asyncio",
+        help="the event loop: uvloop (faster sends and wake-ups) where installed, "
+        "else asyncio's own (default %(default)s)",
+    )
+    serve.add_argument(
         "--websocket-compression",
         action="store_true",
         help="accept permessage-deflate from clients that offer it (off by default: it "
@@ -221,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         history.run(args)
     else:
         _serve(args)
+
+
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def _secret(args: argparse.Namespace) -> str | None:
@@ -326,7 +338,7 @@ def _serve(args: argparse.Namespace) -> None:
         ),
     )
     try:
-        anyio.run(run, settings)
+        anyio.run(run, settings, backend_options={"use_uvloop": args.loop == "uvloop"})
     except KeyboardInterrupt:
         sys.exit(130)
     except StorageError as error:

@@ -121,7 +121,7 @@ function concurrent(path) {
   let started = performance.now();
   schedule.steps.forEach((step, index) => {
     const replica = replicas[step.agent];
-    for (const missing of step.deliver) Y.applyUpdate(replica.doc, updates[missing]);
+    for (const missing of step.deliver) if (updates[missing]) Y.applyUpdate(replica.doc, updates[missing]);
     replica.last = null;
     replica.doc.transact(() => applyPatches(replica.text, step.patches), LOCAL);
     updates[index] = replica.last;
@@ -129,7 +129,7 @@ function concurrent(path) {
   const replay_seconds = (performance.now() - started) / 1000;
   started = performance.now();
   schedule.final.forEach((missing, agent) => {
-    for (const index of missing) Y.applyUpdate(replicas[agent].doc, updates[index]);
+    for (const index of missing) if (updates[index]) Y.applyUpdate(replicas[agent].doc, updates[index]);
   });
   const converge_seconds = (performance.now() - started) / 1000;
   return { replay_seconds, converge_seconds, texts: replicas.map((r) => r.text.toString()) };

@@ -111,3 +111,19 @@ async def test_cli_limits_are_applied() -> None:
         with anyio.fail_after(10):
             await process.wait()
         await process.aclose()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_serve_runs_on_either_event_loop(loop: str) -> None:
+    """`--loop` picks the event loop; both serve and sync."""
+    process, url = await start_server("--loop", loop, "--log-level", "WARNING")
+    try:
+        async with yclient(url, "loop/doc") as a, yclient(url, "loop/doc") as b:
+            a.doc.get("t", type=Text).insert(0, loop)
+            await a.flush()
+            await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == loop)
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+        await process.aclose()
