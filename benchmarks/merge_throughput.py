@@ -129,6 +129,8 @@ LONG_TRACE = 100_000
 QUICK_TRACES = ("sveltecomponent", "clownschool_flat", "clownschool")
 
 Patch = tuple[int, int, str]
+Timing = tuple[float, float]
+"""Wall-clock and CPU seconds (this process's, all its threads; Node's for Yjs)."""
 
 # Sequential implementations, in the tables' order.
 PYCRDT, OBSERVED, ENGINE, ENGINE_SQL, YJS = (
@@ -191,9 +193,7 @@ class Units:
         gone8, gone16 = sum(self.extra8[start:end]), sum(self.extra16[start:end])
         shift = len(inserted) - deleted
         new = [(position + i, c) for i, c in enumerate(inserted) if not c.isascii()]
-        self.index[start:] = [i for i, _ in new] + [
-            i + shift for i in self.index[end:]
-        ]
+        self.index[start:] = [i for i, _ in new] + [i + shift for i in self.index[end:]]
         self.extra8[start:] = [utf8_extra(c) for _, c in new] + self.extra8[end:]
         self.extra16[start:] = [utf16_extra(c) for _, c in new] + self.extra16[end:]
         return (
@@ -226,9 +226,7 @@ def load_sequential(path: Path) -> Sequential:
     trace = read_trace(path)
     if trace.get("startContent", "") != "":
         raise ValueError(f"{path.name}: the trace does not start from an empty text")
-    patches = [
-        (int(p), int(d), str(s)) for txn in trace["txns"] for p, d, s in txn["patches"]
-    ]
+    patches = [(int(p), int(d), str(s)) for txn in trace["txns"] for p, d, s in txn["patches"]]
     non_ascii = sum(1 for _, _, s in patches if not s.isascii())
     if non_ascii:
         units = Units()
@@ -258,7 +256,7 @@ def apply_patch(text: Text, patch: Patch) -> None:
         text.insert(position, inserted)
 
 
-def replay_pycrdt(trace: Sequential, observe: bool) -> float:
+def replay_pycrdt(trace: Sequential, observe: bool) -> Timing:
     doc: Doc[Any] = Doc()
     text = doc.get(TEXT, type=Text)
     updates: list[bytes] = []
@@ -269,6 +267,7 @@ def replay_pycrdt(trace: Sequential, observe: bool) -> float:
 
         doc.observe(keep)
     transaction = doc.transaction
+    cpu = time.process_time()
     started = time.perf_counter()
     for position, deleted, inserted in trace.utf8:
         with transaction():
@@ -277,15 +276,16 @@ def replay_pycrdt(trace: Sequential, observe: bool) -> float:
             if inserted:
                 text.insert(position, inserted)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     check_text(f"{trace.name}, {OBSERVED if observe else PYCRDT}", str(text), trace.expected)
     if observe:
         if len(updates) != len(trace.utf8):
             raise Mismatch(f"{trace.name}: {len(updates)} updates for {len(trace.utf8)} patches")
         trace.updates = updates
-    return elapsed
+    return elapsed, cpu
 
 
-async def replay_engine(trace: Sequential, database: Path | None, verify: bool) -> float:
+async def replay_engine(trace: Sequential, database: Path | None, verify: bool) -> Timing:
     store = None if database is None else await SQLStore.connect(sqlite_url(str(database)))
     label = ENGINE if database is None else ENGINE_SQL
     try:
@@ -295,6 +295,7 @@ async def replay_engine(trace: Sequential, database: Path | None, verify: bool) 
                 text = doc.get(TEXT, type=Text)
                 transaction = doc.transaction
                 journal = engine.journal
+                cpu = time.process_time()
                 started = time.perf_counter()
                 for count, (position, deleted, inserted) in enumerate(trace.utf8, 1):
                     with transaction():
@@ -308,6 +309,7 @@ async def replay_engine(trace: Sequential, database: Path | None, verify: bool) 
                             await journal.room_for_more()
                 await room.flush()
                 elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu
                 check_text(f"{trace.name}, {label}", str(text), trace.expected)
         if store is not None and verify:
             stored = await store.load(trace.name)
@@ -330,7 +332,7 @@ async def replay_engine(trace: Sequential, database: Path | None, verify: bool) 
     finally:
         if store is not None:
             await store.aclose()
-    return elapsed
+    return elapsed, cpu
 
 
 def node_version() -> str | None:
@@ -353,9 +355,9 @@ def yjs_version() -> str:
         return "?"
 
 
-def run_node(mode: str, path: Path, timeout: float = 600) -> dict[str, Any]:
+def run_node(mode: str, path: Path, options: str = "{}", timeout: float = 900) -> dict[str, Any]:
     result = subprocess.run(
-        ["node", str(NODE_SCRIPT), mode, str(path)],
+        ["node", str(NODE_SCRIPT), mode, str(path), options],
         capture_output=True,
         timeout=timeout,
         check=False,
@@ -366,12 +368,12 @@ def run_node(mode: str, path: Path, timeout: float = 600) -> dict[str, Any]:
     return answer
 
 
-def replay_yjs(trace: Sequential, patches_file: Path) -> float:
+def replay_yjs(trace: Sequential, patches_file: Path) -> Timing:
     answer = run_node("local", patches_file)
     if answer["patches"] != len(trace.utf16):
         raise Mismatch(f"{trace.name}, Yjs: {answer['patches']} patches replayed")
     check_text(f"{trace.name}, Yjs", answer["text"], trace.expected)
-    return float(answer["seconds"])
+    return float(answer["seconds"]), float(answer["cpu_seconds"])
 
 
 def write_updates(updates: Sequence[bytes], path: Path) -> None:
@@ -405,7 +407,7 @@ class Remote:
     merged_bytes: int = 0
     yjs_merged_bytes: int = 0
     merge_all_estimate: float = math.nan
-    merge_all_skipped: bool = False
+    yjs_merge_all_estimate: float = math.nan
 
     def record(self, what: str, value: float) -> None:
         self.times.setdefault(what, []).append(value)
@@ -424,6 +426,7 @@ def estimate_merge_all(updates: Sequence[bytes]) -> float:
 def measure_remote(
     trace: Sequential, remote: Remote, updates_file: Path | None, cap: float, run: int
 ) -> None:
+    """One run of the remote path; merging everything at once only in the first run."""
     updates = trace.updates
     doc: Doc[Any] = Doc()
     started = time.perf_counter()
@@ -446,22 +449,29 @@ def measure_remote(
 
     if run == 1:
         remote.merge_all_estimate = estimate_merge_all(updates)
-        remote.merge_all_skipped = remote.merge_all_estimate > cap
-    if not remote.merge_all_skipped:
-        started = time.perf_counter()
-        merged = merge_updates(*updates)
-        remote.record("pycrdt merge all", time.perf_counter() - started)
-        check_text(f"{trace.name}, pycrdt merge_updates(*all)", text_of_update(merged),
-                   trace.expected)  # fmt: skip
+        if remote.merge_all_estimate <= cap:
+            started = time.perf_counter()
+            merged = merge_updates(*updates)
+            remote.record("pycrdt merge all", time.perf_counter() - started)
+            check_text(f"{trace.name}, pycrdt merge_updates(*all)", text_of_update(merged),
+                       trace.expected)  # fmt: skip
 
     if updates_file is not None:
-        answer = run_node("remote", updates_file)
+        options = {"fanIn": MERGE_FAN_IN, "sample": MERGE_SAMPLE, "cap": cap, "all": run == 1}
+        answer = run_node("remote", updates_file, json.dumps(options))
         check_text(f"{trace.name}, Yjs applying the updates", answer["text"], trace.expected)
-        check_text(f"{trace.name}, Yjs mergeUpdates", answer["merged_text"], trace.expected)
+        check_text(f"{trace.name}, Yjs tree-merged update", answer["merged_text"],
+                   trace.expected)  # fmt: skip
         remote.record("Yjs apply", float(answer["apply_seconds"]))
-        remote.record("Yjs merge", float(answer["merge_seconds"]))
+        remote.record("Yjs tree merge", float(answer["tree_merge_seconds"]))
         remote.record("Yjs apply merged", float(answer["apply_merged_seconds"]))
         remote.yjs_merged_bytes = int(answer["merged_bytes"])
+        if run == 1:
+            remote.yjs_merge_all_estimate = float(answer["merge_all_estimate"])
+            if "merge_all_seconds" in answer:
+                check_text(f"{trace.name}, Yjs mergeUpdates(all)", answer["merge_all_text"],
+                           trace.expected)  # fmt: skip
+                remote.record("Yjs merge all", float(answer["merge_all_seconds"]))
 
 
 # -- part 3: concurrent traces -----------------------------------------------------------
@@ -645,14 +655,21 @@ def replay_concurrent_yjs(trace: Concurrent, schedule: Path) -> tuple[float, flo
 # -- profile -----------------------------------------------------------------------------
 
 
+def pycrdt_file() -> str:
+    import pycrdt
+
+    return str(pycrdt.__file__)
+
+
 def profile_engine(trace: Sequential) -> str:
     """cProfile of raw pycrdt and of the engine (memory) replaying `trace`."""
     sections = []
-    for label, target in (
+    targets: list[tuple[str, Callable[[], Timing]]] = [
         (PYCRDT, lambda: replay_pycrdt(trace, observe=False)),
         (OBSERVED, lambda: replay_pycrdt(trace, observe=True)),
         (ENGINE, lambda: anyio.run(replay_engine, trace, None, False)),
-    ):
+    ]
+    for label, target in targets:
         profiler = cProfile.Profile()
         profiler.enable()
         target()
@@ -660,8 +677,12 @@ def profile_engine(trace: Sequential) -> str:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("tottime").print_stats(14)
+        if label == ENGINE:
+            # Everything the engine itself runs, by cumulative time.
+            stats.sort_stats("cumulative").print_stats(r"collab_engine", 12)
+        site = str(Path(pycrdt_file()).parent.parent) + "/"
         lines = [
-            line
+            line.replace(site, "").replace(str(REPO) + "/", "")
             for line in out.getvalue().splitlines()
             if line.strip() and not line.startswith(("   Ordered by", "   List reduced"))
         ]
@@ -701,10 +722,12 @@ class Measured:
     trace: Sequential
     runs: int
     times: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
     remote: Remote = field(default_factory=Remote)
 
-    def record(self, what: str, value: float) -> None:
-        self.times.setdefault(what, []).append(value)
+    def record(self, what: str, timing: Timing) -> None:
+        self.times.setdefault(what, []).append(timing[0])
+        self.cpu.setdefault(what, []).append(timing[1])
 
 
 @dataclass(slots=True)
@@ -717,32 +740,61 @@ class MeasuredConcurrent:
         self.times.setdefault(what, []).append(value)
 
 
+def per_run(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
+    return [a / b for a, b in zip(numerator, denominator, strict=False) if b > 0]
+
+
 def local_tables(measured: Sequence[Measured]) -> list[str]:
     lines = [
         "## 1. Local editing: patches/s (median)",
         "",
         "Each patch its own transaction. Ratios are of median times: engine / pycrdt "
         "1.10 means the engine takes 10 % longer than raw pycrdt (goal: at most 1.10); "
-        "pycrdt / Yjs above 1 means pycrdt is slower than Yjs.",
+        "pycrdt / Yjs above 1 means pycrdt is slower than Yjs. Under CPU: the same "
+        "ratios of median CPU time (`time.process_time`, Node's `process.cpuUsage`), "
+        "less sensitive to the other jobs on the machine than wall time.",
         "",
         "| trace | patches | " + " | ".join(IMPLEMENTATIONS) + " | engine / pycrdt "
-        "| engine / pycrdt + observer | engine (SQLite) / pycrdt | pycrdt / Yjs |",
-        "|---|---:|" + "---:|" * len(IMPLEMENTATIONS) + "---:|---:|---:|---:|",
+        "| engine / pycrdt + observer | engine (SQLite) / pycrdt | pycrdt / Yjs "
+        "| CPU: engine / pycrdt | CPU: engine (SQLite) / pycrdt | CPU: pycrdt / Yjs |",
+        "|---|---:|" + "---:|" * len(IMPLEMENTATIONS) + "---:|" * 7,
     ]
     for m in measured:
         n = len(m.trace.patches)
-        t = m.times
+        t, c = m.times, m.cpu
         lines.append(
             f"| {m.trace.name} | {n:,} | "
             + " | ".join(rate(n, median(t.get(k, []))) for k in IMPLEMENTATIONS)
             + f" | {ratio(t.get(ENGINE, []), t.get(PYCRDT, []))}"
             f" | {ratio(t.get(ENGINE, []), t.get(OBSERVED, []))}"
             f" | {ratio(t.get(ENGINE_SQL, []), t.get(PYCRDT, []))}"
-            f" | {ratio(t.get(PYCRDT, []), t.get(YJS, []))} |"
+            f" | {ratio(t.get(PYCRDT, []), t.get(YJS, []))}"
+            f" | {ratio(c.get(ENGINE, []), c.get(PYCRDT, []))}"
+            f" | {ratio(c.get(ENGINE_SQL, []), c.get(PYCRDT, []))}"
+            f" | {ratio(c.get(PYCRDT, []), c.get(YJS, []))} |"
         )
     lines += [
         "",
-        "Seconds per replay: median (min–max, runs).",
+        "Per run (the implementations of one run measured one after the other): "
+        "engine (memory) / pycrdt and pycrdt + observer / pycrdt, wall time, and "
+        "engine (memory) / pycrdt in CPU time.",
+        "",
+        "| trace | engine / pycrdt, each run | median | pycrdt + observer / pycrdt, "
+        "each run | median | CPU: engine / pycrdt, each run | median |",
+        "|---|---|---:|---|---:|---|---:|",
+    ]
+    for m in measured:
+        cells = []
+        for table, key in ((m.times, ENGINE), (m.times, OBSERVED), (m.cpu, ENGINE)):
+            values = per_run(table.get(key, []), table.get(PYCRDT, []))
+            cells += [
+                " ".join(f"{v:.2f}" for v in values) or "n/a",
+                f"{median(values):.2f}" if values else "n/a",
+            ]
+        lines.append(f"| {m.trace.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Seconds per replay, wall: median (min–max, runs).",
         "",
         "| trace | " + " | ".join(IMPLEMENTATIONS) + " |",
         "|---|" + "---:|" * len(IMPLEMENTATIONS),
@@ -751,6 +803,19 @@ def local_tables(measured: Sequence[Measured]) -> list[str]:
         lines.append(
             f"| {m.trace.name} | "
             + " | ".join(spread(m.times.get(k, [])) for k in IMPLEMENTATIONS)
+            + " |"
+        )
+    lines += [
+        "",
+        "CPU seconds per replay: median (min–max, runs).",
+        "",
+        "| trace | " + " | ".join(IMPLEMENTATIONS) + " |",
+        "|---|" + "---:|" * len(IMPLEMENTATIONS),
+    ]
+    for m in measured:
+        lines.append(
+            f"| {m.trace.name} | "
+            + " | ".join(spread(m.cpu.get(k, [])) for k in IMPLEMENTATIONS)
             + " |"
         )
     lines += [
@@ -768,66 +833,72 @@ def local_tables(measured: Sequence[Measured]) -> list[str]:
     return lines
 
 
+def merge_all_cell(times: Sequence[float], estimate: float, cap: float) -> str:
+    if times:
+        return f"{median(times):.3f}"
+    if math.isnan(estimate):
+        return "n/a"
+    return f"skipped (est. {estimate:,.0f} > {cap:.0f})"
+
+
+REMOTE_KEYS = (
+    "pycrdt apply",
+    "Yjs apply",
+    "pycrdt tree merge",
+    "pycrdt apply merged",
+    "Yjs tree merge",
+    "Yjs apply merged",
+    "pycrdt merge all",
+    "Yjs merge all",
+)
+
+
 def remote_tables(measured: Sequence[Measured], cap: float) -> list[str]:
     lines = [
         "## 2. The remote path: the same updates applied to a fresh document",
         "",
         "The updates are those pycrdt emitted in part 1 (one per patch). Updates/s of "
-        "applying them one by one; then merging them all into one update and applying "
-        f"that, in seconds (median). pycrdt's merge as a tree of merges of at most "
-        f"{MERGE_FAN_IN} updates; `merge_updates(*all)` at once only where a quadratic "
-        f"extrapolation from its first {MERGE_SAMPLE:,} updates stays under {cap:.0f} s. "
-        "Yjs: `Y.mergeUpdates(all)` at once.",
+        "applying them one by one (median); then merging them into one update and "
+        f"applying that, in seconds (median): as a tree of merges of at most "
+        f"{MERGE_FAN_IN} updates each (pycrdt `merge_updates`, Yjs `Y.mergeUpdates`), "
+        "and all at once, in the first run only, and only where a quadratic "
+        f"extrapolation from merging the first {MERGE_SAMPLE:,} updates stays under "
+        f"{cap:.0f} s (both libraries' merge grows about quadratically with the number of "
+        "updates at once).",
         "",
         "| trace | updates | bytes | pycrdt apply, updates/s | Yjs apply, updates/s "
-        "| pycrdt / Yjs (apply) | pycrdt tree merge (s) | pycrdt merge all at once (s) "
-        "| pycrdt apply merged (s) | merged bytes | Yjs mergeUpdates (s) "
-        "| Yjs apply merged (s) | Yjs merged bytes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| pycrdt / Yjs (apply) | pycrdt tree merge + apply merged (s) "
+        "| Yjs tree merge + apply merged (s) | merged bytes (pycrdt / Yjs) "
+        "| pycrdt merge all at once (s) | Yjs merge all at once (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measured:
         r = m.remote
         t = r.times
         n = len(m.trace.updates)
-        if r.merge_all_skipped:
-            merge_all = f"skipped (est. {r.merge_all_estimate:,.0f})"
-        else:
-            merge_all = secs(t.get("pycrdt merge all", []))
         lines.append(
             f"| {m.trace.name} | {n:,} | {sum(len(u) for u in m.trace.updates):,} "
             f"| {rate(n, median(t.get('pycrdt apply', [])))} "
             f"| {rate(n, median(t.get('Yjs apply', [])))} "
             f"| {ratio(t.get('pycrdt apply', []), t.get('Yjs apply', []))} "
-            f"| {secs(t.get('pycrdt tree merge', []))} | {merge_all} "
-            f"| {secs(t.get('pycrdt apply merged', []))} | {r.merged_bytes:,} "
-            f"| {secs(t.get('Yjs merge', []))} | {secs(t.get('Yjs apply merged', []))} "
-            f"| {r.yjs_merged_bytes:,} |"
+            f"| {secs(t.get('pycrdt tree merge', []))} + "
+            f"{secs(t.get('pycrdt apply merged', []))} "
+            f"| {secs(t.get('Yjs tree merge', []))} + {secs(t.get('Yjs apply merged', []))} "
+            f"| {r.merged_bytes:,} / {r.yjs_merged_bytes:,} "
+            f"| {merge_all_cell(t.get('pycrdt merge all', []), r.merge_all_estimate, cap)} "
+            f"| {merge_all_cell(t.get('Yjs merge all', []), r.yjs_merge_all_estimate, cap)} |"
         )
     lines += [
         "",
         "Seconds: median (min–max, runs).",
         "",
-        "| trace | pycrdt apply | Yjs apply | pycrdt tree merge | pycrdt merge all "
-        "| pycrdt apply merged | Yjs merge | Yjs apply merged |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| trace | " + " | ".join(REMOTE_KEYS) + " |",
+        "|---|" + "---:|" * len(REMOTE_KEYS),
     ]
     for m in measured:
         t = m.remote.times
         lines.append(
-            f"| {m.trace.name} | "
-            + " | ".join(
-                spread(t.get(k, []))
-                for k in (
-                    "pycrdt apply",
-                    "Yjs apply",
-                    "pycrdt tree merge",
-                    "pycrdt merge all",
-                    "pycrdt apply merged",
-                    "Yjs merge",
-                    "Yjs apply merged",
-                )
-            )
-            + " |"
+            f"| {m.trace.name} | " + " | ".join(spread(t.get(k, [])) for k in REMOTE_KEYS) + " |"
         )
     return lines
 
@@ -889,18 +960,20 @@ def plot(
         title: str,
         ylabel: str,
         path: Path,
+        log: bool = False,
     ) -> None:
-        figure, axes = plt.subplots(figsize=(max(6.0, 1.5 * len(groups) + 2), 4.5))
+        figure, axes = plt.subplots(figsize=(max(7.0, 1.3 * len(groups) + 4), 4.8))
         width = 0.8 / max(1, len(series))
         for i, (label, values) in enumerate(series.items()):
             xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
             axes.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=label)
         axes.set_xticks(range(len(groups)))
         axes.set_xticklabels(groups, rotation=25, ha="right")
-        axes.set_yscale("log")
+        if log:
+            axes.set_yscale("log")
         axes.set_ylabel(ylabel)
-        axes.set_title(title)
-        axes.legend(fontsize=8)
+        axes.set_title(title, fontsize=10)
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         axes.grid(axis="y", which="both", alpha=0.3)
         figure.tight_layout()
         figure.savefig(path, dpi=110)
@@ -918,7 +991,7 @@ def plot(
             names,
             {k: [ops(m, k) for m in measured] for k in IMPLEMENTATIONS},
             "Local editing: patches/s (median), one transaction per patch",
-            "patches / s (log)",
+            "patches / s",
             stem.with_name(stem.name + "_local.png"),
         )
 
@@ -926,43 +999,34 @@ def plot(
             seconds = median(m.remote.times.get(key, []))
             return len(m.trace.updates) / seconds if seconds > 0 else math.nan
 
+        def merged(m: Measured, who: str) -> float:
+            seconds = median(m.remote.times.get(f"{who} tree merge", [])) + median(
+                m.remote.times.get(f"{who} apply merged", [])
+            )
+            return len(m.trace.updates) / seconds if seconds > 0 else math.nan
+
         bars(
             names,
             {
                 "pycrdt apply one by one": [upd(m, "pycrdt apply") for m in measured],
                 "Yjs apply one by one": [upd(m, "Yjs apply") for m in measured],
-                "pycrdt tree merge + apply merged": [
-                    len(m.trace.updates)
-                    / (
-                        median(m.remote.times.get("pycrdt tree merge", []))
-                        + median(m.remote.times.get("pycrdt apply merged", []))
-                    )
-                    for m in measured
-                ],
-                "Yjs mergeUpdates + apply merged": [
-                    len(m.trace.updates)
-                    / (
-                        median(m.remote.times.get("Yjs merge", [math.nan]))
-                        + median(m.remote.times.get("Yjs apply merged", [math.nan]))
-                    )
-                    for m in measured
-                ],
+                "pycrdt tree merge + apply merged": [merged(m, "pycrdt") for m in measured],
+                "Yjs tree merge + apply merged": [merged(m, "Yjs") for m in measured],
             },
             "Remote path: updates/s (median)",
-            "updates / s (log)",
+            "updates / s (log scale)",
             stem.with_name(stem.name + "_remote.png"),
+            log=True,
         )
     if concurrent:
         bars(
             [m.trace.name for m in concurrent],
             {
-                label: [
-                    m.trace.patches / median(m.times.get(key, [math.nan])) for m in concurrent
-                ]
+                label: [m.trace.patches / median(m.times.get(key, [math.nan])) for m in concurrent]
                 for label, key in (("pycrdt", "pycrdt replay"), ("Yjs", "Yjs replay"))
             },
             "Concurrent traces: patches/s of the replay (median)",
-            "patches / s (log)",
+            "patches / s",
             stem.with_name(stem.name + "_concurrent.png"),
         )
     return written
@@ -1068,9 +1132,7 @@ def runs_for(options: Options, patches: int) -> int:
     return 3 if patches > LONG_TRACE else 5
 
 
-def measure_sequential(
-    path: Path, options: Options, node: bool, directory: Path
-) -> Measured:
+def measure_sequential(path: Path, options: Options, node: bool, directory: Path) -> Measured:
     say(f"{path.name}: loading ...")
     trace = load_sequential(path)
     measured = Measured(trace, runs_for(options, len(trace.patches)))
@@ -1078,16 +1140,18 @@ def measure_sequential(
     if node:
         patches_file.write_text(json.dumps({"patches": trace.utf16}))
 
-    def engine(database: Path | None, verify: bool) -> float:
+    def engine(database: Path | None, verify: bool) -> Timing:
         return anyio.run(replay_engine, trace, database, verify)
 
-    order: list[tuple[str, Callable[[int], float]]] = [
+    order: list[tuple[str, Callable[[int], Timing]]] = [
         (PYCRDT, lambda run: replay_pycrdt(trace, observe=False)),
         (OBSERVED, lambda run: replay_pycrdt(trace, observe=True)),
         (ENGINE, lambda run: engine(None, False)),
     ]
     if options.sqlite:
-        order.append((ENGINE_SQL, lambda run: engine(directory / f"{trace.name}-{run}.db", run == 1)))
+        order.append(
+            (ENGINE_SQL, lambda run: engine(directory / f"{trace.name}-{run}.db", run == 1))
+        )
     if node:
         order.append((YJS, lambda run: replay_yjs(trace, patches_file)))
     updates_file = directory / f"{trace.name}.updates.bin"
@@ -1194,10 +1258,14 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
             directory = Path(tmp)
-            for path in options.sequential:
-                measured.append(measure_sequential(path, options, node is not None, directory))
-            for path in options.concurrent:
-                concurrent.append(measure_concurrent(path, options, node is not None, directory))
+            measured = [
+                measure_sequential(path, options, node is not None, directory)
+                for path in options.sequential
+            ]
+            concurrent = [
+                measure_concurrent(path, options, node is not None, directory)
+                for path in options.concurrent
+            ]
             if options.profile is not None:
                 say(f"profiling {options.profile} ...")
                 profile = profile_engine(load_sequential(TRACES / f"{options.profile}.json.gz"))
@@ -1243,6 +1311,20 @@ def main() -> None:
     if options.output is not None:
         options.output.parent.mkdir(parents=True, exist_ok=True)
         options.output.write_text(text)
+        raw = options.output.parent / "raw" / (options.output.stem + ".json")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(
+            json.dumps(
+                {
+                    "sequential": {
+                        m.trace.name: {"wall": m.times, "cpu": m.cpu, "remote": m.remote.times}
+                        for m in measured
+                    },
+                    "concurrent": {m.trace.name: m.times for m in concurrent},
+                },
+                indent=1,
+            )
+        )
         say(f"wrote {options.output} and {len(pngs)} plot(s)")
 
 

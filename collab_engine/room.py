@@ -4,7 +4,9 @@ The room is the only place a document changes, and every change, whoever makes
 it, leaves the same way: the document observer encodes the transaction's update
 once and queues that one frame for every peer (`Peer.send` never blocks). A
 client's update, a server-side edit through the embedding API, or an implicit
-pycrdt transaction (`text += "x"`) are broadcast alike.
+pycrdt transaction (`text += "x"`) are broadcast alike. The observer is attached only
+while someone takes the updates (a journal, or connected peers): a room of an engine
+without a store, with nobody connected, edits at raw pycrdt speed.
 
 With a journal, the observer also submits the update for writing, and the room
 tracks which updates are stored: when the journal reports them (`persisted`), each
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pycrdt import Doc, TransactionEvent
+from pycrdt import Doc, Subscription, TransactionEvent
 
 from .awareness import Awareness
 from .errors import CollabError, Forbidden, ProtocolError, StorageError
@@ -133,9 +135,25 @@ class Room:
         """Who the update being applied is from, for the update log (set by `apply`)."""
         self.edited_at: float | None = None
         """When (the room's clock) the document last changed; None: not since loaded."""
-        self._subscription = self.doc.observe(self._on_transaction)
+        self._subscription: Subscription | None = None
+        if journal is not None:
+            self._watch()
 
     # -- the document ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        # Observing a pycrdt document makes every transaction encode its update
+        # (about 3x the cost of a small edit), wanted only when someone takes the
+        # updates: the journal, or connected peers. An engine without a store and
+        # nobody connected edits at raw pycrdt speed.
+        if self._subscription is None:
+            self._subscription = self.doc.observe(self._on_transaction)
+
+    def _unwatch(self) -> None:
+        if self._subscription is not None:
+            self.doc.unobserve(self._subscription)
+            self._subscription = None
+            self._shadow = None  # it follows the updates: stale from now on
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         # Runs inside pycrdt's commit: it must not raise (pycrdt would re-raise it
@@ -406,6 +424,7 @@ class Room:
         """Add `peer`, and queue for it the opening of the sync: our state vector
         (sync step 1), then every awareness state it may see (the server's included)."""
         self.peers[peer.id] = peer
+        self._watch()
         self.presence.connect(peer.id, peer.identity, peer.read_only, self._clock())
         peer.send(encode_sync_step1(self.doc.get_state()))
         entries = self.presence.visible_entries()
@@ -416,6 +435,8 @@ class Room:
         """Remove `peer`, and remove its awareness states for everyone else."""
         if self.peers.pop(peer.id, None) is None:
             return
+        if not self.peers and self.journal is None:
+            self._unwatch()
         removed = self.presence.disconnect(peer.id)
         if removed:
             self.broadcast(encode_awareness(removed))
@@ -501,4 +522,4 @@ class Room:
 
     def close(self) -> None:
         """Detach from the document: no more broadcasts. The room is done."""
-        self.doc.unobserve(self._subscription)
+        self._unwatch()

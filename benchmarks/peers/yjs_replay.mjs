@@ -5,13 +5,17 @@
 //   node benchmarks/peers/yjs_replay.mjs local PATCHES.json
 //       PATCHES.json: {"patches": [[index, deleteCount, text], ...]} in UTF-16 code
 //       units (what Yjs counts); one Y.Doc, getText("text"), each patch in its own
-//       doc.transact(). -> {seconds, patches, text}
-//   node benchmarks/peers/yjs_replay.mjs remote UPDATES.bin
+//       doc.transact(). -> {seconds, cpu_seconds (the process's, user + system),
+//       patches, text}
+//   node benchmarks/peers/yjs_replay.mjs remote UPDATES.bin ['{"fanIn":256,"sample":8000,"cap":60,"all":true}']
 //       UPDATES.bin: updates, each a little-endian u32 length then its bytes.
-//       (1) Y.applyUpdate of each into a new Y.Doc; (2) Y.mergeUpdates of all of
-//       them, then (3) Y.applyUpdate of the merged update into another new Y.Doc.
-//       -> {apply_seconds, merge_seconds, apply_merged_seconds, merged_bytes,
-//           updates, text, merged_text}
+//       (1) Y.applyUpdate of each into a new Y.Doc; (2) a tree of Y.mergeUpdates of
+//       at most `fanIn` updates each, then Y.applyUpdate of the merged update into
+//       another new Y.Doc; (3) when `all`, Y.mergeUpdates of all of them at once,
+//       unless a quadratic extrapolation from merging the first `sample` exceeds
+//       `cap` seconds. -> {apply_seconds, tree_merge_seconds, apply_merged_seconds,
+//       merged_bytes, updates, text, merged_text, merge_all_estimate,
+//       merge_all_seconds?, merge_all_text?}
 //   node benchmarks/peers/yjs_replay.mjs concurrent SCHEDULE.json
 //       SCHEDULE.json: {"clientIds": [...], "steps": [{"agent", "deliver": [txn
 //       indexes], "patches": [[index16, delete16, text], ...]}], "final": [[txn
@@ -69,6 +73,7 @@ function local(path) {
   const { patches } = JSON.parse(readFileSync(path, "utf8"));
   const doc = new Y.Doc();
   const text = doc.getText("text");
+  const cpu = process.cpuUsage();
   const started = performance.now();
   for (const [index, deleted, inserted] of patches) {
     doc.transact(() => {
@@ -77,31 +82,66 @@ function local(path) {
     });
   }
   const seconds = (performance.now() - started) / 1000;
-  return { seconds, patches: patches.length, text: text.toString() };
+  const used = process.cpuUsage(cpu);
+  const cpu_seconds = (used.user + used.system) / 1e6;
+  return { seconds, cpu_seconds, patches: patches.length, text: text.toString() };
 }
 
-function remote(path) {
+function treeMerge(updates, fanIn) {
+  let level = updates;
+  while (level.length > 1) {
+    const next = [];
+    for (let i = 0; i < level.length; i += fanIn) next.push(Y.mergeUpdates(level.slice(i, i + fanIn)));
+    level = next;
+  }
+  return level[0];
+}
+
+function textOf(update) {
+  const doc = new Y.Doc();
+  Y.applyUpdate(doc, update);
+  return doc.getText("text").toString();
+}
+
+function remote(path, options) {
+  const { fanIn, sample, cap, all } = options;
   const updates = readUpdates(path);
   const doc = new Y.Doc();
   let started = performance.now();
   for (const update of updates) Y.applyUpdate(doc, update);
   const apply_seconds = (performance.now() - started) / 1000;
   started = performance.now();
-  const merged = Y.mergeUpdates(updates);
-  const merge_seconds = (performance.now() - started) / 1000;
+  const merged = treeMerge(updates, fanIn);
+  const tree_merge_seconds = (performance.now() - started) / 1000;
   const other = new Y.Doc();
   started = performance.now();
   Y.applyUpdate(other, merged);
   const apply_merged_seconds = (performance.now() - started) / 1000;
-  return {
+  const answer = {
     apply_seconds,
-    merge_seconds,
+    tree_merge_seconds,
     apply_merged_seconds,
     merged_bytes: merged.length,
     updates: updates.length,
     text: doc.getText("text").toString(),
     merged_text: other.getText("text").toString(),
   };
+  if (all) {
+    // Y.mergeUpdates(all) at once, unless a quadratic extrapolation from merging
+    // the first `sample` updates exceeds `cap` seconds.
+    const part = updates.slice(0, sample);
+    started = performance.now();
+    Y.mergeUpdates(part);
+    const estimate = ((performance.now() - started) / 1000) * (updates.length / part.length) ** 2;
+    answer.merge_all_estimate = estimate;
+    if (estimate <= cap) {
+      started = performance.now();
+      const all = Y.mergeUpdates(updates);
+      answer.merge_all_seconds = (performance.now() - started) / 1000;
+      answer.merge_all_text = textOf(all);
+    }
+  }
+  return answer;
 }
 
 function concurrent(path) {
@@ -137,7 +177,14 @@ function concurrent(path) {
 
 const modes = { local, remote, concurrent };
 if (!(mode in modes) || !input) {
-  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent FILE\n");
+  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent FILE [OPTIONS-JSON]\n");
   process.exit(2);
 }
-process.stdout.write(JSON.stringify(modes[mode](input)));
+const options = {
+  fanIn: 256,
+  sample: 8000,
+  cap: 60,
+  all: true,
+  ...JSON.parse(process.argv[4] ?? "{}"),
+};
+process.stdout.write(JSON.stringify(modes[mode](input, options)));
