@@ -2,8 +2,8 @@
 
 Usage:
 
-    python benchmarks/merge_throughput.py            # every trace (about 10 minutes)
-    python benchmarks/merge_throughput.py --quick    # 2 short traces, 1 run (about 30 s)
+    python benchmarks/merge_throughput.py            # every trace (about 16 minutes)
+    python benchmarks/merge_throughput.py --quick    # 2 short traces, 1 run (about 50 s)
     python benchmarks/merge_throughput.py --traces sveltecomponent,clownschool --runs 3
     python benchmarks/merge_throughput.py --profile automerge-paper   # adds a cProfile
 
@@ -23,9 +23,14 @@ transaction of both), replayed by:
   update has to be encoded to be sent), and the updates it keeps feed part 2.
 * engine (memory): `async with Engine() as engine: async with engine.room(name) as
   room:` and the patches applied through `room.doc`, default `EngineConfig`, no
-  store. The room's observer encodes every transaction's update as a sync frame
-  and broadcasts it (to no peer). The loop yields to the event loop every 1,000
-  patches, as a real embedding program would.
+  store. The loop yields to the event loop every 1,000 patches, as a real
+  embedding program would. With nobody connected and no store, the room does not
+  observe its document (since commit de26142), so this is pycrdt plus the loop.
+* engine (memory, 1 peer): the same with one `Peer` joined to the room (what a
+  connected client is to it): the room's observer encodes every transaction's
+  update as a sync frame and queues it for the peer, whose outbox the loop drains
+  every 256 patches (its writer task would; the frames are kept, and in the first
+  run decoded and applied to a fresh document: one per patch, giving the text).
 * engine (SQLite): the same with `Engine(store=SQLStore.connect(sqlite_url(tmp)))`
   on a new file each run, default `EngineConfig` (group commit, compaction every
   1,000 updates in the background); every 1,000 patches the loop also awaits
@@ -53,11 +58,11 @@ receives them:
 * merged into one update, then applied to a fresh document. pycrdt's
   `merge_updates(*all)` grows about quadratically with the number of updates, so it
   is timed in two ways: as a tree of merges of at most 256 updates each (merge
-  every 256, then the results 256 at a time, ...), and all at once only when a
-  quadratic extrapolation from merging the first 8,000 updates stays under
-  `--merge-cap` seconds (60 by default; otherwise reported as skipped, with the
-  estimate). Yjs: `Y.mergeUpdates(all)` at once. Each merged update's text is
-  checked after applying it.
+  every 256, then the results 256 at a time, ...), and all at once, in the first
+  run only, and only when a quadratic extrapolation from merging the first 8,000
+  updates stays under `--merge-cap` seconds (60 by default; otherwise reported as
+  skipped, with the estimate). Yjs `Y.mergeUpdates` the same two ways (it is about
+  quadratic too). Each merged update's text is checked after applying it.
 
 3. Concurrent traces
 --------------------
@@ -76,9 +81,11 @@ every replica's text must equal `endContent`. Reported: patches/s of the replay
 
 Every figure is the median over the runs (5 per trace, 3 for traces over 100,000
 patches, unless `--runs`), with the implementations' order rotated from run to
-run; they are measured side by side in one run of the script. Writes
-results/merge_throughput.md and three PNG plots beside it (matplotlib); with
-`--quick`, prints only, unless `--output` is given.
+run; they are measured side by side in one run of the script. Wall and CPU time
+(`time.process_time`, Node's `process.cpuUsage`) are both kept. Writes
+results/merge_throughput.md, three PNG plots beside it (matplotlib) and the raw
+times as results/raw/merge_throughput.json; with `--quick`, prints only, unless
+`--output` is given.
 """
 
 from __future__ import annotations
@@ -111,6 +118,8 @@ from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
 from collab_engine import Engine
+from collab_engine.peer import Peer
+from collab_engine.protocol import SyncUpdate, decode
 from collab_engine.store import rebuild
 from storage.sql import SQLStore, sqlite_url
 
@@ -123,6 +132,8 @@ NODE_SCRIPT = REPO / "benchmarks" / "peers" / "yjs_replay.mjs"
 
 TEXT = "text"
 YIELD_EVERY = 1_000
+DRAIN_EVERY = 256
+"""The one peer's outbox is drained this often (its writer would; the outbox holds 1,024)."""
 MERGE_FAN_IN = 256
 MERGE_SAMPLE = 8_000
 LONG_TRACE = 100_000
@@ -133,14 +144,15 @@ Timing = tuple[float, float]
 """Wall-clock and CPU seconds (this process's, all its threads; Node's for Yjs)."""
 
 # Sequential implementations, in the tables' order.
-PYCRDT, OBSERVED, ENGINE, ENGINE_SQL, YJS = (
+PYCRDT, OBSERVED, ENGINE, ENGINE_PEER, ENGINE_SQL, YJS = (
     "pycrdt",
     "pycrdt + observer",
     "engine (memory)",
+    "engine (memory, 1 peer)",
     "engine (SQLite)",
     "Yjs",
 )
-IMPLEMENTATIONS = (PYCRDT, OBSERVED, ENGINE, ENGINE_SQL, YJS)
+IMPLEMENTATIONS = (PYCRDT, OBSERVED, ENGINE, ENGINE_PEER, ENGINE_SQL, YJS)
 
 
 class Mismatch(Exception):
@@ -281,16 +293,30 @@ def replay_pycrdt(trace: Sequential, observe: bool) -> Timing:
     if observe:
         if len(updates) != len(trace.utf8):
             raise Mismatch(f"{trace.name}: {len(updates)} updates for {len(trace.utf8)} patches")
-        trace.updates = updates
+        if not trace.updates:
+            # The first run's: every run of part 2, pycrdt's and Yjs's, applies these
+            # same bytes (each new `Doc` has its own random client id, and so
+            # updates of slightly different sizes).
+            trace.updates = updates
     return elapsed, cpu
 
 
-async def replay_engine(trace: Sequential, database: Path | None, verify: bool) -> Timing:
+async def replay_engine(
+    trace: Sequential, database: Path | None, verify: bool, with_peer: bool = False
+) -> Timing:
+    """The engine's embedding API; with `with_peer`, one `Peer` joined to the room
+    (its outbox drained every `DRAIN_EVERY` patches, the frames kept and, when
+    `verify`, checked afterwards: one update frame per patch, giving the text)."""
     store = None if database is None else await SQLStore.connect(sqlite_url(str(database)))
-    label = ENGINE if database is None else ENGINE_SQL
+    label = ENGINE_PEER if with_peer else ENGINE if database is None else ENGINE_SQL
     try:
         async with Engine(store=store) as engine:
             async with engine.room(trace.name) as room:
+                peer = Peer(outbox_size=engine.config.outbox_size) if with_peer else None
+                if peer is not None:
+                    room.join(peer)
+                    peer.drain()  # sync step 1 and awareness: not part of the replay
+                frames: list[bytes] = []
                 doc = room.doc
                 text = doc.get(TEXT, type=Text)
                 transaction = doc.transaction
@@ -303,14 +329,24 @@ async def replay_engine(trace: Sequential, database: Path | None, verify: bool) 
                             del text[position : position + deleted]
                         if inserted:
                             text.insert(position, inserted)
+                    if peer is not None and count % DRAIN_EVERY == 0:
+                        frames += peer.drain()
                     if count % YIELD_EVERY == 0:
                         await anyio.lowlevel.checkpoint()
                         if journal is not None:
                             await journal.room_for_more()
+                if peer is not None:
+                    frames += peer.drain()
                 await room.flush()
                 elapsed = time.perf_counter() - started
                 cpu = time.process_time() - cpu
                 check_text(f"{trace.name}, {label}", str(text), trace.expected)
+                if peer is not None:
+                    if peer.closed:
+                        raise Mismatch(f"{trace.name}, {label}: the peer was closed")
+                    room.leave(peer)
+                if peer is not None and verify:
+                    check_frames(trace, label, frames)
         if store is not None and verify:
             stored = await store.load(trace.name)
             if stored.snapshot is None and len(stored.updates) != len(trace.utf8):
@@ -333,6 +369,24 @@ async def replay_engine(trace: Sequential, database: Path | None, verify: bool) 
         if store is not None:
             await store.aclose()
     return elapsed, cpu
+
+
+def check_frames(trace: Sequential, label: str, frames: Sequence[bytes]) -> None:
+    """The frames a peer got: one sync update per patch, which give the text."""
+    received: Doc[Any] = Doc()
+    updates = 0
+    for frame in frames:
+        message = decode(frame)
+        if isinstance(message, SyncUpdate):
+            updates += 1
+            received.apply_update(message.update)
+    if updates != len(trace.utf8):
+        raise Mismatch(f"{trace.name}, {label}: {updates} update frames for {len(trace.utf8)}")
+    check_text(
+        f"{trace.name}, {label} (what the peer received)",
+        str(received.get(TEXT, type=Text)),
+        trace.expected,
+    )
 
 
 def node_version() -> str | None:
@@ -668,6 +722,7 @@ def profile_engine(trace: Sequential) -> str:
         (PYCRDT, lambda: replay_pycrdt(trace, observe=False)),
         (OBSERVED, lambda: replay_pycrdt(trace, observe=True)),
         (ENGINE, lambda: anyio.run(replay_engine, trace, None, False)),
+        (ENGINE_PEER, lambda: anyio.run(replay_engine, trace, None, False, True)),
     ]
     for label, target in targets:
         profiler = cProfile.Profile()
@@ -677,7 +732,7 @@ def profile_engine(trace: Sequential) -> str:
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("tottime").print_stats(14)
-        if label == ENGINE:
+        if label in (ENGINE, ENGINE_PEER):
             # Everything the engine itself runs, by cumulative time.
             stats.sort_stats("cumulative").print_stats(r"collab_engine", 12)
         site = str(Path(pycrdt_file()).parent.parent) + "/"
@@ -745,48 +800,72 @@ def per_run(numerator: Sequence[float], denominator: Sequence[float]) -> list[fl
 
 
 def local_tables(measured: Sequence[Measured]) -> list[str]:
+    ratios = (
+        ("engine / pycrdt", ENGINE, PYCRDT),
+        ("engine, 1 peer / pycrdt", ENGINE_PEER, PYCRDT),
+        ("engine, 1 peer / pycrdt + observer", ENGINE_PEER, OBSERVED),
+        ("engine (SQLite) / pycrdt", ENGINE_SQL, PYCRDT),
+        ("pycrdt / Yjs", PYCRDT, YJS),
+    )
     lines = [
         "## 1. Local editing: patches/s (median)",
         "",
         "Each patch its own transaction. Ratios are of median times: engine / pycrdt "
         "1.10 means the engine takes 10 % longer than raw pycrdt (goal: at most 1.10); "
-        "pycrdt / Yjs above 1 means pycrdt is slower than Yjs. Under CPU: the same "
-        "ratios of median CPU time (`time.process_time`, Node's `process.cpuUsage`), "
-        "less sensitive to the other jobs on the machine than wall time.",
+        "pycrdt / Yjs above 1 means pycrdt is slower than Yjs.",
         "",
-        "| trace | patches | " + " | ".join(IMPLEMENTATIONS) + " | engine / pycrdt "
-        "| engine / pycrdt + observer | engine (SQLite) / pycrdt | pycrdt / Yjs "
-        "| CPU: engine / pycrdt | CPU: engine (SQLite) / pycrdt | CPU: pycrdt / Yjs |",
-        "|---|---:|" + "---:|" * len(IMPLEMENTATIONS) + "---:|" * 7,
+        "| trace | patches | "
+        + " | ".join(IMPLEMENTATIONS)
+        + " | "
+        + " | ".join(label for label, _, _ in ratios)
+        + " |",
+        "|---|---:|" + "---:|" * (len(IMPLEMENTATIONS) + len(ratios)),
     ]
     for m in measured:
         n = len(m.trace.patches)
-        t, c = m.times, m.cpu
+        t = m.times
         lines.append(
             f"| {m.trace.name} | {n:,} | "
             + " | ".join(rate(n, median(t.get(k, []))) for k in IMPLEMENTATIONS)
-            + f" | {ratio(t.get(ENGINE, []), t.get(PYCRDT, []))}"
-            f" | {ratio(t.get(ENGINE, []), t.get(OBSERVED, []))}"
-            f" | {ratio(t.get(ENGINE_SQL, []), t.get(PYCRDT, []))}"
-            f" | {ratio(t.get(PYCRDT, []), t.get(YJS, []))}"
-            f" | {ratio(c.get(ENGINE, []), c.get(PYCRDT, []))}"
-            f" | {ratio(c.get(ENGINE_SQL, []), c.get(PYCRDT, []))}"
-            f" | {ratio(c.get(PYCRDT, []), c.get(YJS, []))} |"
+            + " | "
+            + " | ".join(ratio(t.get(a, []), t.get(b, [])) for _, a, b in ratios)
+            + " |"
         )
     lines += [
         "",
-        "Per run (the implementations of one run measured one after the other): "
-        "engine (memory) / pycrdt and pycrdt + observer / pycrdt, wall time, and "
-        "engine (memory) / pycrdt in CPU time.",
+        "The same ratios in CPU time (`time.process_time` of this process, all threads; "
+        "Node's `process.cpuUsage` for Yjs), less sensitive to the other jobs on the "
+        "machine than wall time.",
         "",
-        "| trace | engine / pycrdt, each run | median | pycrdt + observer / pycrdt, "
-        "each run | median | CPU: engine / pycrdt, each run | median |",
-        "|---|---|---:|---|---:|---|---:|",
+        "| trace | " + " | ".join(f"CPU: {label}" for label, _, _ in ratios) + " |",
+        "|---|" + "---:|" * len(ratios),
+    ]
+    for m in measured:
+        c = m.cpu
+        lines.append(
+            f"| {m.trace.name} | "
+            + " | ".join(ratio(c.get(a, []), c.get(b, [])) for _, a, b in ratios)
+            + " |"
+        )
+    per_run_ratios = (
+        ("engine / pycrdt", ENGINE),
+        ("engine, 1 peer / pycrdt", ENGINE_PEER),
+        ("pycrdt + observer / pycrdt", OBSERVED),
+    )
+    lines += [
+        "",
+        "Per run (the implementations of one run measured one after the other), wall "
+        "time: each run's ratio, then their median.",
+        "",
+        "| trace | "
+        + " | ".join(f"{label}, each run | median" for label, _ in per_run_ratios)
+        + " |",
+        "|---|" + "---|---:|" * len(per_run_ratios),
     ]
     for m in measured:
         cells = []
-        for table, key in ((m.times, ENGINE), (m.times, OBSERVED), (m.cpu, ENGINE)):
-            values = per_run(table.get(key, []), table.get(PYCRDT, []))
+        for _, key in per_run_ratios:
+            values = per_run(m.times.get(key, []), m.times.get(PYCRDT, []))
             cells += [
                 " ".join(f"{v:.2f}" for v in values) or "n/a",
                 f"{median(values):.2f}" if values else "n/a",
@@ -1140,13 +1219,14 @@ def measure_sequential(path: Path, options: Options, node: bool, directory: Path
     if node:
         patches_file.write_text(json.dumps({"patches": trace.utf16}))
 
-    def engine(database: Path | None, verify: bool) -> Timing:
-        return anyio.run(replay_engine, trace, database, verify)
+    def engine(database: Path | None, verify: bool, with_peer: bool = False) -> Timing:
+        return anyio.run(replay_engine, trace, database, verify, with_peer)
 
     order: list[tuple[str, Callable[[int], Timing]]] = [
         (PYCRDT, lambda run: replay_pycrdt(trace, observe=False)),
         (OBSERVED, lambda run: replay_pycrdt(trace, observe=True)),
         (ENGINE, lambda run: engine(None, False)),
+        (ENGINE_PEER, lambda run: engine(None, run == 1, True)),
     ]
     if options.sqlite:
         order.append(

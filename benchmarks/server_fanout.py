@@ -219,7 +219,7 @@ def ensure_peers_installed() -> None:
 class ServerProcess:
     """One server under test, in its own process on 127.0.0.1."""
 
-    def __init__(self, spec: ServerSpec, tmp: Path, profile_dir: Path | None) -> None:
+    def __init__(self, spec: ServerSpec, tmp: Path, cprofile: Path | None = None) -> None:
         self.spec = spec
         self.tmp = tmp
         self.log_path = tmp / f"{spec.name}.log"
@@ -230,7 +230,8 @@ class ServerProcess:
         self.returncodes: list[int | None] = []
         self._reader: asyncio.Task[None] | None = None
         self._family: list[psutil.Process] = []
-        self.profile_dir = profile_dir
+        self.cprofile = cprofile
+        """Where cProfile writes the statistics of this server's process (ours only)."""
 
     def command(self, port: int) -> tuple[list[str], Path, dict[str, str]]:
         env = dict(os.environ)
@@ -240,6 +241,8 @@ class ServerProcess:
                 sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port),
                 "--db", str(self.tmp / "ours.db"), "--log-level", "WARNING",
             ]  # fmt: skip
+            if self.cprofile is not None:
+                argv[1:1] = ["-m", "cProfile", "-o", str(self.cprofile)]
             return argv, REPO, env
         if name == "pycrdt":
             argv = [
@@ -487,9 +490,9 @@ class Link(asyncio.Protocol):
             pos = end
             if key:
                 mask = (key * ((length + 3) // 4))[:length]
-                payload = (
-                    int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")
-                ).to_bytes(length, "big")
+                payload = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(
+                    length, "big"
+                )
             opcode = b0 & 0x0F
             if opcode == 0x2 or opcode == 0x1:
                 if b0 & 0x80:
@@ -666,7 +669,9 @@ class Peer(Link):
         if kind == protocol.MESSAGE_SYNC:
             decoded = protocol.decode(body)
             if isinstance(decoded, protocol.SyncStep1):
-                self.send(self.prefix + protocol.encode_sync_step2(self.update_for(decoded.state_vector)))
+                self.send(
+                    self.prefix + protocol.encode_sync_step2(self.update_for(decoded.state_vector))
+                )
                 self._answered = True
             elif isinstance(decoded, protocol.SyncStep2):
                 self.apply(decoded.update)
@@ -830,7 +835,10 @@ class Writer(FullClient):
                 "assoc": 0,
             }
 
-        return {"user": self.aw_user, "cursor": {"anchor": relative(position), "head": relative(position)}}
+        return {
+            "user": self.aw_user,
+            "cursor": {"anchor": relative(position), "head": relative(position)},
+        }
 
 
 # -- one run --------------------------------------------------------------------------
@@ -877,6 +885,7 @@ class Options:
     output: Path
     plots: bool
     profile: Path | None
+    profiler: str
     quick: bool
 
 
@@ -982,14 +991,14 @@ async def run_once(
 
     factories: list[Callable[[], Peer]] = []
     for room in rooms:
-        for k in range(writers_per_room):
-            factories.append(
-                lambda room=room, k=k: Writer(run, room, port, deflate, f"writer {room.index}.{k}", k)
-            )
-        for j in range(size.per_room - writers_per_room):
-            factories.append(
-                lambda room=room, j=j: Observer(run, room, port, deflate, f"reader {room.index}.{j}")
-            )
+        factories.extend(
+            lambda room=room, k=k: Writer(run, room, port, deflate, f"writer {room.index}.{k}", k)
+            for k in range(writers_per_room)
+        )
+        factories.extend(
+            lambda room=room, j=j: Observer(run, room, port, deflate, f"reader {room.index}.{j}")
+            for j in range(size.per_room - writers_per_room)
+        )
 
     peak_rss = 0
     sampling = True
@@ -1073,13 +1082,23 @@ async def run_once(
 
         async def window_cpu() -> tuple[float, float, float, float]:
             await asyncio.sleep(max(0.0, window0 - time.perf_counter()))
-            first = (server.cpu_seconds(), time.process_time(), machine_busy_seconds(), time.perf_counter())
+            first = (
+                server.cpu_seconds(),
+                time.process_time(),
+                machine_busy_seconds(),
+                time.perf_counter(),
+            )
             await asyncio.sleep(max(0.0, window1 - time.perf_counter()))
-            last = (server.cpu_seconds(), time.process_time(), machine_busy_seconds(), time.perf_counter())
+            last = (
+                server.cpu_seconds(),
+                time.process_time(),
+                machine_busy_seconds(),
+                time.perf_counter(),
+            )
             return tuple(b - a for a, b in zip(first, last, strict=True))  # type: ignore[return-value]
 
         profiler = None
-        if options.profile is not None and spec.name == "ours":
+        if options.profile is not None and options.profiler == "py-spy" and spec.name == "ours":
             profiler = await start_profiler(server, size, awareness, attempt, options)
 
         cpu_start = server.cpu_seconds()
@@ -1115,7 +1134,9 @@ async def run_once(
             ]
             try:
                 verifiers = await connect_all(
-                    verify_factories, port, dataclasses.replace(options, connect_timeout=options.timeout)
+                    verify_factories,
+                    port,
+                    dataclasses.replace(options, connect_timeout=options.timeout),
                 )
             except Exception as exc:
                 texts_ok = False
@@ -1219,6 +1240,21 @@ class Profiler:
     process: asyncio.subprocess.Process
     raw: Path
     summary: Path
+    pid: int
+    threads: dict[int, tuple[str, float]]
+    started: float
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (name, user + system CPU seconds)} of a process, from /proc."""
+    threads: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            name = (task / "comm").read_text().strip()
+            threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return threads
 
 
 async def start_profiler(
@@ -1228,7 +1264,9 @@ async def start_profiler(
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     assert options.profile is not None and server.process is not None
     options.profile.mkdir(parents=True, exist_ok=True)
-    stem = f"ours-{size.key.replace('/', 'x')}-awareness-{'on' if awareness else 'off'}-run{attempt}"
+    stem = (
+        f"ours-{size.key.replace('/', 'x')}-awareness-{'on' if awareness else 'off'}-run{attempt}"
+    )
     raw = options.profile / f"{stem}.txt"
     process = await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(server.process.pid), "--rate", "200", "--format", "raw",
@@ -1240,10 +1278,19 @@ async def start_profiler(
         err = await process.stderr.read() if process.stderr else b""
         print(f"py-spy could not attach: {err.decode(errors='replace')}", file=sys.stderr)
         return None
-    return Profiler(process, raw, options.profile / f"{stem}.md")
+    pid = server.process.pid
+    return Profiler(
+        process, raw, options.profile / f"{stem}.md", pid, thread_cpu(pid), time.perf_counter()
+    )
 
 
 async def stop_profiler(profiler: Profiler) -> None:
+    elapsed = time.perf_counter() - profiler.started
+    after = thread_cpu(profiler.pid)
+    threads = [
+        (name, cpu - profiler.threads.get(tid, (name, 0.0))[1], tid == profiler.pid)
+        for tid, (name, cpu) in after.items()
+    ]
     profiler.process.send_signal(signal.SIGINT)
     try:
         await asyncio.wait_for(profiler.process.wait(), 30)
@@ -1251,7 +1298,16 @@ async def stop_profiler(profiler: Profiler) -> None:
         profiler.process.kill()
         await profiler.process.wait()
     if profiler.raw.exists():
-        profiler.summary.write_text(summarise_profile(profiler.raw))
+        cpu = [
+            f"CPU by thread over the {elapsed:.1f} s profiled (from /proc, exact): "
+            + ", ".join(
+                f"{'event loop' if main else name} {seconds:.2f} s ({seconds / elapsed:.0%})"
+                for name, seconds, main in sorted(threads, key=lambda t: -t[1])
+                if seconds >= 0.01 or main
+            )
+            + ".",
+        ]
+        profiler.summary.write_text(summarise_profile(profiler.raw, cpu))
 
 
 ENTRY_FRAMES = ("<frozen runpy>", "server/__main__.py", "anyio/_core/_eventloop.py",
@@ -1259,7 +1315,7 @@ ENTRY_FRAMES = ("<frozen runpy>", "server/__main__.py", "anyio/_core/_eventloop.
 """Frames every stack passes through: left out of the cumulative table."""
 
 
-def summarise_profile(raw: Path, top: int = 30) -> str:
+def summarise_profile(raw: Path, preamble: Sequence[str] = (), top: int = 30) -> str:
     """Top functions by self and by cumulative (inclusive) samples, from py-spy's raw
     (collapsed) stacks: `frame;frame;...;leaf count` per line, root first. Frames are
     `function (file:line)`; they are counted per function here (lines merged)."""
@@ -1286,9 +1342,15 @@ def summarise_profile(raw: Path, top: int = 30) -> str:
     lines = [
         f"# py-spy profile: {raw.name}",
         "",
+        *preamble,
+        "",
         f"{total} samples at 200 Hz over all threads (the event loop's and aiosqlite's "
-        "worker). Self samples in `Runner.run` are uvloop's own C loop, its wait for I/O "
-        "included.",
+        "worker; py-spy leaves out samples of threads it sees idle). Self samples in "
+        "`Runner.run` are uvloop's own C loop. Caveat: SQLAlchemy runs its async calls in "
+        "greenlets, and py-spy may show a greenlet's suspended stack (ending in "
+        "`Connection._execute (aiosqlite/core.py:158)`, an `await`) for the event-loop "
+        "thread while that thread is in fact elsewhere or idle; the CPU by thread above is "
+        "the exact account.",
         "",
         "## Top functions by self time",
         "",
@@ -1303,6 +1365,24 @@ def summarise_profile(raw: Path, top: int = 30) -> str:
     kept = [(f, c) for f, c in inclusive.most_common() if not any(e in f for e in ENTRY_FRAMES)]
     lines += [f"| {c / share:.1%} | {c} | `{f}` |" for f, c in kept[:top]]
     return "\n".join(lines) + "\n"
+
+
+def summarise_cprofile(path: Path, top: int = 30) -> str:
+    """Top functions by own (tottime) and cumulative time, from cProfile's statistics."""
+    import io
+    import pstats
+
+    out = [f"# cProfile: {path.name}", "",
+           "Our server's whole process (start, the runs, shutdown), event-loop thread only; "
+           "cProfile slows the process down, so shares matter, not absolute times.", ""]  # fmt: skip
+    for key, title in (("tottime", "own time"), ("cumulative", "cumulative time")):
+        buffer = io.StringIO()
+        stats = pstats.Stats(str(path), stream=buffer)
+        stats.sort_stats(key).print_stats(top)
+        text = buffer.getvalue()
+        body = text[text.find("   ncalls") :] if "   ncalls" in text else text
+        out += [f"## Top {top} by {title}", "", "```", body.rstrip(), "```", ""]
+    return "\n".join(out)
 
 
 # -- statistics and report ------------------------------------------------------------
@@ -1379,7 +1459,9 @@ def header(
         f"{options.timeout:g} s after the last edit",
         f"- clients offer permessage-deflate: {'yes' if options.compression else 'no'}; "
         "accepted by: "
-        + ", ".join(f"{name} {'yes' if 'deflate' in ext else 'no'}" for name, ext in extensions.items()),
+        + ", ".join(
+            f"{name} {'yes' if 'deflate' in ext else 'no'}" for name, ext in extensions.items()
+        ),
     ]
     for name, server in servers.items():
         lines.append(f"- {name}: `{server.display_command()}`")
@@ -1405,6 +1487,13 @@ def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Optio
         )
     lines += [
         "",
+        "W: writers in all (one room: min(clients, 10); with rooms: 1 per room), 5 edits/s "
+        'each. Fan-out: time until every other client of the room has an edit ("never": '
+        "some client never got it). CPU s: server CPU from the first edit to convergence "
+        "(or the end of the wait); CPU %: share of one core over the measured window. "
+        "Runs: how many runs the medians are over (a server that does not converge gets no "
+        "further runs at that size and mode).",
+        "",
         "Diagnostics (median over runs). Fan-out p95/max and per-delivery latencies; "
         "deliveries of the measured edits received by the end (summed over runs); the "
         "generator's and the rest of the machine's CPU over the measured window; the "
@@ -1426,6 +1515,35 @@ def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Optio
             f"| {ms(median_of(runs, 'send_lag_p99'))} | {median_of(runs, 'setup_seconds'):.1f} |"
         )
     return "\n".join(lines)
+
+
+def comparison(results: dict[tuple[str, bool, str], list[RunResult]], options: Options) -> str:
+    """Ours against the Node server, size by size: the figures side by side."""
+    if "ours" not in options.servers or "node" not in options.servers:
+        return ""
+    lines = ["Ours against the Node y-websocket server (medians):", ""]
+    for size in options.sizes:
+        for awareness in options.awareness:
+            ours = results.get((size.key, awareness, "ours"))
+            node = results.get((size.key, awareness, "node"))
+            if not ours or not node:
+                continue
+            lines.append(
+                f"- {size.label}, awareness {'on' if awareness else 'off'}: fan-out p99 "
+                f"{ms(median_latency(ours, 'fanout_p99'))} ms against "
+                f"{ms(median_latency(node, 'fanout_p99'))} ms, p50 "
+                f"{ms(median_latency(ours, 'fanout_p50'))} against "
+                f"{ms(median_latency(node, 'fanout_p50'))} ms; server CPU "
+                f"{pct(median_of(ours, 'server_cpu_share'))} against "
+                f"{pct(median_of(node, 'server_cpu_share'))} of a core; converged "
+                f"{converged_text(ours)} / {converged_text(node)}"
+            )
+    return "\n".join(lines)
+
+
+def relative(path: Path) -> str:
+    """`path` as seen from the repository."""
+    return os.path.relpath(path, REPO)
 
 
 def size_label(key: str) -> str:
@@ -1468,7 +1586,9 @@ def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options
                         if latency:
                             value = median_latency(runs, metric) * 1000
                         else:
-                            value = median_of(runs, metric) * (100 if metric == "server_cpu_share" else 1)
+                            value = median_of(runs, metric) * (
+                                100 if metric == "server_cpu_share" else 1
+                            )
                         if math.isinf(value):
                             never.append(x)
                         elif not math.isnan(value):
@@ -1531,12 +1651,16 @@ def parse_options(argv: Sequence[str]) -> Options:
         help="client counts: N (one room) or N/ROOMS (default 10 50 100 500 1000/100; "
         "--quick: 10 50)",
     )  # fmt: skip
+    parser.add_argument("--awareness", default="off,on", help="off, on or off,on (default: both)")
     parser.add_argument(
-        "--awareness", default="off,on", help="off, on or off,on (default: both)"
+        "--runs", type=int, help="runs per server, size and mode (default 3; --quick: 1)"
     )
-    parser.add_argument("--runs", type=int, help="runs per server, size and mode (default 3; --quick: 1)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 8; --quick: 3)")
-    parser.add_argument("--warmup", type=float, help="seconds of unmeasured edits first (default 1)")
+    parser.add_argument(
+        "--duration", type=float, help="measured seconds per run (default 5; --quick: 3)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of unmeasured edits first (default 1)"
+    )
     parser.add_argument("--rate", type=float, default=5.0, help="edits per second per writer")
     parser.add_argument(
         "--writers", type=int,
@@ -1565,6 +1689,12 @@ def parse_options(argv: Sequence[str]) -> Options:
         help="directory: profile our server with py-spy during its runs (raw stacks + summary)",
     )  # fmt: skip
     parser.add_argument(
+        "--profiler", choices=["py-spy", "cprofile"], default="py-spy",
+        help="with --profile: py-spy attached to our server during each of its runs "
+        "(default), or our server run under cProfile for each size and mode (its event-loop "
+        "thread only, whole process lifetime; slower)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: sizes 10 and 50, 1 run of 3 s (explicit flags win)",
     )  # fmt: skip
@@ -1581,9 +1711,12 @@ def parse_options(argv: Sequence[str]) -> Options:
         awareness = tuple(modes[m.strip()] for m in args.awareness.split(","))
     except KeyError:
         parser.error("--awareness takes off, on or off,on")
-    sizes = args.sizes or [parse_size(s) for s in (["10", "50"] if args.quick else ["10", "50", "100", "500", "1000/100"])]
+    sizes = args.sizes or [
+        parse_size(s)
+        for s in (["10", "50"] if args.quick else ["10", "50", "100", "500", "1000/100"])
+    ]
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    duration = args.duration if args.duration is not None else (3.0 if args.quick else 8.0)
+    duration = args.duration if args.duration is not None else (3.0 if args.quick else 5.0)
     warmup = args.warmup if args.warmup is not None else 1.0
     if runs < 1 or duration <= 0 or warmup < 0 or args.rate <= 0:
         parser.error("runs, duration and rate must be positive, warmup not negative")
@@ -1606,6 +1739,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         output=args.output,
         plots=not args.no_plots,
         profile=args.profile,
+        profiler=args.profiler,
         quick=args.quick,
     )
 
@@ -1654,10 +1788,19 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         tmp = Path(tmp_name)
         for size in options.sizes:
             for awareness in options.awareness:
-                loads.append(f"{load_average()} ({size.key}, awareness {'on' if awareness else 'off'})")
+                loads.append(
+                    f"{load_average()} ({size.key}, awareness {'on' if awareness else 'off'})"
+                )
                 group = Path(tempfile.mkdtemp(dir=tmp))
+                cprofile = None
+                if options.profile is not None and options.profiler == "cprofile":
+                    options.profile.mkdir(parents=True, exist_ok=True)
+                    cprofile = options.profile / (
+                        f"ours-{size.key.replace('/', 'x')}-awareness-"
+                        f"{'on' if awareness else 'off'}.prof"
+                    )
                 servers = {
-                    name: ServerProcess(SPECS[name], group, options.profile)
+                    name: ServerProcess(SPECS[name], group, cprofile if name == "ours" else None)
                     for name in options.servers
                 }
                 all_servers.update(servers)
@@ -1706,8 +1849,14 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                 finally:
                     for name, server in servers.items():
                         await server.stop()
+                        if server.cprofile is not None and server.cprofile.exists():
+                            server.cprofile.with_suffix(".md").write_text(
+                                summarise_cprofile(server.cprofile)
+                            )
                         text = server.log_text()
-                        logs[f"{name} ({size.key}, awareness {'on' if awareness else 'off'})"] = text
+                        logs[f"{name} ({size.key}, awareness {'on' if awareness else 'off'})"] = (
+                            text
+                        )
                         if any(rc not in (0, None, -signal.SIGTERM, -signal.SIGKILL)
                                for rc in server.returncodes):  # fmt: skip
                             problems.append(
@@ -1731,21 +1880,40 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         "",
         tables(ordered, options) if ordered else "(no results)",
         "",
+        comparison(ordered, options),
+        "",
     ]
     options.output.parent.mkdir(parents=True, exist_ok=True)
     if options.plots and ordered:
         written = plot(ordered, options)
-        report += ["Plots: " + ", ".join(f"`{os.path.relpath(p, REPO)}`" for p in written), ""]
+        names = ", ".join(f"`{relative(p)}`" for p in written)
+        report += [f"Plots: {names}", ""]
     if notes:
         report += ["Notes:", "", *(f"- {n}" for n in notes), ""]
     error_logs = {
         name: [line for line in text.splitlines() if line.strip() and not line.startswith("---")]
         for name, text in logs.items()
     }
-    noisy = {name: lines for name, lines in error_logs.items() if any(
-        "Error" in l or "ERROR" in l or "Traceback" in l for l in lines)}  # fmt: skip
+    noisy = {
+        name: lines
+        for name, lines in error_logs.items()
+        if any("Error" in line or "ERROR" in line or "Traceback" in line for line in lines)
+    }
     for name, lines in noisy.items():
-        report += [f"Log of {name} (first lines):", "", "```", *lines[:15], "```", ""]
+        problems.append(f"{name} logged errors (see its log below)")
+        first = next(
+            i for i, line in enumerate(lines)
+            if "Error" in line or "ERROR" in line or "Traceback" in line
+        )  # fmt: skip
+        errors = sum("ERROR" in line or "Traceback" in line for line in lines)
+        report += [
+            f"Log of {name}: {errors} error records; the first one:",
+            "",
+            "```",
+            *lines[first : first + 40],
+            "```",
+            "",
+        ]
     if problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in problems[:60]), ""]
     text = "\n".join(report)
