@@ -1558,7 +1558,7 @@ def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
     from matplotlib.transforms import blended_transform_factory
 
     sizes = [s.key for s in options.sizes]
@@ -1577,36 +1577,40 @@ def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options
             for col, awareness in enumerate(modes):
                 ax = axes[row][col]
                 marks = blended_transform_factory(ax.transData, ax.transAxes)
-                for name in options.servers:
+                for index, name in enumerate(options.servers):
+                    # NaN breaks the line where a server has no figure (or "never").
                     xs, ys, failed, never = [], [], [], []
                     for x, size in enumerate(sizes):
                         runs = results.get((size, awareness, name))
-                        if not runs:
-                            continue
-                        if latency:
-                            value = median_latency(runs, metric) * 1000
-                        else:
-                            value = median_of(runs, metric) * (
-                                100 if metric == "server_cpu_share" else 1
-                            )
-                        if math.isinf(value):
-                            never.append(x)
-                        elif not math.isnan(value):
-                            xs.append(x)
-                            ys.append(value)
-                            if not all(r.converged for r in runs):
+                        value = math.nan
+                        if runs:
+                            if latency:
+                                value = median_latency(runs, metric) * 1000
+                            else:
+                                scale = 100 if metric == "server_cpu_share" else 1
+                                value = median_of(runs, metric) * scale
+                            if math.isinf(value):
+                                never.append(x)
+                                value = math.nan
+                            elif not math.isnan(value) and not all(r.converged for r in runs):
                                 failed.append((x, value))
+                        xs.append(x)
+                        ys.append(value)
                     (line,) = ax.plot(xs, ys, marker="o", label=SPECS[name].label)
                     color = line.get_color()
                     for x, value in failed:
                         ax.plot([x], [value], marker="X", markersize=11, color=color, alpha=0.6)
+                    shift = (index - (len(options.servers) - 1) / 2) * 0.09
                     for x in never:
-                        ax.plot([x], [0.97], marker="v", markersize=9, color=color, transform=marks,
-                                clip_on=False)  # fmt: skip
+                        ax.plot(
+                            [x + shift], [0.97], marker="v", markersize=9, color=color,
+                            transform=marks, clip_on=False,
+                        )  # fmt: skip
                 ax.set_xticks(range(len(sizes)), [size_label(s) for s in sizes], fontsize=8)
                 if latency or metric == "peak_rss":
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(ScalarFormatter())
+                    ax.yaxis.set_minor_formatter(NullFormatter())
                 ax.set_ylabel(ylabel)
                 ax.set_xlabel("clients")
                 ax.set_title(f"awareness {'on' if awareness else 'off'}", fontsize=10)
@@ -1738,7 +1742,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         quiet_wait=args.quiet_wait,
         output=args.output,
         plots=not args.no_plots,
-        profile=args.profile,
+        profile=args.profile.resolve() if args.profile is not None else None,
         profiler=args.profiler,
         quick=args.quick,
     )
@@ -1884,6 +1888,14 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         "",
     ]
     options.output.parent.mkdir(parents=True, exist_ok=True)
+    # Every run's figures, for replotting or other comparisons (NaN and infinity as null).
+    per_run = [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+         for k, v in dataclasses.asdict(r).items()}
+        for runs in ordered.values()
+        for r in runs
+    ]  # fmt: skip
+    options.output.with_suffix(".json").write_text(json.dumps(per_run, indent=1) + "\n")
     if options.plots and ordered:
         written = plot(ordered, options)
         names = ", ".join(f"`{relative(p)}`" for p in written)
