@@ -365,18 +365,8 @@ class ServerProcess:
 # -- a minimal WebSocket client -------------------------------------------------------
 
 
-def var_uint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def var_string(text: str) -> bytes:
-    data = text.encode()
-    return var_uint(len(data)) + data
+var_uint = protocol.encode_var_uint
+var_string = protocol.encode_var_string
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:

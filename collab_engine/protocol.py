@@ -194,6 +194,16 @@ def _var_bytes(data: bytes) -> bytes:
     return _var_uint(len(data)) + data
 
 
+def encode_var_uint(value: int) -> bytes:
+    """lib0's varUint of `value` (0 to 2**53 - 1)."""
+    return _var_uint(value)
+
+
+def encode_var_string(text: str) -> bytes:
+    """lib0's varString: the UTF-8 length as a varUint, then the bytes."""
+    return _var_bytes(text.encode())
+
+
 def encode_sync_step1(state_vector: StateVector) -> Frame:
     """Encode a sync step 1 message carrying `state_vector`."""
     return b"\x00\x00" + _var_bytes(state_vector)
