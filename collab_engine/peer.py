@@ -1,21 +1,24 @@
 """A peer: one connection to a room, seen from the room.
 
 The room only ever calls `Peer.send`, which never blocks and never raises: the frame
-goes into the peer's bounded outbox, drained in order by that connection's one
-writer task. When the outbox is full the peer is closed with `PeerTooSlow` (1013):
-evicting a slow reader loses nothing, since sync step 1/2 heals it on reconnect,
-while waiting for it would stall the whole room.
+goes into the peer's bounded outbox. Whoever carries the connection takes the frames
+from there, in order, one of two ways: a writer task iterates `batches()` (woken when
+the outbox stops being empty), or a synchronous `deliver_to` callback is told the
+outbox stopped being empty and takes the frames itself (the server's wire, which
+writes them to the socket at the end of the event-loop turn). When the outbox is full
+the peer is closed with `PeerTooSlow` (1013): evicting a slow reader loses nothing,
+since sync step 1/2 heals it on reconnect, while waiting for it would stall the whole
+room.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pycrdt import merge_updates
 
 from .errors import CollabError, PeerTooSlow
@@ -84,7 +87,7 @@ class Peer:
     """One connection's outbox and its closing state.
 
     Args:
-        outbox_size: how many frames may wait for the writer before the peer is
+        outbox_size: how many frames may wait to be taken before the peer is
             evicted as too slow.
         label: what logs call this peer (an address, a user).
         identity: who is connected (an anonymous identity of its own by default).
@@ -115,12 +118,12 @@ class Peer:
         self.author = self.identity.user_id
         """Who this peer's updates are recorded as from, in the update log."""
         self.outbox_size = outbox_size
-        self._send_stream: MemoryObjectSendStream[Frame]
-        self._receive_stream: MemoryObjectReceiveStream[Frame]
-        # Overflow policy: full → the peer is closed with 1013 (see module docstring).
-        self._send_stream, self._receive_stream = anyio.create_memory_object_stream[Frame](
-            max_buffer_size=outbox_size
-        )
+        # Overflow policy: full -> the peer is closed with 1013 (see module docstring).
+        self._outbox: deque[Frame] = deque()
+        self._ready: Callable[[], None] = self._wake
+        """Called when the outbox stops being empty: wakes `batches`, or the
+        `deliver_to` callback."""
+        self._waiter: anyio.Event | None = None
         self.error: CollabError | None = None
         self.closed = False
         self._closed_event = anyio.Event()
@@ -146,13 +149,33 @@ class Peer:
         """Queue `frame` for this peer; evict the peer if its outbox is full."""
         if self.closed:
             return
-        try:
-            self._send_stream.send_nowait(frame)
-        except anyio.WouldBlock:
+        outbox = self._outbox
+        if len(outbox) >= self.outbox_size:
             self.close(PeerTooSlow(f"more than {self.outbox_size} frames waiting to be sent"))
+            return
+        outbox.append(frame)
+        if len(outbox) == 1:
+            self._ready()
+
+    def deliver_to(self, ready: Callable[[], None]) -> None:
+        """Hand the outbox to a synchronous carrier: from now on `ready()` is called,
+        inside `send`, whenever the outbox stops being empty, and the carrier takes the
+        frames with `take` (soon: until it does, further frames only queue). `ready`
+        must not raise and must not call back into the room. `batches` is not to be
+        used then. Called at once if frames are already waiting."""
+        self._ready = ready
+        if self._outbox and not self.closed:
+            ready()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
 
     def close(self, error: CollabError | None = None) -> None:
-        """Stop this peer: no frame is queued after this; the writer stops at once.
+        """Stop this peer: no frame is queued after this, and those still queued are
+        dropped (the connection is ending; its replica resyncs by state vector when
+        it reconnects); a writer in `batches` stops at once.
 
         `error` is why the connection ends (its close code and reason), or None when
         the peer simply left. The first call wins.
@@ -161,51 +184,36 @@ class Peer:
             return
         self.closed = True
         self.error = error
-        self._send_stream.close()
-        self._receive_stream.close()
+        self._outbox.clear()
+        self._wake()
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
         """Return once the peer is closed, by whichever side."""
         await self._closed_event.wait()
 
-    async def frames(self) -> AsyncIterator[Frame]:
-        """Yield the queued frames in order until the peer is closed.
-
-        Frames still queued when the peer is closed are dropped: the connection is
-        ending, and its replica resyncs by state vector when it reconnects.
-        """
-        try:
-            async for frame in self._receive_stream:
-                yield frame
-        except anyio.ClosedResourceError:
-            return
-
     async def batches(self) -> AsyncIterator[list[Frame]]:
         """Yield what is queued, as soon as there is something, in order, with runs of
         update frames merged (see `coalesce`): a writer that fell behind catches up
-        with fewer, larger sends. Ends when the peer is closed, as `frames`."""
-        try:
-            async for frame in self._receive_stream:
-                batch = [frame]
-                while True:
-                    try:
-                        batch.append(self._receive_stream.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                yield coalesce(batch)
-        except (anyio.ClosedResourceError, anyio.EndOfStream):
-            return
+        with fewer, larger sends. Ends when the peer is closed."""
+        while not self.closed:
+            if not self._outbox:
+                self._waiter = anyio.Event()
+                await self._waiter.wait()
+                continue
+            yield self.take()
+
+    def take(self) -> list[Frame]:
+        """Take every frame queued now, in order, with runs of updates merged (see
+        `coalesce`)."""
+        return coalesce(self.drain())
 
     def drain(self) -> list[Frame]:
-        """Take every frame queued now, without waiting (for in-process readers)."""
-        frames: list[Frame] = []
-        while True:
-            try:
-                frames.append(self._receive_stream.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return frames
+        """Take every frame queued now, as they were queued (for in-process readers)."""
+        frames = list(self._outbox)
+        self._outbox.clear()
+        return frames
 
     def queued(self) -> int:
         """How many frames wait in the outbox."""
-        return self._receive_stream.statistics().current_buffer_used
+        return len(self._outbox)

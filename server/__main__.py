@@ -28,7 +28,7 @@ from storage import SQLStore, sqlite_url
 from . import history
 from .app import run
 from .auth import MIN_SECRET_BYTES, mint
-from .settings import Settings
+from .settings import MAX_BUFFERED, Settings
 
 DEFAULT_DB = "collab.db"
 
@@ -151,6 +151,20 @@ def _parser() -> argparse.ArgumentParser:
         default="uvloop" if _has_uvloop() else "asyncio",
         help="the event loop: uvloop (faster sends and wake-ups) where installed, "
         "else asyncio's own (default %(default)s)",
+    )
+    serve.add_argument(
+        "--asgi-send",
+        action="store_true",
+        help="send every frame through ASGI's send, as any ASGI server takes it, instead "
+        "of writing it straight to the socket (slower: for comparison and diagnosis)",
+    )
+    serve.add_argument(
+        "--max-buffered",
+        type=int,
+        default=MAX_BUFFERED,
+        metavar="BYTES",
+        help="bytes sent to a client and not yet read by it above which it is closed "
+        "with 1013 (default %(default)s)",
     )
     serve.add_argument(
         "--websocket-compression",
@@ -312,6 +326,8 @@ def _serve(args: argparse.Namespace) -> None:
         database_url=args.database_url or sqlite_url(args.db),
         secret=_secret(args),
         websocket_compression=args.websocket_compression,
+        wire=not args.asgi_send,
+        max_buffered=args.max_buffered,
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,
             outbox_size=args.outbox_size,

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from collab_engine.engine import EngineConfig
 
+MAX_BUFFERED = 8 * 1024 * 1024
+"""The default of `Settings.max_buffered`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -27,6 +30,14 @@ class Settings:
     """Accept permessage-deflate when a client offers it (browsers always do). Off by
     default, as in Node's `ws`: compressing costs CPU for every frame and every
     receiver (hypercorn compresses per connection), and y-websocket frames are small."""
+    wire: bool = True
+    """Write frames straight to each connection's socket (`server.wire`) where
+    hypercorn serves it over HTTP/1.1 without compression; False sends every frame
+    through ASGI's `send`, as any ASGI server takes it."""
+    max_buffered: int = MAX_BUFFERED
+    """Bytes sent to a connection and not yet read by its client above which the
+    connection is closed with 1013 when more frames come (the wire's slow-reader
+    limit; the ASGI path bounds the outbox in frames instead)."""
     secret: str | None = None
     """The HS256 key tokens are signed with; None runs the open development mode
     (no authentication: every connection is anonymous and owner)."""

@@ -1,9 +1,11 @@
 """One WebSocket connection: from ASGI frames to room calls, and errors to close codes.
 
-Each connection runs two tasks in its own task group: the reader (receive,
-decode, `Room.receive`) and the writer (drains the peer's outbox in order).
+Each connection runs a reader task (receive, decode, `Room.receive`). What the room
+queues for the peer goes out by the wire (`server.wire`: written to the socket at the
+end of each event-loop turn, no task) where the connection allows it, else by a
+writer task that drains the peer's outbox through ASGI's `send`, in order.
 Whatever ends the connection closes the peer: the client leaving, a bad frame,
-the room evicting a slow reader, the engine shutting down. Both tasks are then
+the room evicting a slow reader, the engine shutting down. Its tasks are then
 cancelled and the close frame goes out with the error's code and reason. A bad
 frame ends this connection only.
 """
@@ -40,6 +42,7 @@ from collab_engine.room import Room
 from .auth import credentials_for
 from .settings import Settings
 from .types import Receive, Scope, Send
+from .wire import Wire
 
 log = logging.getLogger("server.websocket")
 
@@ -132,11 +135,13 @@ async def _attend(
     journal: Journal | None,
     history: History | None,
 ) -> None:
+    wire = Wire.under(send, peer, settings.max_buffered) if settings.wire else None
     room.join(peer)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_read, room, peer, receive, settings.max_frame_size, journal, history)
-            tg.start_soon(_write, peer, send)
+            if wire is None:
+                tg.start_soon(_write, peer, send)
             # Whoever closes the peer (reader, room, engine) ends the connection,
             # even while the writer is stuck on a client that stopped reading.
             await peer.wait_closed()

@@ -202,9 +202,23 @@ async def test_bad_document_name_is_refused_with_4400(
     assert ws.close_reason is not None and reason in ws.close_reason
 
 
-async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect() -> None:
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        # The wire: bounded by the bytes the client has not read.
+        (Settings(ping_interval=None, max_buffered=1024 * 1024), "bytes sent and not yet read"),
+        # The ASGI writer: bounded by the frames waiting in the outbox.
+        (
+            Settings(ping_interval=None, wire=False, engine=replace(TEST_ENGINE, outbox_size=8)),
+            "frames waiting to be sent",
+        ),
+    ],
+    ids=["wire", "asgi"],
+)
+async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect(
+    settings: Settings, reason: str
+) -> None:
     """A client that stops reading is closed with 1013; the room goes on; reconnecting heals."""
-    settings = Settings(ping_interval=None, engine=replace(TEST_ENGINE, outbox_size=8))
     async with running_server(settings) as (app, url):
         host, port = url.removeprefix("ws://").split(":")
         async with yclient(url, "slow") as writer:
@@ -230,10 +244,24 @@ async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect() -> None
                     async for _ in stalled:
                         pass
                 assert stalled.close_code == 1013
+                assert stalled.close_reason is not None and reason in stalled.close_reason
             assert not writer.closed.is_set()
             expected = str(text)
             async with yclient(url, "slow") as healed:
                 assert str(healed.doc.get("t", type=Text)) == expected
+
+
+@pytest.mark.parametrize("wire", [True, False], ids=["wire", "asgi"])
+@pytest.mark.parametrize("size", [10, 125, 126, 65_535, 65_536, 200_000])
+async def test_frames_of_every_length_class_arrive_whole(wire: bool, size: int) -> None:
+    """Updates whose frames need a 7-bit, 16-bit or 64-bit length (and the largest,
+    written apart from their header) reach the other client intact, by either path."""
+    async with running_server(Settings(ping_interval=None, wire=wire)) as (_, url):
+        async with yclient(url, "sizes") as a, yclient(url, "sizes") as b:
+            content = secrets.token_hex(size // 2 + 1)[:size]
+            a.doc.get("t", type=Text).insert(0, content)
+            await a.flush()
+            await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == content)
 
 
 async def test_healthz_and_unknown_paths() -> None:
