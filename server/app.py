@@ -12,6 +12,7 @@ after it stops.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -194,6 +195,23 @@ def _drop_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     loop.default_exception_handler(context)
 
 
+GC_THRESHOLD = (10_000, 10, 10)
+"""The collector's thresholds while serving (Python's default: 700, 10, 10)."""
+
+
+def _tune_collector() -> None:
+    # A full collection scans every tracked object: with 500 clients that took 70 to
+    # 130 ms a few times a minute, each pause an edit late for everyone (the fan-out
+    # benchmark's p99 went from 57 to 17-21 ms without it). The startup heap (modules,
+    # SQLAlchemy, hypercorn: a third of the objects at 500 clients) lives as long as
+    # the process: freeze it out of every scan. Most of what a message allocates dies
+    # by reference counting, not collection: collect the young generation less often,
+    # and so promote (and later scan) fewer objects.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def run(settings: Settings) -> None:
     """Open the store, serve until SIGINT or SIGTERM, write everything accepted, and
     close the store; print the address once listening.
@@ -219,6 +237,7 @@ async def run(settings: Settings) -> None:
         shutdown = anyio.Event()
         async with anyio.create_task_group() as tg:
             port = await tg.start(partial(serve, app, shutdown=shutdown))
+            _tune_collector()
             print(f"collab-engine listening on ws://{settings.host}:{port}", flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
