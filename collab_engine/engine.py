@@ -82,6 +82,9 @@ class EngineConfig:
     """Bytes of updates that may wait for the disk before connections stop reading."""
     journal_max_batch: int = 2_000
     """The most updates written in one transaction (1 = a commit per update)."""
+    journal_linger: float = 0.01
+    """Seconds the journal waits for more updates before it commits (see `Journal`):
+    acknowledgements come up to this much later, and commits are fewer under load."""
     compact_after_updates: int = 1_000
     """Write a snapshot once a document has this many updates after its latest one."""
     compact_after_bytes: int = 1024 * 1024
@@ -121,6 +124,7 @@ class Engine:
                 max_pending=self.config.journal_max_pending,
                 max_pending_bytes=self.config.journal_max_pending_bytes,
                 max_batch=self.config.journal_max_batch,
+                linger=self.config.journal_linger,
             )
         self._slots: dict[DocumentName, _Slot] = {}
         self._task_group: TaskGroup | None = None

@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         default=engine.journal_max_batch,
         help="most updates written in one transaction; 1 commits each (default %(default)s)",
     )
+    serve.add_argument(
+        "--journal-linger",
+        type=float,
+        default=engine.journal_linger,
+        metavar="SECONDS",
+        help="wait this long for more updates before a commit: fewer commits under load, "
+        "acknowledgements that much later (default %(default)s)",
+    )
     presence = engine.presence
     serve.add_argument(
         "--presence-rate",
@@ -335,6 +343,7 @@ def _serve(args: argparse.Namespace) -> None:
             compact_after_updates=args.compact_after_updates,
             compact_after_bytes=args.compact_after_bytes,
             journal_max_batch=args.journal_batch,
+            journal_linger=args.journal_linger,
             lock_ttl=args.lock_ttl,
             lock_grace=args.lock_grace,
             history=HistoryPolicy(

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, event, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -73,32 +74,33 @@ class SQLStore:
         return cls(engine)
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
-        # Four statements whatever the number of documents in the batch: the journal
-        # writes the updates of every document in one call (group commit).
+        # Two statements whatever the number of documents in the batch (the journal
+        # writes the updates of every document in one call: group commit): one upsert
+        # moves each document's last_seq on by its number of updates and returns where
+        # it ended, the other inserts the updates.
         if not entries:
             return []
-        names = sorted({entry.document for entry in entries})
+        counts = Counter(entry.document for entry in entries)
+        names = sorted(counts)  # PostgreSQL locks the rows in this order: no deadlock
         now = time.time()
         insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(documents)
+        upsert = (
+            insert.values([{"name": n, "last_seq": counts[n], "created_at": now} for n in names])
+            .on_conflict_do_update(
+                index_elements=[documents.c.name],
+                set_={"last_seq": documents.c.last_seq + insert.excluded.last_seq},
+            )
+            .returning(documents.c.name, documents.c.last_seq)
+        )
         async with self.engine.begin() as connection:
-            # A write first: on SQLite it takes the database's write lock, so the read
-            # below cannot race another writer; on PostgreSQL, FOR UPDATE locks the rows
-            # (in name order, so that two writers never deadlock).
-            await connection.execute(
-                insert.on_conflict_do_nothing(),
-                [{"name": name, "last_seq": 0, "created_at": now} for name in names],
-            )
-            result = await connection.execute(
-                select(documents.c.name, documents.c.last_seq)
-                .where(documents.c.name.in_(names))
-                .order_by(documents.c.name)
-                .with_for_update()
-            )
-            last = {row.name: int(row.last_seq) for row in result}
+            # The upsert takes the row lock (PostgreSQL) or the database's write lock
+            # (SQLite) before it reads last_seq: two writers never get the same seqs.
+            result = await connection.execute(upsert)
+            next_seq = {row.name: int(row.last_seq) - counts[row.name] for row in result}
             seqs = []
             rows = []
             for entry in entries:
-                seq = last[entry.document] = last[entry.document] + 1
+                seq = next_seq[entry.document] = next_seq[entry.document] + 1
                 seqs.append(seq)
                 rows.append(
                     {
@@ -109,12 +111,6 @@ class SQLStore:
                         "created_at": now,
                     }
                 )
-            await connection.execute(
-                update(documents)
-                .where(documents.c.name == bindparam("document_name"))
-                .values(last_seq=bindparam("new_last_seq")),
-                [{"document_name": name, "new_last_seq": last[name]} for name in names],
-            )
             await connection.execute(updates.insert(), rows)
         return seqs
 
