@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -46,6 +46,20 @@ class SQLStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(documents)
+        self._advance = (
+            # Built once, with bound parameters, so that SQLAlchemy compiles it once.
+            insert.values(
+                name=bindparam("name"), last_seq=bindparam("count"), created_at=bindparam("now")
+            )
+            .on_conflict_do_update(
+                index_elements=[documents.c.name],
+                set_={"last_seq": documents.c.last_seq + insert.excluded.last_seq},
+            )
+            .returning(documents.c.name, documents.c.last_seq)
+        )
+        """Moves a document's last_seq on by `count` (creating the document at `count`)
+        and returns where it ended."""
 
     @classmethod
     async def connect(
@@ -83,19 +97,12 @@ class SQLStore:
         counts = Counter(entry.document for entry in entries)
         names = sorted(counts)  # PostgreSQL locks the rows in this order: no deadlock
         now = time.time()
-        insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(documents)
-        upsert = (
-            insert.values([{"name": n, "last_seq": counts[n], "created_at": now} for n in names])
-            .on_conflict_do_update(
-                index_elements=[documents.c.name],
-                set_={"last_seq": documents.c.last_seq + insert.excluded.last_seq},
-            )
-            .returning(documents.c.name, documents.c.last_seq)
-        )
         async with self.engine.begin() as connection:
             # The upsert takes the row lock (PostgreSQL) or the database's write lock
             # (SQLite) before it reads last_seq: two writers never get the same seqs.
-            result = await connection.execute(upsert)
+            result = await connection.execute(
+                self._advance, [{"name": n, "count": counts[n], "now": now} for n in names]
+            )
             next_seq = {row.name: int(row.last_seq) - counts[row.name] for row in result}
             seqs = []
             rows = []
