@@ -219,7 +219,15 @@ def ensure_peers_installed() -> None:
 class ServerProcess:
     """One server under test, in its own process on 127.0.0.1."""
 
-    def __init__(self, spec: ServerSpec, tmp: Path, cprofile: Path | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        tmp: Path,
+        cprofile: Path | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.extra = tuple(extra)
+        """More arguments for `serve` (ours only: `--ours-args`)."""
         self.spec = spec
         self.tmp = tmp
         self.log_path = tmp / f"{spec.name}.log"
@@ -239,7 +247,7 @@ class ServerProcess:
         if name == "ours":
             argv = [
                 sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port),
-                "--db", str(self.tmp / "ours.db"), "--log-level", "WARNING",
+                "--db", str(self.tmp / "ours.db"), "--log-level", "WARNING", *self.extra,
             ]  # fmt: skip
             if self.cprofile is not None:
                 argv[1:1] = ["-m", "cProfile", "-o", str(self.cprofile)]
@@ -877,6 +885,7 @@ class Options:
     profile: Path | None
     profiler: str
     quick: bool
+    ours_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1689,6 +1698,11 @@ def parse_options(argv: Sequence[str]) -> Options:
         "thread only, whole process lifetime; slower)",
     )  # fmt: skip
     parser.add_argument(
+        "--ours-args", default="", metavar="ARGS",
+        help="more `serve` arguments for our server, as one shell-quoted string "
+        "(e.g. '--asgi-send --loop asyncio')",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: sizes 10 and 50, 1 run of 3 s (explicit flags win)",
     )  # fmt: skip
@@ -1735,6 +1749,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         profile=args.profile.resolve() if args.profile is not None else None,
         profiler=args.profiler,
         quick=args.quick,
+        ours_args=tuple(shlex.split(args.ours_args)),
     )
 
 
@@ -1794,7 +1809,12 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                         f"{'on' if awareness else 'off'}.prof"
                     )
                 servers = {
-                    name: ServerProcess(SPECS[name], group, cprofile if name == "ours" else None)
+                    name: ServerProcess(
+                        SPECS[name],
+                        group,
+                        cprofile if name == "ours" else None,
+                        options.ours_args if name == "ours" else (),
+                    )
                     for name in options.servers
                 }
                 all_servers.update(servers)

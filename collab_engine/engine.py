@@ -82,7 +82,7 @@ class EngineConfig:
     """Bytes of updates that may wait for the disk before connections stop reading."""
     journal_max_batch: int = 2_000
     """The most updates written in one transaction (1 = a commit per update)."""
-    journal_linger: float = 0.01
+    journal_linger: float = 0.05
     """Seconds the journal waits for more updates before it commits (see `Journal`):
     acknowledgements come up to this much later, and commits are fewer under load."""
     compact_after_updates: int = 1_000
