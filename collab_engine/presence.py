@@ -46,6 +46,7 @@ Pure: time comes in as `now` (monotonic seconds), nothing here does I/O.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +193,11 @@ class Presence:
         self.server_client_id = ClientId(random.getrandbits(32))
         self._server_state = server_state
         self._server_renewed = now
+        self._horizon = min(policy.typing_timeout, policy.idle_timeout)
+        self._scan_at = now + self._horizon
+        """No idle or typing timer can fire before this: `tick` skips the scan."""
+        self._waiting: set[PeerId] = set()
+        """Connections with entries held back by the rate limit."""
         self.awareness.add_own(self.server_client_id, self._server_text(), SERVER, now)
 
     # -- connections -------------------------------------------------------------------
@@ -201,6 +207,7 @@ class Presence:
         self._connections[peer] = _Connection(
             identity, read_only, float(self.policy.burst), now, now
         )
+        self._scan_at = min(self._scan_at, now + self._horizon)
 
     def set_read_only(self, peer: PeerId, read_only: bool) -> list[AwarenessEntry]:
         """A connection's rights changed; return what the others must now see (its
@@ -221,6 +228,7 @@ class Presence:
     def disconnect(self, peer: PeerId) -> list[AwarenessEntry]:
         """Forget a connection; return the removals of its states, for the others."""
         connection = self._connections.pop(peer, None)
+        self._waiting.discard(peer)
         removed = self.awareness.remove_owner(peer)
         for entry in removed:
             self._clients.pop(entry.client_id, None)
@@ -284,6 +292,7 @@ class Presence:
                 # Over the rate: keep the latest (already in the table), send it later.
                 for entry in (*outcome.to_others, *outcome.to_all):
                     connection.pending[entry.client_id] = None
+                self._waiting.add(peer)
                 outcome.to_others.clear()
                 outcome.to_all.clear()
         return outcome
@@ -298,41 +307,69 @@ class Presence:
 
     def tick(self, now: float) -> list[AwarenessEntry]:
         """Time passes: flush coalesced states, clear expired typing, mark idle
-        connections away, renew the server's entry. Returns entries for everyone."""
+        connections away, renew the server's entry. Returns entries for everyone.
+
+        Cheap when nothing is due: it runs every few tens of milliseconds in every
+        room, so the connections are scanned for idle and typing timers only once the
+        earliest of them can have fired, and only connections holding back entries
+        are visited for those."""
         out: list[AwarenessEntry] = []
-        # One pass over the clients, not one per connection: this runs every tick.
-        owned_by: dict[PeerId, list[ClientId]] = {}
-        for cid, client in self._clients.items():
-            owned_by.setdefault(client.owner, []).append(cid)
-        for peer, connection in self._connections.items():
-            changed: list[AwarenessEntry] = []
-            silent = now - connection.last_activity
-            owned = owned_by.get(peer, [])
-            if not connection.idle and silent >= self.policy.idle_timeout:
-                connection.idle = True
-                for cid in owned:
-                    client = self._clients[cid]
-                    if client.current.get("status", "online") == "online":
-                        client.auto_away = True
-                        changed.append(self._put(cid, {**client.current, "status": "away"}, now))
-            if silent >= self.policy.typing_timeout:
-                for cid in owned:
-                    client = self._clients[cid]
-                    if client.current.get("typing") is True:
-                        changed.append(self._put(cid, {**client.current, "typing": False}, now))
-            if connection.pending and self._take_token(connection, now):
+        if now >= self._scan_at:
+            out.extend(self._scan(now))
+        if self._waiting:
+            sent = {entry.client_id for entry in out}
+            for peer in list(self._waiting):
+                connection = self._connections[peer]
+                if not self._take_token(connection, now):
+                    continue
                 for cid in connection.pending:
                     entry = self.awareness.get(cid)
                     clock = self.awareness.clock_of(cid)
                     if entry is None and clock is not None:
                         entry = AwarenessEntry(cid, clock, None)
-                    if entry is not None and entry not in changed:
-                        changed.append(entry)
+                    if entry is not None and cid not in sent and not self._hidden(connection):
+                        out.append(entry)
                 connection.pending.clear()
-            if not self._hidden(connection):
-                out.extend(changed)
+                self._waiting.discard(peer)
         if now - self._server_renewed >= self.policy.server_renew:
             out.append(self._renew_server(now))
+        return out
+
+    def _scan(self, now: float) -> list[AwarenessEntry]:
+        # Idle and typing timers, in one pass over the clients and the connections;
+        # then when the next of them is due.
+        out: list[AwarenessEntry] = []
+        owned_by: dict[PeerId, list[ClientId]] = {}
+        for cid, client in self._clients.items():
+            owned_by.setdefault(client.owner, []).append(cid)
+        policy = self.policy
+        next_at = math.inf
+        for peer, connection in self._connections.items():
+            changed: list[AwarenessEntry] = []
+            silent = now - connection.last_activity
+            owned = owned_by.get(peer, [])
+            if not connection.idle:
+                if silent >= policy.idle_timeout:
+                    connection.idle = True
+                    for cid in owned:
+                        client = self._clients[cid]
+                        if client.current.get("status", "online") == "online":
+                            client.auto_away = True
+                            changed.append(
+                                self._put(cid, {**client.current, "status": "away"}, now)
+                            )
+                else:
+                    next_at = min(next_at, connection.last_activity + policy.idle_timeout)
+            for cid in owned:
+                client = self._clients[cid]
+                if client.current.get("typing") is True:
+                    if silent >= policy.typing_timeout:
+                        changed.append(self._put(cid, {**client.current, "typing": False}, now))
+                    else:
+                        next_at = min(next_at, connection.last_activity + policy.typing_timeout)
+            if not self._hidden(connection):
+                out.extend(changed)
+        self._scan_at = next_at
         return out
 
     def expire(self, now: float) -> list[AwarenessEntry]:
@@ -465,6 +502,7 @@ class Presence:
         skip: set[ClientId] | frozenset[ClientId] = frozenset(),
     ) -> list[AwarenessEntry]:
         connection.last_activity = now
+        self._scan_at = min(self._scan_at, now + self._horizon)
         if not connection.idle:
             return []
         connection.idle = False
