@@ -8,9 +8,9 @@ in it and 14% more in waking the writers (`benchmarks/results/server_fanout_prof
 
 A server's WebSocket frames are not masked, so the frame for one payload is the same
 bytes for every receiver. The wire takes a peer's outbox over (`Peer.deliver_to`):
-when the outbox stops being empty it asks the event loop for a callback at the end of
-the turn, and then writes everything queued in that turn, runs of updates merged
-(`Peer.take`), to the socket's transport in one call. The frame header is encoded
+when the outbox stops being empty the wire joins the loop's list of wires to flush,
+and one callback at the end of the turn writes, for each of them, everything queued
+in that turn, runs of updates merged (`Peer.take`), to the socket's transport. The frame header is encoded
 once per payload, whatever the number of receivers. No task, no lock, no await.
 
 The wire is a fast path for what the server runs on: hypercorn (pinned), HTTP/1.1
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import weakref
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -79,7 +80,7 @@ class Wire:
         self.transport = transport
         self.peer = peer
         self.max_buffered = max_buffered
-        self._loop = asyncio.get_running_loop()
+        self._turn = _Turn.of(asyncio.get_running_loop())
         self._scheduled = False
         peer.deliver_to(self._ready)
 
@@ -96,10 +97,11 @@ class Wire:
         # Called by Peer.send, inside the room's broadcast: only schedule.
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._turn.add(self)
 
-    def _flush(self) -> None:
-        # A loop callback: whatever goes wrong ends this connection, never the loop.
+    def flush(self) -> None:
+        """Write what the peer has queued. Whatever goes wrong ends this connection,
+        never the caller (the loop's callback, flushing every wire of the turn)."""
         self._scheduled = False
         peer = self.peer
         if peer.closed:
@@ -128,6 +130,37 @@ class Wire:
             else:
                 transport.write(_header(len(frame)))
                 transport.write(frame)
+
+
+class _Turn:
+    """The wires with frames to write at the end of this event-loop turn: one loop
+    callback for all of them, not one per connection."""
+
+    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._wires: list[Wire] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Turn:
+        """The loop's one `_Turn`."""
+        turn = cls._of.get(loop)
+        if turn is None:
+            turn = cls._of[loop] = cls(loop)
+        return turn
+
+    def add(self, wire: Wire) -> None:
+        if not self._wires:
+            self._loop.call_soon(self._flush)
+        self._wires.append(wire)
+
+    def _flush(self) -> None:
+        wires, self._wires = self._wires, []
+        for wire in wires:
+            wire.flush()
 
 
 def _header(length: int) -> bytes:
