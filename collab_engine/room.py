@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -136,6 +137,8 @@ class Room:
         self.edited_at: float | None = None
         """When (the room's clock) the document last changed; None: not since loaded."""
         self._subscription: Subscription | None = None
+        self._evicted: deque[Peer] = deque()
+        self._evicting = False
         if journal is not None:
             self._watch()
 
@@ -410,15 +413,25 @@ class Room:
     # -- peers -------------------------------------------------------------------------
 
     def broadcast(self, frame: Frame, *, exclude: Peer | None = None) -> None:
-        """Queue `frame` for every peer but `exclude`; peers evicted as too slow leave."""
-        evicted = []
+        """Queue `frame` for every peer but `exclude`; peers evicted as too slow leave.
+
+        A leaving peer's awareness removal is itself broadcast, and may evict more:
+        evictions are queued and handled here in a loop, never by recursion, however
+        many peers fall behind at once."""
+        evicted = self._evicted
         for peer in self.peers.values():
             if peer is not exclude:
                 peer.send(frame)
                 if peer.closed:
                     evicted.append(peer)
-        for peer in evicted:
-            self.leave(peer)
+        if self._evicting:
+            return  # an outer broadcast is handling evictions
+        self._evicting = True
+        try:
+            while evicted:
+                self.leave(evicted.popleft())
+        finally:
+            self._evicting = False
 
     def join(self, peer: Peer) -> None:
         """Add `peer`, and queue for it the opening of the sync: our state vector

@@ -232,3 +232,24 @@ def test_update_with_missing_dependencies_is_held_then_broadcast(new_peer: NewPe
         assert isinstance(message, SyncUpdate)
         replica.apply_update(message.update)
     assert str(replica.get("t", type=Text)) == "abcd"
+
+
+def test_a_chain_of_evictions_is_handled_without_recursion() -> None:
+    """Each peer's leaving broadcasts its awareness removal, which fills the next
+    peer's outbox: 1,500 evictions in a chain from one broadcast, handled in a loop,
+    not a recursion as deep as the chain (Python's limit is 1,000 frames)."""
+    room = Room(DocumentName("crowd"))
+    peers = [Peer(outbox_size=1_000_000) for _ in range(1_500)]
+    for i, peer in enumerate(peers):
+        room.join(peer)
+        state = json.dumps({"user": {"name": f"u{i}"}})
+        room.receive(peer, AwarenessUpdate((AwarenessEntry(ClientId(i + 1), 1, state),)))
+        if i % 100 == 99:
+            for joined in peers[: i + 1]:
+                joined.drain()
+    for i, peer in enumerate(peers):
+        peer.drain()
+        peer.outbox_size = i  # peer i is full after i more frames
+    room.doc.get("t", type=Text).insert(0, "x")
+    assert room.peers == {}
+    assert all(isinstance(peer.error, PeerTooSlow) for peer in peers)
