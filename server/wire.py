@@ -136,9 +136,7 @@ class _Turn:
     """The wires with frames to write at the end of this event-loop turn: one loop
     callback for all of them, not one per connection."""
 
-    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = (
-        weakref.WeakKeyDictionary()
-    )
+    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
