@@ -27,6 +27,7 @@ REPO = HERE.parent
 SCRIPTS = [
     "merge_throughput",
     "server_fanout",
+    "memory",
     "fanout_latency",
     "awareness_fanout",
     "durable_storage",
@@ -38,6 +39,7 @@ SCRIPTS = [
 QUICK = {
     "merge_throughput": ["--quick"],
     "server_fanout": ["--quick"],
+    "memory": ["--quick"],
     "fanout_latency": ["--sizes", "10", "--runs", "1", "--edits", "50"],
     "awareness_fanout": ["--quick"],
     "durable_storage": ["--quick"],
