@@ -135,11 +135,12 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import provenance
-import psutil
+import psutil  # type: ignore[import-untyped]
 from figures import median, pct, percentile
 from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent
@@ -991,11 +992,11 @@ async def run_once(
     factories: list[Callable[[], Peer]] = []
     for room in rooms:
         factories.extend(
-            lambda room=room, k=k: Writer(run, room, port, deflate, f"writer {room.index}.{k}", k)
+            partial(Writer, run, room, port, deflate, f"writer {room.index}.{k}", k)
             for k in range(writers_per_room)
         )
         factories.extend(
-            lambda room=room, j=j: Observer(run, room, port, deflate, f"reader {room.index}.{j}")
+            partial(Observer, run, room, port, deflate, f"reader {room.index}.{j}")
             for j in range(size.per_room - writers_per_room)
         )
 
@@ -1127,16 +1128,17 @@ async def run_once(
                            f"{options.timeout:g} s after the last edit")  # fmt: skip
         texts_ok = True
         if drained:
-            verify_factories = [
-                (lambda room=room: FullClient(run, room, port, deflate, f"verifier {room.index}"))
+            verify_factories: list[Callable[[], Peer]] = [
+                partial(FullClient, run, room, port, deflate, f"verifier {room.index}")
                 for room in rooms
             ]
             try:
-                verifiers = await connect_all(
+                connected = await connect_all(
                     verify_factories,
                     port,
                     dataclasses.replace(options, connect_timeout=options.timeout),
                 )
+                verifiers = [v for v in connected if isinstance(v, FullClient)]
             except Exception as exc:
                 texts_ok = False
                 why_not.append(f"a fresh client could not sync: {exc!r}")

@@ -186,6 +186,10 @@ class Peer:
         self.error = error
         self._outbox.clear()
         self._wake()
+        # The carrier holds the peer and the peer its callback: drop the callback, so
+        # that the two (and the connection behind them) are freed by reference
+        # counting when the connection ends, not at the next full collection.
+        self._ready = self._wake
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
