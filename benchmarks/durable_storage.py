@@ -19,15 +19,19 @@ fresh schema dropped afterwards) and per layout (W writers in 1 room, or spread
 over R rooms), two engine configurations are measured in the same run, one after
 the other, on a fresh database (or schema) each:
 
-* "one commit per update": `EngineConfig(journal_max_batch=1)`;
-* "group commit": the default `journal_max_batch` (2,000).
+* "one commit per update": `EngineConfig(journal_max_batch=1, journal_linger=0)`;
+* "group commit": the default `journal_max_batch` (2,000), `journal_linger=0`;
+* "group commit, 50 ms linger": the defaults, the journal waiting 50 ms for more
+  updates before each commit. Writers here wait for each acknowledgement before
+  they send more (y-websocket clients do not), so lingering costs them throughput:
+  this row shows the price a client that waits for durability pays.
 
 Compaction is switched off in both (its thresholds are set out of reach) so that
 only the journal writes. Each writer is a `Peer` joined to its room, as a
 WebSocket connection's would be; it first sends `RequestPersisted()`, then, for
 each of its updates: `await journal.room_for_more()` (what the server's
 connection reader does), `room.receive(peer, SyncUpdate(update))`, and it waits,
-reading its outbox (`peer.frames()` then `peer.drain()`), for the `Persisted`
+reading its outbox (`peer.batches()`), for the `Persisted`
 frame whose count covers that update. So each writer has exactly one update in
 flight, like a client that waits for durability before it sends more. Every
 writer also reads (and drops) the other writers' updates that the room fans out
@@ -160,6 +164,7 @@ TEXT = "text"
 
 SINGLE = "one commit per update"
 GROUP = "group commit"
+LINGER = "group commit, 50 ms linger (default)"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -305,7 +310,7 @@ class ThroughputResult:
     problems: tuple[str, ...]
 
 
-async def wait_acked(peer: Peer, frames: AsyncIterator[Frame], count: int) -> None:
+async def wait_acked(peer: Peer, batches: AsyncIterator[list[Frame]], count: int) -> None:
     """Read `peer`'s outbox until a `Persisted` frame says `count` updates are durable.
 
     Raises:
@@ -313,11 +318,11 @@ async def wait_acked(peer: Peer, frames: AsyncIterator[Frame], count: int) -> No
     """
     while True:
         try:
-            first = await anext(frames)
+            batch = await anext(batches)
         except StopAsyncIteration:
             reason = peer.error.reason if peer.error is not None else "closed"
             raise RuntimeError(f"{peer.label} was closed: {reason}") from None
-        for frame in (first, *peer.drain()):
+        for frame in batch:
             if frame.startswith(PERSISTED_PREFIX):
                 message = decode(frame)
                 assert isinstance(message, Persisted)
@@ -334,7 +339,7 @@ async def write(
     counters: Counters,
 ) -> None:
     """One writer: send an update, wait for its acknowledgement, until the window ends."""
-    frames = cast(AsyncGenerator[Frame, None], peer.frames())
+    frames = cast(AsyncGenerator[list[Frame], None], peer.batches())
     try:
         room.receive(peer, RequestPersisted())
         await wait_acked(peer, frames, 0)
@@ -364,6 +369,7 @@ async def throughput_once(
     backend: Backend,
     *,
     max_batch: int | None,
+    linger: float | None,
     writers: int,
     rooms: int,
     updates: Sequence[Sequence[Update]],
@@ -372,6 +378,8 @@ async def throughput_once(
 ) -> ThroughputResult:
     """One run of W writers over R fresh rooms of a fresh store; see the module docstring."""
     limits: dict[str, Any] = {} if max_batch is None else {"journal_max_batch": max_batch}
+    if linger is not None:
+        limits["journal_linger"] = linger
     config = EngineConfig(compact_after_updates=NEVER, compact_after_bytes=NEVER, **limits)
     store, cleanup = await backend.open()
     counters = Counters()
@@ -737,7 +745,7 @@ def throughput_table(
         f"## 1. Durable updates/s: {options.writers} writers, each with one update in flight",
         "",
         f"Median of {options.runs} run(s); each run measures {options.duration:g} s after "
-        f"{options.warmup:g} s of warm-up, on a fresh database; both modes in the same run.",
+        f"{options.warmup:g} s of warm-up, on a fresh database; the three modes in the same run.",
         "",
         "| backend | rooms | mode | acked updates/s | commits in window | updates per commit "
         "| ms per commit | ack p50 (ms) | ack p99 (ms) | CPU (one core) "
@@ -757,7 +765,7 @@ def throughput_table(
             f"| {pct(median([r.loop_busy for r in runs]))} / "
             f"{pct(median([r.loop_queued for r in runs]))} |"
         )
-        if mode == GROUP and (backend, rooms, SINGLE) in results:
+        if mode in (GROUP, LINGER) and (backend, rooms, SINGLE) in results:
             single_runs = results[(backend, rooms, SINGLE)]
             single = median([r.updates_per_second for r in single_runs])
             per_run = [
@@ -766,16 +774,18 @@ def throughput_table(
                 if s.updates_per_second > 0
             ]
             speedups.append(
-                f"| {backend} | {rooms} | {number(rate / single, 1) if single else 'n/a'} x "
+                f"| {backend} | {rooms} | {mode} "
+                f"| {number(rate / single, 1) if single else 'n/a'} x "
                 f"| {', '.join(f'{x:.1f}' for x in per_run)} |"
             )
     if speedups:
         lines += [
             "",
-            "Group commit against one commit per update (acknowledged updates/s):",
+            "Group commit (without, then with the linger) against one commit per update "
+            "(acknowledged updates/s):",
             "",
-            "| backend | rooms | speedup (ratio of medians) | per run |",
-            "|---|---:|---:|---|",
+            "| backend | rooms | mode | speedup (ratio of medians) | per run |",
+            "|---|---:|---|---:|---|",
             *speedups,
         ]
     return "\n".join(lines)
@@ -1011,7 +1021,7 @@ async def throughput_part(
         for entries, documents in shapes:
             appends[(backend.name, entries, documents)] = []
         for rooms in options.rooms:
-            for mode in (SINGLE, GROUP):
+            for mode in (SINGLE, GROUP, LINGER):
                 results[(backend.name, rooms, mode)] = []
     for run in range(1, options.runs + 1):
         for backend in backends:
@@ -1023,10 +1033,15 @@ async def throughput_part(
                     f"document(s): {ms(timing.per_call)} ms ({timing.calls} calls)"
                 )
             for rooms in options.rooms:
-                for mode, max_batch in ((SINGLE, 1), (GROUP, None)):
+                for mode, max_batch, linger in (
+                    (SINGLE, 1, 0.0),
+                    (GROUP, None, 0.0),
+                    (LINGER, None, None),
+                ):
                     result = await throughput_once(
                         backend,
                         max_batch=max_batch,
+                        linger=linger,
                         writers=options.writers,
                         rooms=rooms,
                         updates=updates,

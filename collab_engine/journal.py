@@ -44,6 +44,9 @@ from .types import Update
 
 log = logging.getLogger("collab_engine.journal")
 
+LINGER_GAP = 0.003
+"""Seconds without a new update that end the journal's linger early."""
+
 
 class Journaled(Protocol):
     """What the journal needs of a room: its name and where to report."""
@@ -83,11 +86,13 @@ class Journal:
         max_pending_bytes: how many bytes of updates may wait before senders wait.
         max_batch: the most updates written in one transaction (1 = one commit
             per update, for comparison in the benchmarks).
-        linger: seconds the writer waits, once there is something to write, for more
-            to write in the same transaction (0: write at once). A commit costs far
-            more than one more row in it: under load, lingering turns many commits
-            into one, and delays acknowledgements by at most this much; the
-            document, and what connected clients see, are not delayed.
+        linger: at most how long the writer waits, once there is something to
+            write, for more to write in the same transaction, as long as updates
+            keep coming (a pause of `LINGER_GAP` ends the wait; 0: write at once).
+            A commit costs far more than one more row in it: under load, lingering
+            turns many commits into one, and delays acknowledgements by at most
+            this much; the document, and what connected clients see, are not
+            delayed.
     """
 
     def __init__(
@@ -169,7 +174,7 @@ class Journal:
                     self._wakeup = anyio.Event()
                     await self._wakeup.wait()
                     if self.linger:
-                        await anyio.sleep(self.linger)
+                        await self._linger()
                     continue
                 batch: list[_Write] = []
                 while self._pending and len(batch) < self.max_batch:
@@ -185,6 +190,21 @@ class Journal:
                     self._changed()
         finally:
             self._running = False
+
+    async def _linger(self) -> None:
+        # Wait for more updates while they keep coming: up to `linger` in all, but a
+        # pause of LINGER_GAP in the arrivals ends it. Busy rooms then share commits,
+        # while a lone edit, or writers that wait for each acknowledgement before
+        # they send more, are not held for the whole linger.
+        deadline = anyio.current_time() + self.linger
+        while True:
+            count = len(self._pending)
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                return
+            await anyio.sleep(min(LINGER_GAP, left))
+            if len(self._pending) == count:
+                return
 
     def _changed(self) -> None:
         # Wake every waiter; each re-checks its own condition.

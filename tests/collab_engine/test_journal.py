@@ -70,23 +70,36 @@ async def test_one_transaction_carries_the_updates_of_many_documents(store: SQLS
         assert text_of(rebuild(name, stored)) == "".join(f"{prefix}{i};" for i in range(300))
 
 
-@pytest.mark.parametrize("linger", [0.0, 0.05])
-async def test_lingering_gathers_updates_that_trickle_in(store: SQLStore, linger: float) -> None:
-    """Updates arriving a few milliseconds apart: without lingering, each goes in a
-    commit of its own; lingering 50 ms gathers them into a few commits."""
+@pytest.mark.parametrize(("linger", "spacing"), [(0.0, 0.005), (0.2, 0.001)])
+async def test_lingering_gathers_updates_that_trickle_in(
+    store: SQLStore, linger: float, spacing: float
+) -> None:
+    """Without lingering, updates 5 ms apart each go in a commit of their own; with a
+    linger, updates arriving 1 ms apart (closer than the linger's gap) share commits."""
     config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=linger)
     async with Engine(config, store) as engine, engine.room("doc") as room:
         assert engine.journal is not None
         for update in updates(20):
             room.apply(update)
-            await anyio.sleep(0.005)
+            await anyio.sleep(spacing)
         await room.flush()
         commits = engine.journal.commits
     assert [seq for seq, _ in (await store.load("doc")).updates] == list(range(1, 21))
     if linger:
-        assert commits <= 6, f"{commits} commits for 20 updates in 100 ms: no lingering"
+        assert commits <= 6, f"{commits} commits for 20 updates in 20 ms: no lingering"
     else:
         assert commits >= 15, f"{commits} commits for 20 updates 5 ms apart"
+
+
+async def test_a_pause_in_the_updates_ends_the_linger(store: SQLStore) -> None:
+    """A lone update is not held for the whole linger: once no other update comes
+    for `LINGER_GAP`, it is written (here a linger of 10 s, over in far less)."""
+    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0)
+    async with Engine(config, store) as engine, engine.room("doc") as room:
+        room.apply(updates(1)[0])
+        with anyio.fail_after(5):
+            await room.flush()
+    assert [seq for seq, _ in (await store.load("doc")).updates] == [1]
 
 
 async def test_a_peer_is_acknowledged_only_once_its_updates_are_stored(store: SQLStore) -> None:
