@@ -94,6 +94,7 @@ from server_fanout import (
     ServerSpec,
     close_all,
     ensure_peers_installed,
+    parse_servers,
 )
 
 from collab_engine import protocol
@@ -579,10 +580,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )
     args = parser.parse_args(argv)
-    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
-    unknown = [s for s in servers if s not in SPECS]
-    if unknown or not servers:
-        parser.error(f"unknown servers {unknown}: choose from {', '.join(SPECS)}")
+    servers = parse_servers(parser, args.servers)
     connections = args.connections or ([100] if args.quick else [250, 500, 1000])
     documents = args.documents or ([50] if args.quick else [100, 500])
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)

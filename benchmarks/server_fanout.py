@@ -1634,6 +1634,15 @@ def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options
 # -- main -----------------------------------------------------------------------------
 
 
+def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    """The comma-separated server names of `--servers`; a parser error for unknown ones."""
+    servers = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in servers if s not in SPECS]
+    if unknown or not servers:
+        parser.error(f"unknown servers {unknown}: choose from {', '.join(SPECS)}")
+    return servers
+
+
 def parse_size(text: str) -> Size:
     clients, _, rooms = text.partition("/")
     size = Size(int(clients), int(rooms or 1))
@@ -1712,10 +1721,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )
     args = parser.parse_args(argv)
-    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
-    unknown = [s for s in servers if s not in SPECS]
-    if unknown or not servers:
-        parser.error(f"unknown servers {unknown}: choose from {', '.join(SPECS)}")
+    servers = parse_servers(parser, args.servers)
     modes = {"off": False, "on": True}
     try:
         awareness = tuple(modes[m.strip()] for m in args.awareness.split(","))
