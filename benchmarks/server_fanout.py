@@ -1553,8 +1553,9 @@ def size_label(key: str) -> str:
 
 
 def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options) -> list[Path]:
-    """PNG figures next to the Markdown: fan-out p99 and p50 by size, and server CPU and
-    peak RSS by size; one line per server, awareness off and on side by side."""
+    """PNG figures next to the Markdown, named after it (`<stem>_latency.png`,
+    `<stem>_cpu_rss.png`): fan-out p99 and p50 by size, and server CPU and peak RSS
+    by size; one line per server, awareness off and on side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1566,8 +1567,8 @@ def plot(results: dict[tuple[str, bool, str], list[RunResult]], options: Options
     modes = list(options.awareness)
     written: list[Path] = []
     figures = [
-        ("server_fanout_latency.png", [("fanout_p99", "fan-out p99 (ms, log)"), ("fanout_p50", "fan-out p50 (ms, log)")], True),
-        ("server_fanout_cpu_rss.png", [("server_cpu_share", "server CPU (% of one core)"), ("peak_rss", "server peak RSS (MB, log)")], False),
+        (f"{options.output.stem}_latency.png", [("fanout_p99", "fan-out p99 (ms, log)"), ("fanout_p50", "fan-out p50 (ms, log)")], True),
+        (f"{options.output.stem}_cpu_rss.png", [("server_cpu_share", "server CPU (% of one core)"), ("peak_rss", "server peak RSS (MB, log)")], False),
     ]  # fmt: skip
     for filename, metrics, latency in figures:
         fig, axes = plt.subplots(
