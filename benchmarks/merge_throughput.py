@@ -99,7 +99,6 @@ import json
 import math
 import os
 import pstats
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -114,7 +113,7 @@ import anyio
 import anyio.lowlevel
 import provenance
 from figures import median
-from provenance import load_average, version
+from provenance import load_average, node_version, version, yjs_version
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
 from collab_engine import Engine
@@ -127,7 +126,6 @@ REPO = Path(__file__).resolve().parent.parent
 TRACES = REPO.parent / "shared" / "traces"
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "merge_throughput.md"
-INTEROP = REPO / "tests" / "interop"
 NODE_SCRIPT = REPO / "benchmarks" / "peers" / "yjs_replay.mjs"
 
 TEXT = "text"
@@ -387,26 +385,6 @@ def check_frames(trace: Sequential, label: str, frames: Sequence[bytes]) -> None
         str(received.get(TEXT, type=Text)),
         trace.expected,
     )
-
-
-def node_version() -> str | None:
-    node = shutil.which("node")
-    if node is None or not (INTEROP / "node_modules" / "yjs").is_dir():
-        return None
-    try:
-        return subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def yjs_version() -> str:
-    try:
-        package = INTEROP / "node_modules" / "yjs" / "package.json"
-        return str(json.loads(package.read_text())["version"])
-    except (OSError, ValueError, KeyError):
-        return "?"
 
 
 def run_node(mode: str, path: Path, options: str = "{}", timeout: float = 900) -> dict[str, Any]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+INTEROP = REPO / "tests" / "interop"
+"""Where the tests' npm packages (yjs, y-websocket) are installed."""
 
 
 def version(package: str) -> str:
@@ -53,3 +57,25 @@ def utc_now() -> str:
 def load_average() -> str:
     """The 1-minute load average (runnable tasks, all cores together)."""
     return Path("/proc/loadavg").read_text().split()[0]
+
+
+def node_version() -> str | None:
+    """Node's version, or None when Node or the tests' npm `yjs` is missing."""
+    node = shutil.which("node")
+    if node is None or not (INTEROP / "node_modules" / "yjs").is_dir():
+        return None
+    try:
+        return subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def yjs_version() -> str:
+    """The version of the tests' npm `yjs`, or "?"."""
+    try:
+        package = INTEROP / "node_modules" / "yjs" / "package.json"
+        return str(json.loads(package.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return "?"

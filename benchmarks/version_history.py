@@ -86,9 +86,7 @@ import gzip
 import json
 import math
 import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,7 +98,7 @@ from typing import Any
 import anyio
 import provenance
 from figures import median
-from provenance import load_average, version
+from provenance import INTEROP, load_average, node_version, version, yjs_version
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine import Engine, EngineConfig
@@ -112,7 +110,6 @@ from storage.sql import SQLStore, sqlite_url
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "version_history.md"
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"
-INTEROP = REPO / "tests" / "interop"
 """Where the npm `yjs` used by the interoperability tests is installed."""
 
 DOC = "automerge-paper"
@@ -536,27 +533,6 @@ process.stdout.write(JSON.stringify({
   seconds: (applied - started) / 1000, updates: updates.length, text,
 }));
 """
-
-
-def yjs_version() -> str:
-    try:
-        return str(
-            json.loads((INTEROP / "node_modules" / "yjs" / "package.json").read_text())["version"]
-        )
-    except (OSError, ValueError, KeyError):
-        return "?"
-
-
-def node_version() -> str | None:
-    node = shutil.which("node")
-    if node is None or not (INTEROP / "node_modules" / "yjs").is_dir():
-        return None
-    try:
-        return subprocess.run(
-            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_updates(updates: Sequence[Update], path: Path) -> None:
