@@ -849,32 +849,24 @@ def local_tables(measured: Sequence[Measured]) -> list[str]:
                 f"{median(values):.2f}" if values else "n/a",
             ]
         lines.append(f"| {m.trace.name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Seconds per replay, wall: median (min–max, runs).",
-        "",
-        "| trace | " + " | ".join(IMPLEMENTATIONS) + " |",
-        "|---|" + "---:|" * len(IMPLEMENTATIONS),
-    ]
-    for m in measured:
-        lines.append(
-            f"| {m.trace.name} | "
-            + " | ".join(spread(m.times.get(k, [])) for k in IMPLEMENTATIONS)
-            + " |"
-        )
-    lines += [
-        "",
-        "CPU seconds per replay: median (min–max, runs).",
-        "",
-        "| trace | " + " | ".join(IMPLEMENTATIONS) + " |",
-        "|---|" + "---:|" * len(IMPLEMENTATIONS),
-    ]
-    for m in measured:
-        lines.append(
-            f"| {m.trace.name} | "
-            + " | ".join(spread(m.cpu.get(k, [])) for k in IMPLEMENTATIONS)
-            + " |"
-        )
+    for title, field_name in (
+        ("Seconds per replay, wall", "times"),
+        ("CPU seconds per replay", "cpu"),
+    ):
+        lines += [
+            "",
+            f"{title}: median (min–max, runs).",
+            "",
+            "| trace | " + " | ".join(IMPLEMENTATIONS) + " |",
+            "|---|" + "---:|" * len(IMPLEMENTATIONS),
+        ]
+        for m in measured:
+            seconds: dict[str, list[float]] = getattr(m, field_name)
+            lines.append(
+                f"| {m.trace.name} | "
+                + " | ".join(spread(seconds.get(k, [])) for k in IMPLEMENTATIONS)
+                + " |"
+            )
     lines += [
         "",
         "| trace | trace transactions | patches | patches inserting non-ASCII text "
