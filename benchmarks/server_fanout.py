@@ -1080,21 +1080,20 @@ async def run_once(
                 observers[i].send_awareness()
                 heapq.heappush(queue, (due + RENEW_INTERVAL, i))
 
+        def clocks() -> tuple[float, float, float, float]:
+            # Server CPU, generator CPU, the whole machine's busy time, wall time.
+            return (
+                server.cpu_seconds(),
+                time.process_time(),
+                machine_busy_seconds(),
+                time.perf_counter(),
+            )
+
         async def window_cpu() -> tuple[float, float, float, float]:
             await asyncio.sleep(max(0.0, window0 - time.perf_counter()))
-            first = (
-                server.cpu_seconds(),
-                time.process_time(),
-                machine_busy_seconds(),
-                time.perf_counter(),
-            )
+            first = clocks()
             await asyncio.sleep(max(0.0, window1 - time.perf_counter()))
-            last = (
-                server.cpu_seconds(),
-                time.process_time(),
-                machine_busy_seconds(),
-                time.perf_counter(),
-            )
+            last = clocks()
             return tuple(b - a for a, b in zip(first, last, strict=True))  # type: ignore[return-value]
 
         profiler = None
