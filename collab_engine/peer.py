@@ -50,20 +50,18 @@ def coalesce(frames: list[Frame]) -> list[Frame]:
     run: list[Frame] = []
     size = 0
     for frame in frames:
-        if frame.startswith(_UPDATE_PREFIX) and size + len(frame) <= MAX_MERGED:
+        mergeable = frame.startswith(_UPDATE_PREFIX) and len(frame) <= MAX_MERGED
+        if mergeable and size + len(frame) <= MAX_MERGED:
             run.append(frame)
             size += len(frame)
             continue
-        if run:
+        if run:  # the run ends here: this frame is no update, or would overflow it
             out.append(_merged(tuple(run)))
             run, size = [], 0
-        if frame.startswith(_UPDATE_PREFIX) and len(frame) <= MAX_MERGED:
+        if mergeable:
             run, size = [frame], len(frame)
-            continue
-        if run:
-            out.append(_merged(tuple(run)))
-            run = []
-        out.append(frame)
+        else:
+            out.append(frame)
     if run:
         out.append(_merged(tuple(run)))
     return out

@@ -322,13 +322,14 @@ class Presence:
                 connection = self._connections[peer]
                 if not self._take_token(connection, now):
                     continue
-                for cid in connection.pending:
-                    entry = self.awareness.get(cid)
-                    clock = self.awareness.clock_of(cid)
-                    if entry is None and clock is not None:
-                        entry = AwarenessEntry(cid, clock, None)
-                    if entry is not None and cid not in sent and not self._hidden(connection):
-                        out.append(entry)
+                if not self._hidden(connection):
+                    for cid in connection.pending:
+                        entry = self.awareness.get(cid)
+                        clock = self.awareness.clock_of(cid)
+                        if entry is None and clock is not None:
+                            entry = AwarenessEntry(cid, clock, None)
+                        if entry is not None and cid not in sent:
+                            out.append(entry)
                 connection.pending.clear()
                 self._waiting.discard(peer)
         if now - self._server_renewed >= self.policy.server_renew:

@@ -10,8 +10,9 @@ A server's WebSocket frames are not masked, so the frame for one payload is the 
 bytes for every receiver. The wire takes a peer's outbox over (`Peer.deliver_to`):
 when the outbox stops being empty the wire joins the loop's list of wires to flush,
 and one callback at the end of the turn writes, for each of them, everything queued
-in that turn, runs of updates merged (`Peer.take`), to the socket's transport. The frame header is encoded
-once per payload, whatever the number of receivers. No task, no lock, no await.
+in that turn, runs of updates merged (`Peer.take`), to the socket's transport. The
+frame header is encoded once per payload, whatever the number of receivers. No
+task, no lock, no await.
 
 The wire is a fast path for what the server runs on: hypercorn (pinned), HTTP/1.1
 WebSockets, asyncio, no permessage-deflate. `Wire.under(send)` finds the transport
