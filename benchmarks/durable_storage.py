@@ -140,11 +140,10 @@ from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine import Engine, EngineConfig, Peer, Room
-from collab_engine.engine import rebuild
 from collab_engine.identity import Identity
 from collab_engine.journal import Journal
 from collab_engine.protocol import Persisted, RequestPersisted, SyncUpdate, decode
-from collab_engine.store import Entry
+from collab_engine.store import Entry, rebuild
 from collab_engine.types import Frame, Update
 from storage.sql import SQLStore, sqlite_url
 

@@ -2,6 +2,7 @@
 
 from .engine import Engine as Engine
 from .engine import EngineConfig as EngineConfig
+from .errors import BadFrame as BadFrame
 from .errors import CollabError as CollabError
 from .errors import GoingAway as GoingAway
 from .errors import InvalidDocumentName as InvalidDocumentName
@@ -12,6 +13,7 @@ from .peer import Peer as Peer
 from .room import Room as Room
 
 __all__ = [
+    "BadFrame",
     "CollabError",
     "Engine",
     "EngineConfig",

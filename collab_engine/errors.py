@@ -2,7 +2,8 @@
 
     CollabError                     base of everything the engine raises on purpose
     ├── ProtocolError        4400   a frame that is not a well-formed message
-    │   └── InvalidDocumentName 4400  empty or over-long document name
+    │   ├── InvalidDocumentName 4400  empty or over-long document name
+    │   └── BadFrame         1002   a WebSocket frame that breaks RFC 6455 itself
     ├── MessageTooBig        1009   a frame or an awareness state over its limit
     ├── PeerTooSlow          1013   a peer whose outbox filled up ("try again later")
     ├── GoingAway            1001   the server is shutting down
@@ -38,6 +39,14 @@ class ProtocolError(CollabError):
 
 class InvalidDocumentName(ProtocolError):
     """A document name that is empty or longer than the configured limit."""
+
+
+class BadFrame(ProtocolError):
+    """A WebSocket frame that breaks RFC 6455: unmasked, reserved bits set, an
+    unknown opcode, a control frame over 125 bytes or fragmented, a continuation
+    with nothing to continue. The bytes after it cannot be trusted to start a frame."""
+
+    close_code = 1002
 
 
 class MessageTooBig(CollabError):

@@ -1,9 +1,18 @@
-"""One WebSocket connection: from ASGI frames to room calls, and errors to close codes.
+"""One WebSocket connection: from frames to room calls, and errors to close codes.
 
-Each connection runs a reader task (receive, decode, `Room.receive`). What the room
-queues for the peer goes out by the wire (`server.wire`: written to the socket at the
-end of each event-loop turn, no task) where the connection allows it, else by a
-writer task that drains the peer's outbox through ASGI's `send`, in order.
+Where the connection allows it (hypercorn, HTTP/1.1, no compression), the wire
+(`server.wire`) serves it below ASGI: it parses the client's frames as they arrive
+and hands each message to `Reception.now`, in the loop's callback, and writes what
+the room queues for the peer at the end of each event-loop turn. No task wakes per
+message either way. A message that must wait (the journal is full, a version is
+being stored) pauses the wire and goes to the connection's one task that awaits
+(`_catch_up`); the wire resumes when it is done.
+
+Elsewhere a reader task receives through ASGI (`_read`) and a writer task drains the
+peer's outbox through ASGI's `send`, in order. The reader task runs on the wire's
+connections too: it sees the client leave, and the frames after a client's close
+frame (hypercorn takes those back).
+
 Whatever ends the connection closes the peer: the client leaving, a bad frame,
 the room evicting a slow reader, the engine shutting down. Its tasks are then
 cancelled and the close frame goes out with the error's code and reason. A bad
@@ -14,8 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from collab_engine.engine import Engine
 from collab_engine.errors import (
@@ -31,6 +42,7 @@ from collab_engine.history import History
 from collab_engine.journal import Journal
 from collab_engine.peer import Peer
 from collab_engine.protocol import (
+    Message,
     SyncStep2,
     SyncUpdate,
     VersionRequest,
@@ -72,12 +84,15 @@ async def serve_websocket(
     if message["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
+    wire = None
+    if settings.wire:
+        wire = Wire.under(send, receive, settings.max_buffered, settings.max_frame_size)
     client = scope.get("client") or ("?", 0)
     try:
         name = document_name(scope, settings.max_name_length)
     except CollabError as error:
         log.info("refusing %s:%s: %s", client[0], client[1], error.reason)
-        await _refuse(receive, send, error)
+        await _refuse(receive, send, error, wire)
         return
     label = f"{client[0]}:{client[1]} {name!r}"
     try:
@@ -85,15 +100,20 @@ async def serve_websocket(
         peer = await _admit(engine, settings, scope, name, label)
     except CollabError as error:
         log.info("refusing %s: %s (%d)", label, error.reason, error.close_code)
-        await _refuse(receive, send, error)
+        await _refuse(receive, send, error, wire)
         return
     try:
         async with engine.room(name) as room:
             history = engine.history if engine.store is not None else None
-            await _attend(room, peer, receive, send, settings, engine.journal, history)
+            reception = Reception(room, peer, settings.max_frame_size, engine.journal, history)
+            await _attend(reception, receive, send, wire)
     except StorageError as error:
         # The document could not be loaded: refuse it whole rather than serve part.
         peer.close(error)
+    finally:
+        if wire is not None:
+            # Hypercorn reads the rest: the client's answer to our close frame.
+            wire.release()
     if peer.error is not None:
         log.info("closing %s: %s (%d)", peer.label, peer.error.reason, peer.error.close_code)
         # A client that stopped reading may never take the close frame: don't wait on it.
@@ -126,45 +146,126 @@ async def _admit(engine: Engine, settings: Settings, scope: Scope, name: str, la
     )
 
 
-async def _attend(
-    room: Room,
-    peer: Peer,
-    receive: Receive,
-    send: Send,
-    settings: Settings,
-    journal: Journal | None,
-    history: History | None,
-) -> None:
-    wire = Wire.under(send, peer, settings.max_buffered) if settings.wire else None
+class Reception:
+    """How one connection's messages reach its room: in order, decoded, the updates
+    held back while the journal is full, version requests answered in turn.
+
+    While the journal is full, an update waits before the room takes it: the
+    client's later frames stay unread, and TCP slows the client down. A version
+    request is answered in order: the frames after it wait until the version
+    (which holds everything the client sent before) is stored.
+    """
+
+    def __init__(
+        self,
+        room: Room,
+        peer: Peer,
+        max_frame_size: int,
+        journal: Journal | None,
+        history: History | None,
+    ) -> None:
+        self.room = room
+        self.peer = peer
+        self.max_frame_size = max_frame_size
+        self.journal = journal
+        self.history = history
+
+    def decode(self, data: bytes) -> Message:
+        """The message in a binary frame.
+
+        Raises:
+            MessageTooBig: the frame is over `max_frame_size` (1009).
+            ProtocolError: it is not a y-websocket message (4400).
+        """
+        if len(data) > self.max_frame_size:
+            raise MessageTooBig(f"frame of {len(data)} bytes is over {self.max_frame_size}")
+        return decode(data)
+
+    def now(self, message: Message) -> bool:
+        """Hand `message` to the room now, if nothing needs awaiting for it; False
+        (and nothing done) when it must go through `later`. A closed peer's messages
+        are dropped: its rights may be what closed it."""
+        if self.peer.closed:
+            return True
+        if isinstance(message, VersionRequest) and self.history is not None:
+            return False
+        if self.journal is not None and isinstance(message, SyncUpdate | SyncStep2):
+            if self.journal.full():
+                return False
+        self.room.receive(self.peer, message)
+        return True
+
+    async def later(self, message: Message) -> None:
+        """Hand `message` to the room, after whatever it waits for."""
+        journal, history = self.journal, self.history
+        if journal is not None and isinstance(message, SyncUpdate | SyncStep2):
+            await journal.room_for_more()
+        if isinstance(message, VersionRequest) and history is not None:
+            peer = self.peer
+            reply = await history.answer(
+                self.room.name, message.body, author=peer.author, role=peer.role
+            )
+            peer.send(encode_version_reply(json.dumps(reply)))
+            return
+        if not self.peer.closed:  # (closed while this waited)
+            self.room.receive(self.peer, message)
+
+
+async def _attend(reception: Reception, receive: Receive, send: Send, wire: Wire | None) -> None:
+    room, peer = reception.room, reception.peer
+    # One message at a time waits (on the wire's connections): the wire is paused
+    # until it is delivered.
+    waiting, later = anyio.create_memory_object_stream[Message](1)
     room.join(peer)
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_read, room, peer, receive, settings.max_frame_size, journal, history)
-            if wire is None:
-                tg.start_soon(_write, peer, send)
-            # Whoever closes the peer (reader, room, engine) ends the connection,
-            # even while the writer is stuck on a client that stopped reading.
-            await peer.wait_closed()
-            tg.cancel_scope.cancel()
+        with waiting:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_read, reception, receive)
+                if wire is None:
+                    tg.start_soon(_write, peer, send)
+                else:
+                    tg.start_soon(_catch_up, reception, later, wire)
+                    wire.attach(peer, partial(_on_message, reception, waiting, wire))
+                # Whoever closes the peer (reader, room, engine) ends the connection,
+                # even while the writer is stuck on a client that stopped reading.
+                await peer.wait_closed()
+                tg.cancel_scope.cancel()
     finally:
+        later.close()
         room.leave(peer)
 
 
-async def _read(
-    room: Room,
-    peer: Peer,
-    receive: Receive,
-    max_frame_size: int,
-    journal: Journal | None,
-    history: History | None,
+def _on_message(
+    reception: Reception, waiting: MemoryObjectSendStream[Message], wire: Wire, data: bytes
 ) -> None:
-    """Receive, decode and hand frames to the room until the client leaves or errs.
+    """A message the wire read: to the room now, or (the wire paused) to `_catch_up`."""
+    try:
+        message = reception.decode(data)
+        if not reception.now(message):
+            wire.pause()
+            waiting.send_nowait(message)  # never full: the wire stays paused until taken
+    except CollabError as error:
+        reception.peer.close(error)
 
-    While the journal is full, an update waits here before the room takes it: the
-    client's later frames stay unread, and TCP slows the client down. A version
-    request is answered here, in order: the frames after it wait until the version
-    (which holds everything the client sent before) is stored.
-    """
+
+async def _catch_up(
+    reception: Reception, later: MemoryObjectReceiveStream[Message], wire: Wire
+) -> None:
+    """Deliver the messages that had to wait, each before the wire reads on."""
+    async with later:
+        async for message in later:
+            try:
+                await reception.later(message)
+            except CollabError as error:
+                reception.peer.close(error)
+                return
+            wire.resume()
+
+
+async def _read(reception: Reception, receive: Receive) -> None:
+    """Receive frames through ASGI, decode them and hand them to the room until the
+    client leaves or errs (on the wire's connections: what follows a close frame)."""
+    peer = reception.peer
     try:
         while True:
             message = await receive()
@@ -176,18 +277,7 @@ async def _read(
             data = message.get("bytes")
             if data is None:
                 raise ProtocolError("text frames are not part of the y-websocket protocol")
-            if len(data) > max_frame_size:
-                raise MessageTooBig(f"frame of {len(data)} bytes is over {max_frame_size}")
-            decoded = decode(data)
-            if journal is not None and isinstance(decoded, SyncUpdate | SyncStep2):
-                await journal.room_for_more()
-            if isinstance(decoded, VersionRequest) and history is not None:
-                reply = await history.answer(
-                    room.name, decoded.body, author=peer.author, role=peer.role
-                )
-                peer.send(encode_version_reply(json.dumps(reply)))
-                continue
-            room.receive(peer, decoded)
+            await reception.later(reception.decode(data))
             # receive() returns at once while frames are buffered: let the writers run.
             await anyio.lowlevel.checkpoint()
     except CollabError as error:
@@ -205,14 +295,17 @@ async def _write(peer: Peer, send: Send) -> None:
             await send({"type": "websocket.send", "bytes": frame})
 
 
-async def _refuse(receive: Receive, send: Send, error: CollabError) -> None:
+async def _refuse(receive: Receive, send: Send, error: CollabError, wire: Wire | None) -> None:
     """Close a connection that was never served, and let the close frame arrive.
 
     A client sends its first frames (sync step 1, awareness) as soon as it is
     accepted: were the socket dropped right after our close frame, those unread
     frames would make the kernel reset it, and the client would see 1006 instead of
-    the code that says why. So wait, briefly, for the client's own close.
+    the code that says why. So wait, briefly, for the client's own close (read
+    through ASGI: the wire gives its reading back).
     """
+    if wire is not None:
+        wire.release()
     await _close(send, error)
     with anyio.move_on_after(CLOSE_TIMEOUT):
         while (await receive())["type"] != "websocket.disconnect":

@@ -1,26 +1,41 @@
-"""The wire: a connection's frames written straight to its socket, below ASGI.
+"""The wire: a connection's frames read from and written to its socket, below ASGI.
 
 Through ASGI, every frame for every receiver is one `await send(...)` that passes
 hypercorn's stream, wsproto's frame encoder, an asyncio lock and a drain, in the
 receiver's own writer task, woken for it. In a busy room that chain is most of what
 the server does: with 500 clients in one room, a profile put 60% of the server's CPU
 in it and 14% more in waking the writers (`benchmarks/results/server_fanout_profiles/`).
+Reading is the mirror image: hypercorn's read task takes the bytes, wsproto parses
+them, an asyncio queue hands each message to the connection's reader task: two task
+wake-ups and two loop turns per message before the room sees it.
 
-A server's WebSocket frames are not masked, so the frame for one payload is the same
-bytes for every receiver. The wire takes a peer's outbox over (`Peer.deliver_to`):
-when the outbox stops being empty the wire joins the loop's list of wires to flush,
-and one callback at the end of the turn writes, for each of them, everything queued
-in that turn, runs of updates merged (`Peer.take`), to the socket's transport. The
-frame header is encoded once per payload, whatever the number of receivers. No
-task, no lock, no await.
+Writing. A server's WebSocket frames are not masked, so the frame for one payload is
+the same bytes for every receiver. The wire takes a peer's outbox over
+(`Peer.deliver_to`): when the outbox stops being empty the wire joins the loop's list
+of wires to flush, and one callback at the end of the turn writes, for each of them,
+everything queued in that turn, runs of updates merged (`Peer.take`), to the socket's
+transport. The frame header is encoded once per payload, whatever the number of
+receivers. No task, no lock, no await.
+
+Reading. Once the WebSocket is accepted, the wire becomes the transport's protocol
+(`transport.set_protocol`): bytes come to `data_received`, in the loop's own callback,
+are parsed there (`server.frame.ClientFrames`), and each message goes to the
+connection's `on_message` at once, as Node's `ws` does. Pings are answered there;
+pongs are dropped. The client's close frame, and everything after it, go back to
+hypercorn (`release`), which does the closing handshake and ends the ASGI connection
+as usual. `pause` and `resume` stop and restart the messages (and the socket's
+reading, so TCP slows the client down) while the connection awaits something for
+one of them. The takeover is only done where hypercorn has nothing of the client's
+buffered (what any client that waits for the handshake's answer leaves): anywhere
+else the connection stays on ASGI, both ways.
 
 The wire is a fast path for what the server runs on: hypercorn (pinned), HTTP/1.1
-WebSockets, asyncio, no permessage-deflate. `Wire.under(send)` finds the transport
-through hypercorn's objects, checking each one's type, and returns None for anything
-else (an HTTP/2 WebSocket, compression, another ASGI server): those connections keep
-the ASGI writer. Frames are whole when written, and hypercorn's own writes (the
-handshake, pings, the close frame) are whole frames as well, all from the loop's
-thread: they never interleave within a frame.
+WebSockets, asyncio, no permessage-deflate, no read timeout. `Wire.under(send,
+receive)` finds the transport through hypercorn's objects, checking each one's type,
+and returns None for anything else (an HTTP/2 WebSocket, compression, another ASGI
+server): those connections keep ASGI. Frames are whole when written, and hypercorn's
+own writes (the handshake, pings, the close frame) are whole frames as well, all from
+the loop's thread: they never interleave within a frame.
 
 Slow readers: the kernel's socket buffer fills first, then the transport's. A
 connection that still holds more than `max_buffered` bytes its client has not taken
@@ -32,33 +47,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import weakref
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import WSStream
 
-from collab_engine.errors import CollabError, PeerTooSlow
+from collab_engine.errors import CollabError, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
 from collab_engine.types import Frame
 
-from .types import Send
+from .frame import BINARY, CLOSE, PING, TEXT, ClientFrames, framed, header, pong
+from .types import Receive, Send
 
 log = logging.getLogger("server.wire")
-
-_BINARY = 0x82
-"""FIN and opcode 2: a whole binary message in one frame."""
 
 _SPLIT = 64 * 1024
 """Payloads at least this large are written after their header, not copied behind it."""
 
 
 class Transport(Protocol):
-    """What the wire needs of a transport: asyncio's and uvloop's have it (uvloop's
-    are not `asyncio.WriteTransport` instances)."""
+    """What the wire needs of a transport: asyncio's have it (uvloop's too, but they
+    are not `asyncio.Transport` instances)."""
 
     def write(self, data: bytes) -> None: ...
 
@@ -66,33 +78,166 @@ class Transport(Protocol):
 
     def get_write_buffer_size(self) -> int: ...
 
+    def get_protocol(self) -> asyncio.BaseProtocol: ...
 
-class Wire:
-    """Writes one peer's frames to its connection's transport, once per loop turn.
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Wire(asyncio.Protocol):
+    """One WebSocket connection's socket: frames read from it and written to it.
+
+    Made by `under`, once the WebSocket is accepted: from then on the connection's
+    bytes come to the wire, and wait (unread, in the kernel) until `attach` names the
+    peer and where its messages go, or `release` gives the reading back to hypercorn.
 
     Args:
-        transport: the connection's asyncio transport (after the handshake).
-        peer: the peer whose outbox the wire takes over.
+        transport: the connection's asyncio transport.
+        protocol: hypercorn's protocol on it (its stream reader), given the close
+            frame and what follows it.
         max_buffered: bytes written but not yet taken by the client above which the
             peer is closed as too slow when more frames come.
+        max_message: the largest message read, in bytes (larger closes with 1009).
     """
 
-    def __init__(self, transport: Transport, peer: Peer, max_buffered: int) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        protocol: asyncio.Protocol,
+        max_buffered: int,
+        max_message: int,
+    ) -> None:
         self.transport = transport
-        self.peer = peer
         self.max_buffered = max_buffered
+        self._hypercorn = protocol
+        self._frames = ClientFrames(max_message)
         self._turn = _Turn.of(asyncio.get_running_loop())
         self._scheduled = False
-        peer.deliver_to(self._ready)
+        self.peer: Peer | None = None
+        self._on_message: Callable[[bytes], None] | None = None
+        self._paused = True
+        self._reading = True
+        """Whether the wire reads the socket (False once given back to hypercorn)."""
+        self._broken = False
+        """Whether a bad frame was read: what follows is dropped, unparsed."""
+        transport.pause_reading()
+        transport.set_protocol(self)
 
     @classmethod
-    def under(cls, send: Send, peer: Peer, max_buffered: int) -> Wire | None:
-        """The wire for the WebSocket that ASGI `send` belongs to, once accepted;
-        None when it is not one the wire can write to (see the module docstring)."""
-        transport = _transport_of(send)
-        if transport is None:
+    def under(
+        cls, send: Send, receive: Receive, max_buffered: int, max_message: int
+    ) -> Wire | None:
+        """The wire for the accepted WebSocket that ASGI's `send` and `receive` belong
+        to; None when it is not one the wire can serve (see the module docstring)."""
+        found = _transport_of(send, receive)
+        if found is None:
             return None
-        return cls(transport, peer, max_buffered)
+        transport, protocol = found
+        return cls(transport, protocol, max_buffered, max_message)
+
+    def attach(self, peer: Peer, on_message: Callable[[bytes], None]) -> None:
+        """Write `peer`'s outbox, and read the client's messages into `on_message`,
+        called in order, one at a time, from the loop (it must not block; it may
+        `pause`, and whatever it raises ends this connection only)."""
+        self.peer = peer
+        self._on_message = on_message
+        peer.deliver_to(self._ready)
+        self.resume()
+
+    def pause(self) -> None:
+        """Give `on_message` nothing more until `resume`; stop reading the socket."""
+        self._paused = True
+        if self._reading:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Hand `on_message` what was read meanwhile, and read the socket again."""
+        self._paused = False
+        if self._reading:
+            self.transport.resume_reading()
+            self._parse()
+
+    def release(self) -> None:
+        """Give the reading back to hypercorn, with what was read and not parsed: for
+        a connection refused before it is served, or ending. After a bad frame the
+        wire keeps reading and dropping what comes: hypercorn could not parse it."""
+        if not self._reading:
+            return
+        self._paused = True
+        if self._broken:
+            self.transport.resume_reading()
+            return
+        self._give_back()
+
+    def _give_back(self) -> None:
+        self._reading = False
+        transport = self.transport
+        transport.set_protocol(self._hypercorn)
+        transport.resume_reading()
+        rest = self._frames.rest()
+        if rest:
+            self._hypercorn.data_received(rest)
+
+    # asyncio.Protocol: called by the transport, in the loop.
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        self._frames.feed(data)
+        if not self._paused:
+            self._parse()
+
+    def eof_received(self) -> bool | None:
+        self._reading = False
+        self.transport.set_protocol(self._hypercorn)
+        return self._hypercorn.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reading = False
+        self.transport.set_protocol(self._hypercorn)
+        self._hypercorn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._hypercorn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._hypercorn.resume_writing()
+
+    def _parse(self) -> None:
+        frames = self._frames
+        try:
+            while not self._paused:
+                item = frames.next()
+                if item is None:
+                    return
+                opcode, payload = item
+                if opcode == BINARY:
+                    self._on_message(payload)  # type: ignore[misc]
+                elif opcode == PING:
+                    self.transport.write(pong(payload))
+                elif opcode == CLOSE:
+                    self._give_back()
+                    return
+                elif opcode == TEXT:
+                    raise ProtocolError("text frames are not part of the y-websocket protocol")
+                # A pong: nothing to do.
+        except CollabError as error:
+            self._fail(error)
+        except Exception:  # a bug: say so, and end this connection only
+            log.exception("reading from %s failed", self.peer.label if self.peer else "?")
+            self._fail(CollabError("internal error while reading"))
+
+    def _fail(self, error: CollabError) -> None:
+        self._paused = True
+        self._broken = True
+        self.transport.resume_reading()  # read and drop, so that the close is clean
+        if self.peer is not None:
+            self.peer.close(error)
+
+    # Writing.
 
     def _ready(self) -> None:
         # Called by Peer.send, inside the room's broadcast: only schedule.
@@ -105,7 +250,7 @@ class Wire:
         never the caller (the loop's callback, flushing every wire of the turn)."""
         self._scheduled = False
         peer = self.peer
-        if peer.closed:
+        if peer is None or peer.closed:
             return
         try:
             self._write(peer.take())
@@ -121,15 +266,16 @@ class Wire:
         if transport.is_closing():
             return  # the client is gone: the connection's reader sees it and ends
         if transport.get_write_buffer_size() > self.max_buffered:
+            assert self.peer is not None
             self.peer.close(
                 PeerTooSlow(f"more than {self.max_buffered} bytes sent and not yet read")
             )
             return
         for frame in frames:
             if len(frame) < _SPLIT:
-                transport.write(_framed(frame))
+                transport.write(framed(frame))
             else:
-                transport.write(_header(len(frame)))
+                transport.write(header(len(frame)))
                 transport.write(frame)
 
 
@@ -162,25 +308,11 @@ class _Turn:
             wire.flush()
 
 
-def _header(length: int) -> bytes:
-    if length < 126:
-        return bytes((_BINARY, length))
-    if length < 65536:
-        return struct.pack("!BBH", _BINARY, 126, length)
-    return struct.pack("!BBQ", _BINARY, 127, length)
-
-
-@lru_cache(maxsize=256)
-def _framed(payload: Frame) -> bytes:
-    # One broadcast hands the same payload object to every receiver: its frame is
-    # built once (bytes cache their hash, so the lookup is cheap after the first).
-    return _header(len(payload)) + payload
-
-
-def _transport_of(send: Send) -> Transport | None:
+def _transport_of(send: Send, receive: Receive) -> tuple[Transport, asyncio.Protocol] | None:
     # ASGI's `send` here is hypercorn's WSStream.app_send; the stream sends through
     # its H11Protocol, which sends through the connection's TCPServer, which owns the
-    # StreamWriter. Each hop is type-checked: anything else keeps the ASGI path.
+    # StreamReader and StreamWriter. Each hop is type-checked: anything else keeps
+    # the ASGI path.
     stream: Any = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return None
@@ -188,11 +320,32 @@ def _transport_of(send: Send) -> Transport | None:
     if not isinstance(protocol, H11Protocol):
         return None  # HTTP/2 WebSockets frame their data inside h2 frames
     server: Any = getattr(protocol.send, "__self__", None)
-    if not isinstance(server, TCPServer):
-        return None
+    if not isinstance(server, TCPServer) or server.config.read_timeout is not None:
+        return None  # (hypercorn would time out a connection it no longer reads)
     connection = getattr(stream, "connection", None)
     if connection is None or any(ext.enabled() for ext in connection._proto.extensions):
-        return None  # permessage-deflate: frames must be compressed
-    transport = server.writer.transport
-    needed = ("write", "is_closing", "get_write_buffer_size")
-    return transport if all(hasattr(transport, name) for name in needed) else None
+        return None  # permessage-deflate: frames are compressed
+    transport: Any = server.writer.transport
+    reader = transport.get_protocol()
+    if not isinstance(reader, asyncio.StreamReaderProtocol):
+        return None
+    # Nothing of the client's may be held above the socket: no byte in the stream
+    # reader, hypercorn's HTTP/1.1 connection or wsproto, no message in the ASGI
+    # queue. Otherwise those would come before the wire's and be read by others.
+    queue: Any = getattr(receive, "__self__", None)
+    decoder = connection._proto._frame_decoder
+    if not (
+        isinstance(queue, asyncio.Queue)
+        and queue.empty()
+        and getattr(server.reader, "_buffer", None) == b""
+        and isinstance(protocol.connection, H11WSConnection)
+        and not protocol.connection.buffer
+        and not decoder.buffer
+        and decoder.header is None
+        and stream.buffer.value is None
+    ):
+        return None
+    needed = ("write", "is_closing", "get_write_buffer_size", "pause_reading", "set_protocol")
+    if not all(hasattr(transport, name) for name in needed):
+        return None
+    return transport, reader

@@ -1,18 +1,257 @@
-"""The wire's frames are the bytes wsproto (hypercorn's encoder) would have sent."""
+"""The wire: a connection's frames read and written below ASGI, over real sockets.
+
+Each behaviour is checked on both paths (the wire, and ASGI with `wire=False`): they
+must be the same to a client. The raw clients here speak WebSocket through wsproto
+over a TCP stream, so that they can send what a well-behaved client library never
+would: fragments, frames cut byte by byte, bad frames.
+"""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
+import gc
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from anyio.abc import SocketStream
+from pycrdt import Doc, Text
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Pong,
+    Request,
+)
 from wsproto.frame_protocol import FrameProtocol
 
-from server.wire import _framed, _header
+from collab_engine import protocol
+from collab_engine.engine import EngineConfig
+from server.settings import Settings
+from server.wire import Wire
+from storage import sqlite_url
+from tests.conftest import TEST_ENGINE, running_server
+from tests.yclient import yclient
+
+pytestmark = pytest.mark.anyio
+
+paths = pytest.mark.parametrize("wire", [True, False], ids=["wire", "asgi"])
 
 
-@given(st.binary(max_size=300) | st.integers(0, 70_000).map(bytes))
-def test_frames_match_wsproto(payload: bytes) -> None:
-    """Header and payload, for every length class (7, 16 and 64 bits), as a server's
-    unmasked, final, binary frame."""
-    expected = FrameProtocol(client=False, extensions=[]).send_data(payload, fin=True)
-    assert _framed(payload) == expected
-    assert _header(len(payload)) + payload == expected
+@dataclass
+class RawClient:
+    """A WebSocket client by hand: wsproto for the framing, bytes sent as given."""
+
+    stream: SocketStream
+    ws: WSConnection
+    events: list[Event] = field(default_factory=list)
+
+    async def send_raw(self, data: bytes, *, piece: int | None = None) -> None:
+        """Send `data` as is, in pieces of `piece` bytes (each its own write)."""
+        step = piece or len(data) or 1
+        for start in range(0, len(data), step):
+            await self.stream.send(data[start : start + step])
+            if piece:
+                await anyio.lowlevel.checkpoint()
+
+    async def next_event(self, kind: type[Event], timeout: float = 5.0) -> Event:
+        """The next event of `kind` (earlier ones of other kinds are kept)."""
+        with anyio.fail_after(timeout):
+            while True:
+                for index, event in enumerate(self.events):
+                    if isinstance(event, kind):
+                        return self.events.pop(index)
+                data = await self.stream.receive()
+                self.ws.receive_data(data)
+                self.events.extend(self.ws.events())
+
+    async def closed(self, timeout: float = 5.0) -> bool:
+        """Whether the server ends the TCP connection within `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            try:
+                while await self.stream.receive():
+                    pass
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return True
+        return False
+
+
+@asynccontextmanager
+async def raw_client(url: str, name: str) -> AsyncIterator[RawClient]:
+    """Open `url/name`."""
+    host, port = url.removeprefix("ws://").split(":")
+    ws = WSConnection(ConnectionType.CLIENT)
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        client = RawClient(stream, ws)
+        await stream.send(ws.send(Request(host=host, target=f"/{name}")))
+        await client.next_event(AcceptConnection)
+        yield client
+
+
+def masked(payload: bytes, *, fin: bool = True, first: bool = True) -> bytes:
+    """A client's binary frame (or continuation) carrying `payload`."""
+    proto = FrameProtocol(client=True, extensions=[])
+    if not first:
+        proto.send_data(b"", fin=False)  # a message in progress: the next is a continuation
+    return proto.send_data(payload, fin=fin)
+
+
+def update_frame(text: str) -> bytes:
+    """A y-websocket update message inserting `text` into a fresh document's "t"."""
+    doc: Doc = Doc()
+    doc.get("t", type=Text).insert(0, text)
+    return protocol.encode_sync_update(doc.get_update())
+
+
+def wires() -> list[Wire]:
+    """The wires now reading an open socket (`type`, not `isinstance`: weak proxies
+    to freed objects raise on the latter)."""
+    return [
+        o
+        for o in gc.get_objects()
+        if type(o) is Wire and o._reading and not o.transport.is_closing()
+    ]
+
+
+@paths
+async def test_the_wire_reads_what_it_can(wire: bool) -> None:
+    """With the wire on, a plain connection's socket is read by the wire (the
+    transport's protocol); with it off, by hypercorn."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        _,
+        url,
+    ):
+        async with yclient(url, "who-reads"):
+            reading = wires()
+            assert len(reading) == (1 if wire else 0)
+            if wire:
+                assert reading[0].transport.get_protocol() is reading[0]
+
+
+@paths
+async def test_fragments_cut_byte_by_byte_with_a_ping_between(wire: bool) -> None:
+    """An update sent as three fragments with a ping among them, written one byte at
+    a time, is applied whole; the ping is answered with its payload."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        _,
+        url,
+    ):
+        async with yclient(url, "frag") as observer, raw_client(url, "frag") as raw:
+            message = update_frame("fragmented ✓")
+            proto = FrameProtocol(client=True, extensions=[])
+            data = (
+                proto.send_data(message[:3], fin=False)
+                + proto.ping(b"are you there")
+                + proto.send_data(message[3:10], fin=False)
+                + proto.send_data(message[10:], fin=True)
+            )
+            await raw.send_raw(data, piece=1)
+            pong = await raw.next_event(Pong)
+            assert isinstance(pong, Pong) and pong.payload == b"are you there"
+            await observer.wait_for(lambda: str(observer.doc.get("t", type=Text)) == "fragmented ✓")
+
+
+@paths
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        pytest.param(b"\x82\x03abc", "masked", id="unmasked"),
+        pytest.param(b"\xc2\x80\x00\x00\x00\x00", "reserved", id="reserved-bits"),
+        pytest.param(b"\x83\x80\x00\x00\x00\x00", "opcode", id="unknown-opcode"),
+    ],
+)
+async def test_a_bad_frame_closes_only_its_connection_with_1002(
+    wire: bool, bad: bytes, reason: str
+) -> None:
+    """A frame that breaks RFC 6455 ends that connection: the wire closes it with 1002
+    and says why (hypercorn, on the ASGI path, drops the TCP connection without a
+    close frame). What the client sent before it stands; the room's other client goes on."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        app,
+        url,
+    ):
+        async with yclient(url, "bad") as good, raw_client(url, "bad") as raw:
+            await raw.send_raw(masked(update_frame("kept")) + bad)
+            if wire:
+                close = await raw.next_event(CloseConnection)
+                assert isinstance(close, CloseConnection) and close.code == 1002
+                assert reason in close.reason
+            assert await raw.closed()
+            await good.wait_for(lambda: str(good.doc.get("t", type=Text)) == "kept")
+            good.doc.get("t", type=Text).insert(4, "!")
+            await good.flush()
+            async with yclient(url, "bad") as fresh:
+                await fresh.wait_for(lambda: str(fresh.doc.get("t", type=Text)) == "kept!")
+            assert not good.closed.is_set()
+            assert len(app.engine.rooms["bad"].peers) == 1  # the bad one is gone
+
+
+@paths
+async def test_the_clients_close_is_answered_and_the_peer_leaves(wire: bool) -> None:
+    """A client's close frame gets the server's close back (same code), the TCP
+    connection ends, and the room forgets the peer."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        app,
+        url,
+    ):
+        async with raw_client(url, "bye") as raw:
+            await raw.send_raw(masked(update_frame("before")))
+            proto = FrameProtocol(client=True, extensions=[])
+            await raw.send_raw(proto.close(1000, "done"))
+            close = await raw.next_event(CloseConnection)
+            assert isinstance(close, CloseConnection) and close.code == 1000
+            assert await raw.closed()
+        with anyio.fail_after(5):
+            while app.engine.rooms.get("bye") and app.engine.rooms["bye"].peers:
+                await anyio.sleep(0.01)
+        async with yclient(url, "bye") as fresh:
+            assert str(fresh.doc.get("t", type=Text)) == "before"
+
+
+@paths
+async def test_updates_wait_while_the_journal_is_full_and_none_is_lost(wire: bool) -> None:
+    """With the disk held, the journal fills and a client's further updates wait
+    unread (the wire pauses); once the disk is free, all arrive, in order."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "held.db"
+        engine = EngineConfig(
+            unload_grace=0.2, sweep_interval=0.05, journal_max_pending=5, journal_linger=0
+        )
+        settings = Settings(
+            ping_interval=None, engine=engine, wire=wire, database_url=sqlite_url(str(path))
+        )
+        async with running_server(settings) as (app, url):
+            async with yclient(url, "held") as writer, yclient(url, "held") as reader:
+                text = writer.doc.get("t", type=Text)
+                text.insert(0, "0;")
+                await writer.flush()
+                await reader.wait_for(lambda: str(reader.doc.get("t", type=Text)) == "0;")
+                # (No write may be under way: the blocker blocks the loop until it has the lock.)
+                await app.engine.rooms["held"].flush()
+                blocker = sqlite3.connect(path, isolation_level=None, timeout=5)
+                try:
+                    blocker.execute("BEGIN IMMEDIATE")
+                    for index in range(1, 40):
+                        text.insert(len(str(text)), f"{index};")
+                        await writer.flush()
+                    journal = app.engine.journal
+                    assert journal is not None
+                    with anyio.fail_after(5):
+                        while not journal.full():
+                            await anyio.sleep(0.01)
+                    await anyio.sleep(0.2)
+                    room = app.engine.rooms["held"]
+                    held = str(room.doc.get("t", type=Text))
+                    assert held != str(text)  # some updates wait, unread
+                    blocker.execute("ROLLBACK")
+                finally:
+                    blocker.close()
+                expected = str(text)
+                await reader.wait_for(lambda: str(reader.doc.get("t", type=Text)) == expected)
+                assert expected == "".join(f"{i};" for i in range(40))
