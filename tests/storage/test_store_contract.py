@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 from pycrdt import Doc, Text
+from sqlalchemy.pool import NullPool
 
 from collab_engine.permissions import Grant, Role
 from collab_engine.store import Entry, Store
@@ -31,9 +32,13 @@ def postgres_answers() -> bool:
         return False
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-unpooled", "postgresql"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """A function that opens the backend under test; each call reopens the same data."""
+    """A function that opens the backend under test; each call reopens the same data.
+
+    "sqlite" appends in one call on aiosqlite's thread; "sqlite-unpooled" (no pool
+    to hold a connection from) appends through SQLAlchemy's statements, as
+    PostgreSQL does: both must keep the same contract."""
     opened: list[Store] = []
     if request.param == "memory":
         memory = MemoryStore()
@@ -41,10 +46,11 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         async def opener() -> Store:
             return memory
 
-    elif request.param == "sqlite":
+    elif request.param.startswith("sqlite"):
+        options = {"poolclass": NullPool} if request.param == "sqlite-unpooled" else {}
 
         async def opener() -> Store:
-            store = await SQLStore.connect(sqlite_url(str(tmp_path / "collab.db")))
+            store = await SQLStore.connect(sqlite_url(str(tmp_path / "collab.db")), **options)
             opened.append(store)
             return store
 
@@ -113,6 +119,20 @@ async def test_concurrent_writers_never_share_a_seq(open_store: Opener) -> None:
         mine = [d for d in data if d.startswith(tag.encode())]
         assert mine == [f"{tag}{i}".encode() for i in range(20)]
     assert [seq for seq, _ in (await second.load("own-b")).updates] == list(range(1, 21))
+
+
+async def test_sqlite_appends_through_one_held_connection(tmp_path: Path) -> None:
+    """With a pool, a SQLite store's appends go through one connection it holds (the
+    one-call path); without, through SQLAlchemy. Both number the same way."""
+    for options, held in (({}, True), ({"poolclass": NullPool}, False)):
+        store = await SQLStore.connect(sqlite_url(str(tmp_path / f"{held}.db")), **options)
+        try:
+            seqs = await store.append([Entry("a", b"1"), Entry("b", b"2"), Entry("a", b"3")])
+            assert seqs == [1, 1, 2]
+            assert (store._held is not None) is held
+        finally:
+            await store.aclose()
+        assert store._held is None
 
 
 async def test_unknown_document_loads_empty(open_store: Opener) -> None:
