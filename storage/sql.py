@@ -129,12 +129,7 @@ class SQLStore:
                 self._advance, [{"name": n, "count": counts[n], "now": now} for n in names]
             )
             next_seq = {row.name: int(row.last_seq) - counts[row.name] for row in result}
-            seqs = []
-            rows = []
-            for entry in entries:
-                seq = next_seq[entry.document] = next_seq[entry.document] + 1
-                seqs.append(seq)
-                rows.append(_row(entry, seq, now))
+            seqs, rows = _numbered(entries, next_seq, now)
             await connection.execute(updates.insert(), rows)
         return seqs
 
@@ -379,14 +374,26 @@ def _version(row: Any) -> Version:
     )
 
 
-def _row(entry: Entry, seq: int, now: float) -> dict[str, Any]:
-    return {
-        "document": entry.document,
-        "seq": seq,
-        "data": entry.update,
-        "author": entry.author,
-        "created_at": now,
-    }
+def _numbered(
+    entries: Sequence[Entry], next_seq: dict[str, int], now: float
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Each entry's seq, counting on from `next_seq` (a document's last seq before
+    the batch, moved on in place), and its row for the updates table."""
+    seqs = []
+    rows = []
+    for entry in entries:
+        seq = next_seq[entry.document] = next_seq[entry.document] + 1
+        seqs.append(seq)
+        rows.append(
+            {
+                "document": entry.document,
+                "seq": seq,
+                "data": entry.update,
+                "author": entry.author,
+                "created_at": now,
+            }
+        )
+    return seqs, rows
 
 
 def _append_in_thread(
@@ -410,12 +417,7 @@ def _append_in_thread(
             rows = connection.execute(advance, {"name": name, "count": count, "now": now})
             (_, last_seq) = rows.fetchall()[0]
             next_seq[name] = int(last_seq) - count
-        seqs = []
-        values = []
-        for entry in entries:
-            seq = next_seq[entry.document] = next_seq[entry.document] + 1
-            seqs.append(seq)
-            values.append(_row(entry, seq, now))
+        seqs, values = _numbered(entries, next_seq, now)
         connection.executemany(insert, values)
         connection.commit()
     except BaseException:
