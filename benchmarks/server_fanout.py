@@ -1711,7 +1711,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--ours-args", default="", metavar="ARGS",
         help="more `serve` arguments for our server, as one shell-quoted string "
-        "(e.g. '--asgi-send --loop asyncio')",
+        "(e.g. '--asgi --loop asyncio')",
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",

@@ -161,10 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         "else asyncio's own (default %(default)s)",
     )
     serve.add_argument(
+        "--asgi",
         "--asgi-send",
+        dest="asgi",
         action="store_true",
-        help="send every frame through ASGI's send, as any ASGI server takes it, instead "
-        "of writing it straight to the socket (slower: for comparison and diagnosis)",
+        help="read and send every frame through ASGI, as any ASGI server takes it, "
+        "instead of parsing and writing them at the socket (slower: for comparison and "
+        "diagnosis; --asgi-send is its old name)",
     )
     serve.add_argument(
         "--max-buffered",
@@ -334,7 +337,7 @@ def _serve(args: argparse.Namespace) -> None:
         database_url=args.database_url or sqlite_url(args.db),
         secret=_secret(args),
         websocket_compression=args.websocket_compression,
-        wire=not args.asgi_send,
+        wire=not args.asgi,
         max_buffered=args.max_buffered,
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,

@@ -31,9 +31,9 @@ class Settings:
     default, as in Node's `ws`: compressing costs CPU for every frame and every
     receiver (hypercorn compresses per connection), and y-websocket frames are small."""
     wire: bool = True
-    """Write frames straight to each connection's socket (`server.wire`) where
-    hypercorn serves it over HTTP/1.1 without compression; False sends every frame
-    through ASGI's `send`, as any ASGI server takes it."""
+    """Read and write frames at each connection's socket (`server.wire`) where
+    hypercorn serves it over HTTP/1.1 without compression; False reads and sends every
+    frame through ASGI, as any ASGI server takes it."""
     max_buffered: int = MAX_BUFFERED
     """Bytes sent to a connection and not yet read by its client above which the
     connection is closed with 1013 when more frames come (the wire's slow-reader
