@@ -172,11 +172,14 @@ class Wire(asyncio.Protocol):
             return
         self._give_back()
 
-    def _give_back(self) -> None:
+    def _restore(self) -> None:
+        # Hypercorn's protocol reads the socket again; the wire only writes.
         self._reading = False
-        transport = self.transport
-        transport.set_protocol(self._hypercorn)
-        transport.resume_reading()
+        self.transport.set_protocol(self._hypercorn)
+
+    def _give_back(self) -> None:
+        self._restore()
+        self.transport.resume_reading()
         rest = self._frames.rest()
         if rest:
             self._hypercorn.data_received(rest)
@@ -191,13 +194,11 @@ class Wire(asyncio.Protocol):
             self._parse()
 
     def eof_received(self) -> bool | None:
-        self._reading = False
-        self.transport.set_protocol(self._hypercorn)
+        self._restore()
         return self._hypercorn.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._reading = False
-        self.transport.set_protocol(self._hypercorn)
+        self._restore()
         self._hypercorn.connection_lost(exc)
 
     def pause_writing(self) -> None:
