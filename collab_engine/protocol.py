@@ -373,11 +373,15 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+"""One decoder for every message (`json.loads` with an option builds a new one per call)."""
+
+
 def _awareness_state(text: str) -> str | None:
     if text == "null":
         return None
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("awareness state is not valid JSON") from exc
     if value is None:
@@ -389,7 +393,7 @@ def _awareness_state(text: str) -> str | None:
 
 def _json_object(text: str) -> None:
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("lock or version message is not valid JSON") from exc
     if not isinstance(value, dict):

@@ -15,6 +15,7 @@ size limit is refused from its header, before its payload is buffered
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -50,6 +51,32 @@ def framed(payload: Frame) -> bytes:
     One broadcast hands the same payload object to every receiver: its frame is
     built once (bytes cache their hash, so the lookup is cheap after the first)."""
     return header(len(payload)) + payload
+
+
+SPLIT: Final = 64 * 1024
+"""Payloads at least this large are written after their header, not copied behind it."""
+
+
+def writes(payloads: Sequence[Frame]) -> list[bytes]:
+    """What to write to the socket for `payloads`, in order, as binary frames: each
+    run of payloads under `SPLIT` bytes joined into one buffer (one write, so one
+    system call, however many frames), a larger payload after its own header."""
+    if len(payloads) == 1 and len(payloads[0]) < SPLIT:
+        return [framed(payloads[0])]
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for payload in payloads:
+        if len(payload) < SPLIT:
+            small.append(framed(payload))
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(header(len(payload)))
+        out.append(payload)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 def pong(payload: bytes) -> bytes:

@@ -10,7 +10,18 @@ from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from collab_engine.errors import BadFrame, MessageTooBig
-from server.frame import BINARY, CLOSE, PING, PONG, TEXT, ClientFrames, framed, header
+from server.frame import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    SPLIT,
+    TEXT,
+    ClientFrames,
+    framed,
+    header,
+    writes,
+)
 
 
 @given(st.binary(max_size=300) | st.integers(0, 70_000).map(bytes))
@@ -20,6 +31,36 @@ def test_frames_match_wsproto(payload: bytes) -> None:
     expected = FrameProtocol(client=False, extensions=[]).send_data(payload, fin=True)
     assert framed(payload) == expected
     assert header(len(payload)) + payload == expected
+
+
+_payload = st.binary(max_size=200) | st.sampled_from([SPLIT - 1, SPLIT, SPLIT + 5]).map(
+    lambda n: b"y" * n
+)
+
+
+@given(st.lists(_payload, min_size=1, max_size=8))
+def test_writes_are_the_frames_in_as_few_buffers_as_small_runs(payloads: list[bytes]) -> None:
+    """Written one after the other, the buffers are exactly the frames in order; each
+    run of small payloads is one buffer (one system call), a large payload is its
+    header and itself, never copied."""
+    out = writes(payloads)
+    assert b"".join(out) == b"".join(framed(p) for p in payloads)
+    large = [p for p in payloads if len(p) >= SPLIT]
+    runs = 0
+    previous_small = False
+    for payload in payloads:
+        small = len(payload) < SPLIT
+        runs += small and not previous_small
+        previous_small = small
+    assert len(out) == runs + 2 * len(large)
+    for payload in large:
+        assert any(buffer is payload for buffer in out)
+
+
+def test_an_edit_and_a_cursor_move_are_one_write() -> None:
+    update, awareness = b"\x00\x02" + b"u" * 30, b"\x01" + b"a" * 90
+    assert writes([update, awareness]) == [framed(update) + framed(awareness)]
+    assert writes([update]) == [framed(update)]
 
 
 # A client's traffic: messages (binary or text, cut in fragments) with pings and
