@@ -29,7 +29,9 @@ Without a store, documents live in memory only and nothing is acknowledged.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,7 +69,9 @@ class EngineConfig:
     unload_grace: float = 2.0
     """Seconds a room stays loaded after its last user leaves."""
     sweep_interval: float = 0.25
-    """Seconds between two sweeps (awareness timeouts, idle rooms, compaction due)."""
+    """Seconds between two visits of each room (presence timers, lock expiry, awareness
+    timeouts, expired credentials, idle rooms, compaction due); the rooms are visited
+    a slice at a time over the interval, not all at once."""
     presence: PresencePolicy = PresencePolicy()
     """Identity, rate, typing and idle rules of awareness (see `presence`)."""
     lock_ttl: float = 30.0
@@ -75,7 +79,9 @@ class EngineConfig:
     lock_grace: float = 5.0
     """Seconds a lock outlives its holder's connection."""
     presence_interval: float = 0.05
-    """Seconds between two presence ticks (coalesced states go out, timers fire)."""
+    """Seconds between two ticks of the rooms where the rate limit holds back awareness
+    states (they go out as the rate allows); the other rooms are ticked when visited
+    (`sweep_interval`)."""
     journal_max_pending: int = 10_000
     """Updates that may wait for the disk before connections stop reading updates."""
     journal_max_pending_bytes: int = 64 * 1024 * 1024
@@ -128,6 +134,8 @@ class Engine:
                 linger=self.config.journal_linger,
             )
         self._slots: dict[DocumentName, _Slot] = {}
+        self._holding: set[Room] = set()
+        """Rooms whose presence rate limit holds back states (ticked more often)."""
         self._task_group: TaskGroup | None = None
         # Documents due for compaction, oldest first: one entry per document at most.
         self._compaction_due: dict[DocumentName, None] = {}
@@ -244,6 +252,7 @@ class Engine:
             "awareness_timeout": self.config.awareness_timeout,
             "presence": self.config.presence,
             "locks": Locks(default_ttl=self.config.lock_ttl, grace=self.config.lock_grace),
+            "on_holding": self._holding.add,
         }
         if self.store is None:
             return Room(name, **options)
@@ -329,12 +338,20 @@ class Engine:
 
         room.reevaluate(role_of, Forbidden(f"no right to read {name!r} any more"))
 
-    def _expire_credentials(self, now: float) -> None:
-        for room in self.rooms.values():
-            for peer in list(room.peers.values()):
-                if peer.expires_at is not None and peer.expires_at <= now:
-                    peer.close(Unauthenticated("token expired"))
-                    room.leave(peer)
+    def _expire_credentials(self, room: Room, now: float) -> None:
+        # Close the peers of `room` whose credentials have expired (`now`: Unix time).
+        if room.credentials_expire_at > now:
+            return
+        soonest = math.inf
+        for peer in list(room.peers.values()):
+            if peer.expires_at is None:
+                continue
+            if peer.expires_at <= now:
+                peer.close(Unauthenticated("token expired"))
+                room.leave(peer)
+            else:
+                soonest = min(soonest, peer.expires_at)
+        room.credentials_expire_at = soonest
 
     def close_peers(self) -> None:
         """Close every connected peer with 1001 (the server is going away)."""
@@ -343,27 +360,38 @@ class Engine:
                 peer.close(GoingAway("server shutting down"))
 
     def sweep(self) -> None:
-        """Expire stale awareness states, unload rooms idle past the grace whose
-        changes are all stored, and find the documents due for compaction."""
-        now = time.monotonic()
-        for name, slot in list(self._slots.items()):
-            room = slot.room
-            if room is None:
-                continue  # still loading
-            room.sweep()
-            if slot.users == 0 and (
-                room.failed is not None
-                or (room.stored and now - slot.idle_since >= self.config.unload_grace)
-            ):
-                del self._slots[name]
-                room.close()
-                log.debug("room %r unloaded", name)
-                if room.failed is None:
-                    self.history.unloaded(name, room.edited_at is not None, room.stored_seq)
-            elif self._due_for_compaction(room, now):
-                self._compaction_due[name] = None
-                self._compaction_wakeup.set()
+        """Visit every room now (see `_visit`), then let the history find the
+        automatic versions due. The engine's own sweeper does the same over one
+        `sweep_interval`, a slice of the rooms at a time."""
+        now, wall = time.monotonic(), time.time()
+        for name in list(self._slots):
+            self._visit(name, now, wall)
         self.history.sweep(now)
+
+    def _visit(self, name: DocumentName, now: float, wall: float) -> None:
+        # One room's timers: presence (see `Room.tick`), awareness timeouts, expired
+        # credentials; then unload it if it is idle past the grace with all its
+        # changes stored, or mark it due for compaction.
+        slot = self._slots.get(name)
+        if slot is None or slot.room is None:
+            return  # gone since the pass began, or still loading
+        room = slot.room
+        room.tick()
+        room.sweep()
+        self._expire_credentials(room, wall)
+        if slot.users == 0 and (
+            room.failed is not None
+            or (room.stored and now - slot.idle_since >= self.config.unload_grace)
+        ):
+            del self._slots[name]
+            self._holding.discard(room)
+            room.close()
+            log.debug("room %r unloaded", name)
+            if room.failed is None:
+                self.history.unloaded(name, room.edited_at is not None, room.stored_seq)
+        elif self._due_for_compaction(room, now):
+            self._compaction_due[name] = None
+            self._compaction_wakeup.set()
 
     def _due_for_compaction(self, room: Room, now: float) -> bool:
         if self.store is None or room.failed is not None or room.name in self._compaction_due:
@@ -438,15 +466,30 @@ class Engine:
             room.tick()
 
     async def _sweep_forever(self) -> None:
-        # One task for both rhythms: presence ticks often, the sweep less so.
-        next_sweep = anyio.current_time() + self.config.sweep_interval
-        while True:
-            await anyio.sleep(min(self.config.presence_interval, self.config.sweep_interval))
-            self.tick()
-            if anyio.current_time() >= next_sweep:
-                next_sweep = anyio.current_time() + self.config.sweep_interval
-                self.sweep()
-                self._expire_credentials(time.time())
+        # One task for both rhythms. Every `presence_interval`, the rooms whose rate
+        # limit holds back awareness states are ticked (the states go out as soon
+        # as the rate allows). Every room is visited once per `sweep_interval`, a
+        # slice at each step: with many rooms, one pass over all of them at once
+        # held the event loop for 0.3 to 1 ms (1,000 clients in 100 rooms), a delay
+        # for every edit that came in meanwhile.
+        step = min(self.config.presence_interval, self.config.sweep_interval)
+        steps = max(1, round(self.config.sweep_interval / step))
+        pending: list[DocumentName] = []
+        per_step = 1
+        for count in itertools.count():
+            await anyio.sleep(step)
+            for room in list(self._holding):
+                room.tick()
+                if not room.presence.holding:
+                    self._holding.discard(room)
+            now, wall = time.monotonic(), time.time()
+            if count % steps == 0:  # a new pass over the rooms
+                pending = list(self._slots)
+                per_step = -(-len(pending) // steps)  # (rounded up: done in `steps`)
+                self.history.sweep(now)
+            for name in pending[:per_step]:
+                self._visit(name, now, wall)
+            del pending[:per_step]
 
 
 def _state_of(name: str, stored: Stored) -> Update:

@@ -192,7 +192,10 @@ class Presence:
         self._clients: dict[ClientId, _Client] = {}
         self.server_client_id = ClientId(random.getrandbits(32))
         self._server_state = server_state
-        self._server_renewed = now
+        # The first renewal comes at a random point of the second half of the
+        # interval: rooms opened together (a server's clients reconnecting after a
+        # restart) would otherwise all renew, and broadcast, in the same tick.
+        self._server_renewed = now - random.uniform(0.0, policy.server_renew / 2)
         self._horizon = min(policy.typing_timeout, policy.idle_timeout)
         self._scan_at = now + self._horizon
         """No idle or typing timer can fire before this: `tick` skips the scan."""
@@ -305,12 +308,17 @@ class Presence:
         changed = self._active(peer, connection, now)
         return [] if self._hidden(connection) else changed
 
+    @property
+    def holding(self) -> bool:
+        """Whether the rate limit holds back states: `tick` soon sends them."""
+        return bool(self._waiting)
+
     def tick(self, now: float) -> list[AwarenessEntry]:
         """Time passes: flush coalesced states, clear expired typing, mark idle
         connections away, renew the server's entry. Returns entries for everyone.
 
-        Cheap when nothing is due: it runs every few tens of milliseconds in every
-        room, so the connections are scanned for idle and typing timers only once the
+        Cheap when nothing is due: it runs at every visit of every room (a few
+        times a second), more often in rooms holding states back, so the connections are scanned for idle and typing timers only once the
         earliest of them can have fired, and only connections holding back entries
         are visited for those."""
         out: list[AwarenessEntry] = []

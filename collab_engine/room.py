@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -89,6 +90,8 @@ class Room:
         stored_seq: the sequence number of the newest stored update `doc` holds.
         snapshot_seq: the sequence number of the snapshot it was loaded from.
         since_snapshot_bytes: the bytes of stored updates after that snapshot.
+        on_holding: called (with the room) when the presence rate limit holds back
+            a state: the room wants its `tick` soon, not only at the next sweep.
     """
 
     def __init__(
@@ -105,8 +108,13 @@ class Room:
         stored_seq: int = 0,
         snapshot_seq: int = 0,
         since_snapshot_bytes: int = 0,
+        on_holding: Callable[[Room], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_holding = on_holding
+        self.credentials_expire_at = math.inf
+        """No peer's credentials expire before this (Unix time; lowered as peers
+        join, raised by whoever closes the expired ones)."""
         self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.awareness = Awareness(
             max_state_size=max_awareness_state_size, outdated_timeout=awareness_timeout
@@ -437,6 +445,8 @@ class Room:
         """Add `peer`, and queue for it the opening of the sync: our state vector
         (sync step 1), then every awareness state it may see (the server's included)."""
         self.peers[peer.id] = peer
+        if peer.expires_at is not None:
+            self.credentials_expire_at = min(self.credentials_expire_at, peer.expires_at)
         self._watch()
         self.presence.connect(peer.id, peer.identity, peer.read_only, self._clock())
         peer.send(encode_sync_step1(self.doc.get_state()))
@@ -486,6 +496,8 @@ class Room:
                 peer.send(encode_sync_step2(self.update_since(state_vector)))
             case AwarenessUpdate(entries):
                 outcome = self.presence.receive(peer.id, entries, self._clock())
+                if self._on_holding is not None and self.presence.holding:
+                    self._on_holding(self)
                 if outcome.refused:
                     ids = ", ".join(str(cid) for cid in outcome.refused)
                     peer.send(

@@ -117,6 +117,24 @@ def test_expire_removes_states_not_renewed_in_time() -> None:
     assert table.apply((entry(11, 1, "{}"),), A, 61.0).accepted == [entry(11, 1, "{}")]
 
 
+def test_expire_looks_again_only_when_a_state_can_be_due_and_misses_none() -> None:
+    """`expire` skips its scan until the soonest a state can time out, and a state
+    added or renewed after a scan is still removed on time."""
+    table = Awareness(max_state_size=100, outdated_timeout=30.0)
+    table.apply((entry(11, 1, "{}"),), A, 0.0)
+    assert table.expire(10.0) == []
+    table.apply((entry(12, 1, "{}"),), B, 20.0)
+    table.apply((entry(11, 2, "{}"),), A, 25.0)  # renewed: due at 55, not 30
+    assert table.expire(30.0) == []
+    assert table.expire(49.9) == []
+    assert table.expire(50.0) == [entry(12, 1, None)]
+    assert table.expire(54.9) == []
+    assert table.expire(55.0) == [entry(11, 2, None)]
+    table.apply((entry(13, 1, "{}"),), A, 56.0)  # into an empty table
+    assert table.expire(85.9) == []
+    assert table.expire(86.0) == [entry(13, 1, None)]
+
+
 def test_client_is_heard_again_at_its_next_clock_after_a_server_removal() -> None:
     """After its connection dropped, a returning client's next change is accepted.
 

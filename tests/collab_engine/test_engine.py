@@ -3,6 +3,8 @@ has one), unloaded after a grace once stored; and it compacts on its own schedul
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from collab_engine import protocol
 from collab_engine.engine import Engine, EngineConfig, rebuild
 from collab_engine.errors import GoingAway, StorageError
 from collab_engine.peer import Peer
+from collab_engine.presence import PresencePolicy
 from collab_engine.protocol import AwarenessEntry, AwarenessUpdate
 from collab_engine.room import Room
 from collab_engine.store import Entry
@@ -108,6 +111,59 @@ async def test_sweeper_expires_awareness() -> None:
             removals = [protocol.decode(f) for f in b.drain()][-1]
             assert isinstance(removals, AwarenessUpdate)
             assert [(e.client_id, e.state) for e in removals.entries] == [(9, None)]
+            a.close()
+            b.close()
+
+
+async def test_the_sweeper_visits_every_room_a_slice_at_a_time() -> None:
+    """With the sweep spread over five presence steps, every one of twelve rooms is
+    still visited each sweep interval: every room's stale state is removed."""
+    config = EngineConfig(
+        awareness_timeout=0.1, sweep_interval=0.25, presence_interval=0.05, unload_grace=5
+    )
+    async with Engine(config) as engine, contextlib.AsyncExitStack() as stack:
+        rooms = [await stack.enter_async_context(engine.room(f"r{i}")) for i in range(12)]
+        peers = [Peer() for _ in rooms]
+        for i, (room, peer) in enumerate(zip(rooms, peers, strict=True)):
+            room.join(peer)
+            room.receive(peer, AwarenessUpdate((AwarenessEntry(ClientId(100 + i), 1, "{}"),)))
+        with anyio.fail_after(3):
+            while any(
+                room.awareness.get(ClientId(100 + i)) is not None for i, room in enumerate(rooms)
+            ):
+                await anyio.sleep(0.02)
+        for peer in peers:
+            peer.close()
+
+
+async def test_states_held_by_the_rate_limit_go_out_at_the_presence_rhythm() -> None:
+    """A state over the rate waits for the room's next tick: within a few presence
+    intervals, not at the next sweep (here a minute away)."""
+    config = EngineConfig(
+        sweep_interval=60.0,
+        presence_interval=0.02,
+        presence=PresencePolicy(rate=20.0, burst=1),
+        unload_grace=5,
+    )
+    async with Engine(config) as engine:
+        async with engine.room("busy") as room:
+            a, b = Peer(), Peer()
+            room.join(a)
+            room.join(b)
+            b.drain()
+            for clock in (1, 2, 3):
+                state = json.dumps({"cursor": clock})
+                room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(7), clock, state),)))
+            assert room.presence.holding
+            seen: list[str | None] = []
+            with anyio.fail_after(1):
+                while not seen or json.loads(seen[-1] or "{}").get("cursor") != 3:
+                    await anyio.sleep(0.01)
+                    for frame in b.drain():
+                        message = protocol.decode(frame)
+                        if isinstance(message, AwarenessUpdate):
+                            seen += [e.state for e in message.entries if e.client_id == 7]
+            assert not room.presence.holding
             a.close()
             b.close()
 
