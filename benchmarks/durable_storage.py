@@ -904,7 +904,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser.add_argument("--warmup", type=float, help="unmeasured seconds first (default 1)")
     parser.add_argument(
         "--updates-per-writer", type=int,
-        help="updates prepared per writer; enough for the fastest run (default 1500)",
+        help="updates prepared per writer; enough for the fastest run (default 3000)",
     )  # fmt: skip
     parser.add_argument(
         "--append-seconds", type=float,
@@ -944,7 +944,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         rooms=tuple(pick(args.rooms, [1, 10, 50], [1, 10])),
         duration=pick(args.duration, 3.0, 1.0),
         warmup=pick(args.warmup, 1.0, 0.3),
-        updates_per_writer=pick(args.updates_per_writer, 1500, 1000),
+        updates_per_writer=pick(args.updates_per_writer, 3000, 1000),
         append_budget=pick(args.append_seconds, 0.5, 0.2),
         backends=tuple(dict.fromkeys(args.backends)),
         postgres_url=args.postgres_url,
