@@ -135,7 +135,7 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config = Config()
     config.bind = [f"fd://{fd}"]
     config.websocket_max_message_size = settings.max_frame_size
-    config.websocket_ping_interval = settings.ping_interval
+    config.websocket_ping_interval = None if settings.wire_pings else settings.ping_interval
     config.graceful_timeout = settings.graceful_timeout
     config.accesslog = None
     # A Logger instance is used as is: hypercorn adds no handler of its own to it.

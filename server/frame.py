@@ -79,6 +79,10 @@ def writes(payloads: Sequence[Frame]) -> list[bytes]:
     return out
 
 
+PING_FRAME: Final = bytes((_FIN | PING, 0))
+"""A server's keepalive ping, with no payload."""
+
+
 def pong(payload: bytes) -> bytes:
     """The answer to a ping that carried `payload` (at most 125 bytes)."""
     return bytes((_FIN | PONG, len(payload))) + payload

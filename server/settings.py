@@ -24,8 +24,8 @@ class Settings:
     """Seconds between WebSocket pings that keep idle connections (and proxies) alive."""
     graceful_timeout: float = 1.0
     """Seconds hypercorn gives connections to finish on shutdown. Peers are closed
-    with 1001 before it starts; what remains is hypercorn's ping task of each recently
-    closed WebSocket, which sleeps a full ping interval: no need to wait for it."""
+    with 1001 before it starts; what may remain is hypercorn's ping task of a recently
+    closed WebSocket (ASGI path), which sleeps a full ping interval: no need to wait."""
     websocket_compression: bool = False
     """Accept permessage-deflate when a client offers it (browsers always do). Off by
     default, as in Node's `ws`: compressing costs CPU for every frame and every
@@ -34,6 +34,7 @@ class Settings:
     """Read and write frames at each connection's socket (`server.wire`) where
     hypercorn serves it over HTTP/1.1 without compression; False reads and sends every
     frame through ASGI, as any ASGI server takes it."""
+
     max_buffered: int = MAX_BUFFERED
     """Bytes sent to a connection and not yet read by its client above which the
     connection is closed with 1013 when more frames come (the wire's slow-reader
@@ -46,3 +47,13 @@ class Settings:
     `postgresql+asyncpg://...`); None keeps them in memory only. The command line
     defaults to the SQLite file `./collab.db`."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def wire_pings(self) -> bool:
+        """Whether the wire sends the keepalive pings (a timer per connection) rather
+        than hypercorn (a task per connection, which outlives the connection by up to
+        an interval): where the wire serves every connection it can, that is, with
+        compression off. The few connections left on ASGI then get no WebSocket pings;
+        the server's own awareness entry, renewed in every room every 15 s, still
+        gives them traffic."""
+        return self.wire and not self.websocket_compression

@@ -86,7 +86,13 @@ async def serve_websocket(
     await send({"type": "websocket.accept"})
     wire = None
     if settings.wire:
-        wire = Wire.under(send, receive, settings.max_buffered, settings.max_frame_size)
+        wire = Wire.under(
+            send,
+            receive,
+            settings.max_buffered,
+            settings.max_frame_size,
+            settings.ping_interval if settings.wire_pings else None,
+        )
     client = scope.get("client") or ("?", 0)
     try:
         name = document_name(scope, settings.max_name_length)

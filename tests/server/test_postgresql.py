@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from pycrdt import Map, Text
 from sqlalchemy import delete
@@ -56,6 +57,15 @@ async def test_acknowledged_edits_survive_a_restart_on_postgresql(document: str)
             await writer.flush()
             await writer.wait_persisted()
             expected = str(text)
+            # The compactor runs on its own schedule (the sweep finds the document
+            # due): wait for its snapshot before stopping the server.
+            store = await SQLStore.connect(POSTGRES)
+            try:
+                with anyio.fail_after(10):
+                    while (await store.load(document)).snapshot_seq < 20:
+                        await anyio.sleep(0.05)
+            finally:
+                await store.aclose()
     finally:
         assert await stop(process) == 0
     process, url = await start_server(*args)

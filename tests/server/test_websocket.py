@@ -277,9 +277,11 @@ async def test_healthz_and_unknown_paths() -> None:
     assert missing.status_code == 404
 
 
-async def test_idle_connection_is_kept_alive_with_pings() -> None:
-    """With a ping interval set, the server pings an idle connection, which stays open."""
-    settings = Settings(ping_interval=0.1, engine=EngineConfig(unload_grace=0.2))
+@pytest.mark.parametrize("wire", [True, False], ids=["wire", "asgi"])
+async def test_idle_connection_is_kept_alive_with_pings(wire: bool) -> None:
+    """With a ping interval set, the server pings an idle connection, which stays open:
+    the wire's timer on its connections, hypercorn's ping task through ASGI."""
+    settings = Settings(ping_interval=0.1, engine=EngineConfig(unload_grace=0.2), wire=wire)
     async with running_server(settings) as (_, url):
         host, port = url.removeprefix("ws://").split(":")
         pings = await count_pings(host, int(port), seconds=0.75)

@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio.abc import SocketStream
+from hypercorn.asyncio.tcp_server import TCPServer
 from pycrdt import Doc, Text
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -132,6 +133,27 @@ async def test_the_wire_reads_what_it_can(wire: bool) -> None:
             assert len(reading) == (1 if wire else 0)
             if wire:
                 assert reading[0].transport.get_protocol() is reading[0]
+
+
+async def test_a_closed_connection_is_freed_at_once_with_pings_on() -> None:
+    """The wire's pings are a timer that ends with the connection: once the client
+    has gone, nothing of hypercorn's for it stays alive. (Hypercorn's own ping task,
+    which the wire replaces, kept every closed connection's objects for up to a
+    whole ping interval.)"""
+
+    def hypercorn_connections() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is TCPServer)
+
+    settings = Settings(ping_interval=30.0, engine=TEST_ENGINE)
+    async with running_server(settings) as (_, url):
+        before = hypercorn_connections()
+        for index in range(3):
+            async with yclient(url, f"freed-{index}"):
+                pass
+        with anyio.fail_after(5):
+            while hypercorn_connections() > before:
+                await anyio.sleep(0.05)
 
 
 @paths
