@@ -460,11 +460,6 @@ class Engine:
             finally:
                 del self._compaction_due[name]
 
-    def tick(self) -> None:
-        """Let presence time pass in every room (see `Room.tick`)."""
-        for room in self.rooms.values():
-            room.tick()
-
     async def _sweep_forever(self) -> None:
         # One task for both rhythms. Every `presence_interval`, the rooms whose rate
         # limit holds back awareness states are ticked (the states go out as soon

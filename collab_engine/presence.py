@@ -318,9 +318,9 @@ class Presence:
         connections away, renew the server's entry. Returns entries for everyone.
 
         Cheap when nothing is due: it runs at every visit of every room (a few
-        times a second), more often in rooms holding states back, so the connections are scanned for idle and typing timers only once the
-        earliest of them can have fired, and only connections holding back entries
-        are visited for those."""
+        times a second), more often in rooms holding states back, so the connections
+        are scanned for idle and typing timers only once the earliest of them can have
+        fired, and only connections holding back entries are visited for those."""
         out: list[AwarenessEntry] = []
         if now >= self._scan_at:
             out.extend(self._scan(now))
