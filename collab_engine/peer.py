@@ -118,9 +118,11 @@ class Peer:
         self.outbox_size = outbox_size
         # Overflow policy: full -> the peer is closed with 1013 (see module docstring).
         self._outbox: deque[Frame] = deque()
-        self._ready: Callable[[], None] = self._wake
-        """Called when the outbox stops being empty: wakes `batches`, or the
-        `deliver_to` callback."""
+        self._ready: Callable[[], None] | None = None
+        """Called when the outbox stops being empty: the `deliver_to` callback, or
+        (None) `_wake`, which wakes `batches`. Not `self._wake` itself: a bound method
+        kept on its own object is a reference cycle, and a closed peer would wait for
+        the collector's next full pass instead of being freed when its connection is."""
         self._waiter: anyio.Event | None = None
         self.error: CollabError | None = None
         self.closed = False
@@ -153,7 +155,11 @@ class Peer:
             return
         outbox.append(frame)
         if len(outbox) == 1:
-            self._ready()
+            ready = self._ready
+            if ready is None:
+                self._wake()
+            else:
+                ready()
 
     def deliver_to(self, ready: Callable[[], None]) -> None:
         """Hand the outbox to a synchronous carrier: from now on `ready()` is called,
@@ -187,7 +193,7 @@ class Peer:
         # The carrier holds the peer and the peer its callback: drop the callback, so
         # that the two (and the connection behind them) are freed by reference
         # counting when the connection ends, not at the next full collection.
-        self._ready = self._wake
+        self._ready = None
         self._closed_event.set()
 
     async def wait_closed(self) -> None:

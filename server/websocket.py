@@ -235,6 +235,13 @@ async def _attend(reception: Reception, receive: Receive, send: Send, wire: Wire
                 # Whoever closes the peer (reader, room, engine) ends the connection,
                 # even while the writer is stuck on a client that stopped reading.
                 await peer.wait_closed()
+                # End what can end by itself first: `_catch_up`, with nothing in hand,
+                # returns when its stream ends, within this one checkpoint. A task
+                # cancelled in an anyio task group keeps its frames (and through them
+                # the wire, the peer and the connection) in a reference cycle of its
+                # CancelledError's traceback, freed only by a full collection.
+                waiting.close()
+                await anyio.lowlevel.checkpoint()
                 tg.cancel_scope.cancel()
     finally:
         later.close()

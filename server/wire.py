@@ -189,10 +189,17 @@ class Wire(asyncio.Protocol):
     def release(self) -> None:
         """Give the reading back to hypercorn, with what was read and not parsed: for
         a connection refused before it is served, or ending. After a bad frame the
-        wire keeps reading and dropping what comes: hypercorn could not parse it."""
+        wire keeps reading and dropping what comes: hypercorn could not parse it.
+
+        From then on the wire holds neither the peer nor `on_message`: they hold the
+        wire (the peer's outbox callback, the message callback's arguments), and
+        those cycles would keep the connection's objects until the collector's next
+        full pass instead of freeing them when the connection ends."""
+        self._paused = True
+        self.peer = None
+        self._on_message = None
         if not self._reading:
             return
-        self._paused = True
         if self._broken:
             self.transport.resume_reading()
             return

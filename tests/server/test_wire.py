@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import sqlite3
 import tempfile
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -154,6 +155,33 @@ async def test_a_closed_connection_is_freed_at_once_with_pings_on() -> None:
         with anyio.fail_after(5):
             while hypercorn_connections() > before:
                 await anyio.sleep(0.05)
+
+
+@paths
+async def test_a_closed_connection_and_its_room_are_freed_without_the_collector(
+    wire: bool,
+) -> None:
+    """When a client leaves, its peer and wire (and, once unloaded, its room) are
+    freed by reference counting: nothing of ours is left in a reference cycle that
+    only a full collection would free (a cancelled task's traceback, a callback
+    holding its owner). The collector is off while this waits."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        app,
+        url,
+    ):
+        async with yclient(url, "refcounted"):
+            room = app.engine.rooms["refcounted"]
+            refs = [weakref.ref(room), *(weakref.ref(p) for p in room.peers.values())]
+            refs += [weakref.ref(w) for w in wires()]
+            assert len(refs) == (3 if wire else 2)
+            del room
+        gc.disable()
+        try:
+            with anyio.fail_after(5):
+                while any(ref() is not None for ref in refs):
+                    await anyio.sleep(0.02)
+        finally:
+            gc.enable()
 
 
 @paths
