@@ -3,19 +3,18 @@
 Where the connection allows it (hypercorn, HTTP/1.1, no compression), the wire
 (`server.wire`) serves it below ASGI: it parses the client's frames as they arrive
 and hands each message to `Reception.now`, in the loop's callback, and writes what
-the room queues for the peer at the end of each event-loop turn. No task wakes per
-message either way. A message that must wait (the journal is full, a version is
-being stored) pauses the wire and goes to the connection's one task that awaits
-(`_catch_up`); the wire resumes when it is done.
+the room queues for the peer at the end of each event-loop turn, and closes the peer
+when the client leaves: such a connection has no task of its own. A message that
+must wait (the journal is full, a version is being stored) pauses the wire and goes
+to the connection's one task that awaits (`_catch_up`, started the first time one
+must wait); the wire resumes when it is done.
 
 Elsewhere a reader task receives through ASGI (`_read`) and a writer task drains the
-peer's outbox through ASGI's `send`, in order. The reader task runs on the wire's
-connections too: it sees the client leave, and the frames after a client's close
-frame (hypercorn takes those back).
+peer's outbox through ASGI's `send`, in order. No task wakes per message either way.
 
 Whatever ends the connection closes the peer: the client leaving, a bad frame,
-the room evicting a slow reader, the engine shutting down. Its tasks are then
-cancelled and the close frame goes out with the error's code and reason. A bad
+the room evicting a slow reader, the engine shutting down. Its tasks, if any are
+still running, are then cancelled and the close frame goes out with the error's code and reason. A bad
 frame ends this connection only.
 """
 
@@ -26,6 +25,7 @@ import logging
 from functools import partial
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from collab_engine.engine import Engine
@@ -120,6 +120,11 @@ async def serve_websocket(
         if wire is not None:
             # Hypercorn reads the rest: the client's answer to our close frame.
             wire.release()
+    if wire is not None and peer.error is None:
+        # The client left (the wire saw its close frame or the end of the socket):
+        # return once hypercorn has seen it too, or hypercorn, finding the connection
+        # still open when the app returns, would close it with 1011.
+        await _until_disconnect(receive)
     if peer.error is not None:
         log.info("closing %s: %s (%d)", peer.label, peer.error.reason, peer.error.close_code)
         # A client that stopped reading may never take the close frame: don't wait on it.
@@ -219,44 +224,67 @@ class Reception:
 
 async def _attend(reception: Reception, receive: Receive, send: Send, wire: Wire | None) -> None:
     room, peer = reception.room, reception.peer
-    # One message at a time waits (on the wire's connections): the wire is paused
-    # until it is delivered.
-    waiting, later = anyio.create_memory_object_stream[Message](1)
     room.join(peer)
     try:
-        with waiting:
-            async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
+            backlog = None
+            if wire is None:
                 tg.start_soon(_read, reception, receive)
-                if wire is None:
-                    tg.start_soon(_write, peer, send)
-                else:
-                    tg.start_soon(_catch_up, reception, later, wire)
-                    wire.attach(peer, partial(_on_message, reception, waiting, wire))
-                # Whoever closes the peer (reader, room, engine) ends the connection,
-                # even while the writer is stuck on a client that stopped reading.
-                await peer.wait_closed()
-                # End what can end by itself first: `_catch_up`, with nothing in hand,
-                # returns when its stream ends, within this one checkpoint. A task
-                # cancelled in an anyio task group keeps its frames (and through them
-                # the wire, the peer and the connection) in a reference cycle of its
-                # CancelledError's traceback, freed only by a full collection.
-                waiting.close()
-                await anyio.lowlevel.checkpoint()
-                tg.cancel_scope.cancel()
+                tg.start_soon(_write, peer, send)
+            else:
+                # No task while nothing waits: the wire reads and writes in the loop's
+                # callbacks, and closes the peer when the client leaves.
+                backlog = _Backlog(reception, wire, tg)
+                wire.attach(peer, partial(_on_message, reception, backlog))
+            # Whoever closes the peer (the client, a bad frame, the room, the engine)
+            # ends the connection, even while the writer is stuck on a client that
+            # stopped reading.
+            await peer.wait_closed()
+            if backlog is not None:
+                backlog.close()
+            # End what can end by itself first: the writer, and `_catch_up` with nothing
+            # in hand, return within this one checkpoint. A task cancelled in an anyio
+            # task group keeps its frames (and through them the wire, the peer and the
+            # connection) in a reference cycle of its CancelledError's traceback, freed
+            # only by a full collection.
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
     finally:
-        later.close()
         room.leave(peer)
 
 
-def _on_message(
-    reception: Reception, waiting: MemoryObjectSendStream[Message], wire: Wire, data: bytes
-) -> None:
-    """A message the wire read: to the room now, or (the wire paused) to `_catch_up`."""
+class _Backlog:
+    """A wire connection's message that must wait (the journal is full, a version is
+    being stored): the wire pauses, and one task (`_catch_up`, started the first time
+    it is needed: most connections never need it) delivers it and resumes the wire.
+    One at a time: nothing more is read until it is delivered."""
+
+    def __init__(self, reception: Reception, wire: Wire, tg: TaskGroup) -> None:
+        self._reception = reception
+        self._wire = wire
+        self._tg = tg
+        self._waiting: MemoryObjectSendStream[Message] | None = None
+
+    def put(self, message: Message) -> None:
+        """Pause the wire and hand `message` to the catch-up task."""
+        if self._waiting is None:
+            self._waiting, later = anyio.create_memory_object_stream[Message](1)
+            self._tg.start_soon(_catch_up, self._reception, later, self._wire)
+        self._wire.pause()
+        self._waiting.send_nowait(message)  # never full: the wire stays paused until taken
+
+    def close(self) -> None:
+        """No more messages: the catch-up task ends once it has none in hand."""
+        if self._waiting is not None:
+            self._waiting.close()
+
+
+def _on_message(reception: Reception, backlog: _Backlog, data: bytes) -> None:
+    """A message the wire read: to the room now, or (the wire paused) to the backlog."""
     try:
         message = reception.decode(data)
         if not reception.now(message):
-            wire.pause()
-            waiting.send_nowait(message)  # never full: the wire stays paused until taken
+            backlog.put(message)
     except CollabError as error:
         reception.peer.close(error)
 
@@ -277,7 +305,7 @@ async def _catch_up(
 
 async def _read(reception: Reception, receive: Receive) -> None:
     """Receive frames through ASGI, decode them and hand them to the room until the
-    client leaves or errs (on the wire's connections: what follows a close frame)."""
+    client leaves or errs (connections the wire does not serve)."""
     peer = reception.peer
     try:
         while True:
@@ -320,6 +348,11 @@ async def _refuse(receive: Receive, send: Send, error: CollabError, wire: Wire |
     if wire is not None:
         wire.release()
     await _close(send, error)
+    await _until_disconnect(receive)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    """Read through ASGI until the client has gone, for `CLOSE_TIMEOUT` at most."""
     with anyio.move_on_after(CLOSE_TIMEOUT):
         while (await receive())["type"] != "websocket.disconnect":
             pass

@@ -24,7 +24,8 @@ are parsed there (`server.frame.ClientFrames`), and each message goes to the
 connection's `on_message` at once, as Node's `ws` does. Pings are answered there;
 pongs are dropped. The client's close frame, and everything after it, go back to
 hypercorn (`release`), which does the closing handshake and ends the ASGI connection
-as usual. `pause` and `resume` stop and restart the messages (and the socket's
+as usual; that frame, the end of the client's stream and a lost connection close the
+peer (the client left), so no task needs to wait on ASGI's `receive` meanwhile. `pause` and `resume` stop and restart the messages (and the socket's
 reading, so TCP slows the client down) while the connection awaits something for
 one of them. The takeover is only done where hypercorn has nothing of the client's
 buffered (what any client that waits for the handshake's answer leaves): anywhere
@@ -167,7 +168,9 @@ class Wire(asyncio.Protocol):
     def attach(self, peer: Peer, on_message: Callable[[bytes], None]) -> None:
         """Write `peer`'s outbox, and read the client's messages into `on_message`,
         called in order, one at a time, from the loop (it must not block; it may
-        `pause`, and whatever it raises ends this connection only)."""
+        `pause`, and whatever it raises ends this connection only). The peer is
+        closed (without an error) when the client leaves: its close frame, the end of
+        its stream, or the connection lost."""
         self.peer = peer
         self._on_message = on_message
         peer.deliver_to(self._ready)
@@ -231,11 +234,20 @@ class Wire(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._restore()
-        return self._hypercorn.eof_received()
+        keep_open = self._hypercorn.eof_received()
+        self._left()
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._restore()
         self._hypercorn.connection_lost(exc)
+        self._left()
+
+    def _left(self) -> None:
+        # The client is gone, or going: hypercorn has what it sent last (and answers
+        # a close frame). Closing the peer ends the connection's service.
+        if self.peer is not None:
+            self.peer.close()
 
     def pause_writing(self) -> None:
         self._hypercorn.pause_writing()
@@ -257,6 +269,7 @@ class Wire(asyncio.Protocol):
                     self.transport.write(pong(payload))
                 elif opcode == CLOSE:
                     self._give_back()
+                    self._left()
                     return
                 elif opcode == TEXT:
                     raise ProtocolError("text frames are not part of the y-websocket protocol")

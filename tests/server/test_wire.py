@@ -8,6 +8,7 @@ would: fragments, frames cut byte by byte, bad frames.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sqlite3
 import tempfile
@@ -182,6 +183,28 @@ async def test_a_closed_connection_and_its_room_are_freed_without_the_collector(
                     await anyio.sleep(0.02)
         finally:
             gc.enable()
+
+
+@paths
+async def test_a_wire_connection_runs_no_task_of_its_own(wire: bool) -> None:
+    """On the wire, an editing connection has no reader, writer or catch-up task
+    (each is memory, and objects for the collector to scan, times every idle
+    client); on ASGI it has a reader and a writer."""
+
+    def ours() -> list[str]:
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        return sorted(name for name in names if name.startswith("server.websocket."))
+
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
+        _,
+        url,
+    ):
+        async with yclient(url, "tasks") as first, yclient(url, "tasks") as second:
+            first.doc.get("t", type=Text).insert(0, "hello")
+            await first.flush()
+            await second.wait_for(lambda: str(second.doc.get("t", type=Text)) == "hello")
+            expected = [] if wire else ["server.websocket._read", "server.websocket._write"] * 2
+            assert ours() == sorted(expected)
 
 
 @paths
