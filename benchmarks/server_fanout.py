@@ -246,9 +246,11 @@ class ServerProcess:
         env = dict(os.environ)
         name = self.spec.name
         if name == "ours":
+            # `--ours-args --memory`: nothing stored (as the Node server), so no file.
+            where = [] if "--memory" in self.extra else ["--db", str(self.tmp / "ours.db")]
             argv = [
                 sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port),
-                "--db", str(self.tmp / "ours.db"), "--log-level", "WARNING", *self.extra,
+                *where, "--log-level", "WARNING", *self.extra,
             ]  # fmt: skip
             if self.cprofile is not None:
                 argv[1:1] = ["-m", "cProfile", "-o", str(self.cprofile)]

@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="a SQLAlchemy async URL instead, e.g. postgresql+asyncpg://user@host/db",
     )
+    where.add_argument(
+        "--memory",
+        action="store_true",
+        help="store nothing: a document lives in memory until --unload-grace seconds "
+        "after its last client left, there is no version history, grants last until "
+        "exit (as the Node y-websocket server without YPERSISTENCE; for trials and "
+        "benchmarks)",
+    )
     serve.add_argument(
         "--compact-after-updates",
         type=int,
@@ -334,7 +342,7 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         max_frame_size=args.max_frame_size,
         max_name_length=args.max_name_length,
-        database_url=args.database_url or sqlite_url(args.db),
+        database_url=None if args.memory else args.database_url or sqlite_url(args.db),
         secret=_secret(args),
         websocket_compression=args.websocket_compression,
         wire=not args.asgi,

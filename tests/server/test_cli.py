@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import signal
 import subprocess
@@ -22,13 +23,14 @@ from tests.yclient import yclient
 pytestmark = pytest.mark.anyio
 
 
-async def start_server(*args: str) -> tuple[anyio.abc.Process, str]:
-    """Run `collab-engine serve` on a free port; return the process and its ws:// URL.
+async def start_server(*args: str, cwd: Path | None = None) -> tuple[anyio.abc.Process, str]:
+    """Run `collab-engine serve` on a free port (in `cwd`, if given); return the process
+    and its ws:// URL.
 
-    Without `--db` or `--database-url` in `args`, documents go to a SQLite file in a
-    fresh temporary directory (never to ./collab.db of the test run).
+    Without `--db`, `--database-url` or `--memory` in `args`, documents go to a SQLite
+    file in a fresh temporary directory (never to ./collab.db of the test run).
     """
-    if "--db" not in args and "--database-url" not in args:
+    if not {"--db", "--database-url", "--memory"} & set(args):
         directory = tempfile.mkdtemp(prefix="collab-cli-")
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
         args = ("--db", str(Path(directory) / "collab.db"), *args)
@@ -36,6 +38,7 @@ async def start_server(*args: str) -> tuple[anyio.abc.Process, str]:
         [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        cwd=cwd,
     )
     assert process.stdout is not None
     buffer = b""
@@ -126,4 +129,30 @@ async def test_serve_runs_on_either_event_loop(loop: str) -> None:
         process.terminate()
         with anyio.fail_after(10):
             await process.wait()
+        await process.aclose()
+
+
+async def test_serve_in_memory_keeps_documents_while_used_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """`--memory`: clients sync as usual, no database file is created, and a document
+    is forgotten once its last client has left and the unload grace has passed."""
+    process, url = await start_server(
+        "--memory", "--unload-grace", "0.2", "--log-level", "WARNING", cwd=tmp_path
+    )
+    try:
+        async with yclient(url, "mem") as a:
+            a.doc.get("t", type=Text).insert(0, "in memory")
+            await a.flush()
+            async with yclient(url, "mem") as b:
+                await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == "in memory")
+        await anyio.sleep(1.0)  # the grace (0.2 s) and a few sweeps
+        async with yclient(url, "mem") as c:
+            await anyio.sleep(0.2)
+            assert str(c.doc.get("t", type=Text)) == ""
+        assert os.listdir(tmp_path) == []
+        assert await stop(process) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
         await process.aclose()
