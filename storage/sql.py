@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,8 @@ class SQLStore:
         """Moves a document's last_seq on by `count` (creating the document at `count`)
         and returns where it ended."""
         named = sqlite.dialect(paramstyle="named")
-        self._sqlite_sql = (
-            str(self._advance.compile(dialect=named)),
-            str(updates.insert().compile(dialect=named)),
-        )
-        """The same two statements as SQLite text, for `_append_in_thread`."""
+        self._sqlite_insert = str(updates.insert().compile(dialect=named))
+        """The updates' insert as SQLite text, for `_append_in_thread`."""
         self._held: tuple[AsyncConnection, aiosqlite.Connection] | None = None
         self._holding = anyio.Lock()
 
@@ -114,7 +111,7 @@ class SQLStore:
                 # `_append_in_thread`. (`_execute` is aiosqlite's one primitive, under
                 # all of its public methods; it is pinned.)
                 seqs: list[int] = await driver._execute(  # type: ignore[no-untyped-call]
-                    _append_in_thread, driver._conn, self._sqlite_sql, entries, now
+                    _append_in_thread, driver._conn, self._sqlite_insert, entries, now
                 )
             except BaseException:
                 await self._release_appender()  # a fresh connection for the next one
@@ -397,7 +394,7 @@ def _numbered(
 
 
 def _append_in_thread(
-    connection: sqlite3.Connection, sql: tuple[str, str], entries: Sequence[Entry], now: float
+    connection: sqlite3.Connection, insert: str, entries: Sequence[Entry], now: float
 ) -> list[int]:
     # SQLStore.append for SQLite, run on the connection's own thread. Through
     # SQLAlchemy's async layer each statement, cursor and commit is a round trip between
@@ -406,24 +403,47 @@ def _append_in_thread(
     # fan-out benchmark saw as a third of the server's CPU and its p99 at 1,000
     # clients. Here the transaction is one round trip, and its Python is a few lines
     # around sqlite3's C (which lets go of the GIL while SQLite works).
-    advance, insert = sql
     counts = Counter(entry.document for entry in entries)
+    names = sorted(counts)
     # IMMEDIATE: the write lock before last_seq is read, as the upsert first takes it.
     connection.execute("BEGIN IMMEDIATE")
     try:
         next_seq = {}
-        for name in sorted(counts):
-            count = counts[name]
-            rows = connection.execute(advance, {"name": name, "count": count, "now": now})
-            (_, last_seq) = rows.fetchall()[0]
-            next_seq[name] = int(last_seq) - count
-        seqs, values = _numbered(entries, next_seq, now)
-        connection.executemany(insert, values)
+        # Every document's last_seq moved on in one statement per ADVANCE_CHUNK of
+        # them, not one each: each statement is a return to Python (and a wait for
+        # the GIL the loop holds), and a busy commit spans tens of documents.
+        for start in range(0, len(names), ADVANCE_CHUNK):
+            chunk = names[start : start + ADVANCE_CHUNK]
+            values = [value for name in chunk for value in (name, counts[name], now)]
+            for name, last_seq in connection.execute(_advance_sql(len(chunk)), values):
+                next_seq[name] = int(last_seq) - counts[name]
+        seqs, rows = _numbered(entries, next_seq, now)
+        connection.executemany(insert, rows)
         connection.commit()
     except BaseException:
         connection.rollback()
         raise
     return seqs
+
+
+ADVANCE_CHUNK = 500
+"""Documents per multi-row upsert (3 parameters each: far under SQLite's limit)."""
+
+
+@lru_cache(maxsize=64)
+def _advance_sql(count: int) -> str:
+    """SQLite text of `SQLStore._advance` for `count` documents at once: each
+    document's last_seq moved on by its count (created at it), where it ended
+    returned, with its name (RETURNING's order is not the VALUES order)."""
+    rows = ", ".join(["(?, ?, ?)"] * count)
+    return (
+        f"INSERT INTO {documents.name} ({documents.c.name.name}, {documents.c.last_seq.name}, "
+        f"{documents.c.created_at.name}) VALUES {rows} "
+        f"ON CONFLICT ({documents.c.name.name}) DO UPDATE SET "
+        f"{documents.c.last_seq.name} = {documents.name}.{documents.c.last_seq.name} "
+        f"+ excluded.{documents.c.last_seq.name} "
+        f"RETURNING {documents.c.name.name}, {documents.c.last_seq.name}"
+    )
 
 
 def _check_sqlite_directory(url: str) -> None:

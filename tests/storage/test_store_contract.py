@@ -98,6 +98,31 @@ async def test_append_numbers_each_documents_log_from_one(open_store: Opener) ->
     assert await store.documents() == ["a", "b"]
 
 
+async def test_one_batch_across_more_documents_than_one_statement_takes(
+    open_store: Opener,
+) -> None:
+    """A batch over 1,201 documents (SQLite moves their seqs on 500 per statement),
+    some new and some already logged, interleaved: each document's seqs follow on
+    from its log, in batch order."""
+    store = await open_store()
+    names = [f"doc-{i:04d}" for i in range(1201)]
+    await store.append([Entry(name, b"old") for name in names[::3]])
+    order = list(range(1201)) * 2
+    random.Random(7).shuffle(order)
+    seqs = await store.append([Entry(names[i], f"{i}".encode()) for i in order])
+    expected: dict[str, int] = {
+        name: (1 if index % 3 == 0 else 0) for index, name in enumerate(names)
+    }
+    wanted = []
+    for i in order:
+        expected[names[i]] += 1
+        wanted.append(expected[names[i]])
+    assert seqs == wanted
+    loaded = await store.load(names[3])
+    assert [seq for seq, _ in loaded.updates] == [1, 2, 3]
+    assert await store.documents() == names
+
+
 async def test_concurrent_writers_never_share_a_seq(open_store: Opener) -> None:
     """Two stores on one database (two server processes) appending to the same
     documents at once: every entry is kept, and each log is numbered 1..N, no gap."""
