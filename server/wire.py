@@ -61,7 +61,18 @@ from collab_engine.errors import CollabError, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
 from collab_engine.types import Frame
 
-from .frame import BINARY, CLOSE, PING, PING_FRAME, TEXT, ClientFrames, pong, writes
+from .frame import (
+    BINARY,
+    CLOSE,
+    PING,
+    PING_FRAME,
+    SPLIT,
+    TEXT,
+    ClientFrames,
+    framed,
+    pong,
+    writes,
+)
 from .types import Receive, Send
 
 log = logging.getLogger("server.wire")
@@ -320,6 +331,11 @@ class Wire(asyncio.Protocol):
             self.peer.close(
                 PeerTooSlow(f"more than {self.max_buffered} bytes sent and not yet read")
             )
+            return
+        if len(frames) == 1 and len(frames[0]) < SPLIT:
+            # One receiver of a broadcast, 499 of them per edit at 500 clients: the
+            # frame's bytes are built once for all (`framed` caches them).
+            transport.write(framed(frames[0]))
             return
         # Several frames for one receiver in one turn (most often an edit and the
         # cursor move its author sent right after it) go in one write: at 100 clients
