@@ -125,7 +125,9 @@ async def test_rights_change_live(secured: Server) -> None:
         with anyio.fail_after(5):
             await ann.closed.wait()
         assert (ann.close_code, ann.close_reason) == (4403, "no right to read 'live' any more")
-    async with yclient(url, f"short?token={token('cat', ttl=1)}") as cat:
+    # `exp` is whole seconds (int(issued + ttl)): a 1 s token can have only
+    # milliseconds left, and be closed before the client's first frame goes out.
+    async with yclient(url, f"short?token={token('cat', ttl=2)}") as cat:
         with anyio.fail_after(5):
             await cat.closed.wait()
         assert (cat.close_code, cat.close_reason) == (4401, "token expired")
