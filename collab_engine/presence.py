@@ -260,7 +260,7 @@ class Presence:
         incoming: list[tuple[AwarenessEntry, dict[str, Any] | None]] = []
         active = False
         for entry in applied.accepted:
-            state = None if entry.state is None else _parse(entry.state)
+            state = None if entry.state is None else (entry.value or _parse(entry.state))
             client = self._clients.get(entry.client_id)
             if state is not None and (client is None or client.current != state):
                 active = True

@@ -37,8 +37,8 @@ valid Yjs is for the document to decide when it applies them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Final, TypeAlias
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
 
 from .errors import ProtocolError
 from .types import ClientId, Frame, StateVector, Update
@@ -99,6 +99,10 @@ class AwarenessEntry:
     client_id: ClientId
     clock: int
     state: str | None
+    value: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """`state` parsed, where the codec read it from a frame (it parses it to refuse
+    what is not a JSON object, and the presence policy reads it: parsed once for
+    both); None when `state` is None or the entry was made in process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,18 +381,18 @@ _JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 """One decoder for every message (`json.loads` with an option builds a new one per call)."""
 
 
-def _awareness_state(text: str) -> str | None:
+def _awareness_state(text: str) -> tuple[str | None, dict[str, Any] | None]:
     if text == "null":
-        return None
+        return None, None
     try:
         value = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("awareness state is not valid JSON") from exc
     if value is None:
-        return None
+        return None, None
     if not isinstance(value, dict):
         raise ProtocolError("awareness state must be a JSON object or null")
-    return text
+    return text, value
 
 
 def _json_object(text: str) -> None:
@@ -410,8 +414,8 @@ def _decode_awareness(payload: bytes) -> AwarenessUpdate:
     for _ in range(count):
         client_id = ClientId(reader.var_uint())
         clock = reader.var_uint()
-        state = _awareness_state(reader.var_string())
-        entries.append(AwarenessEntry(client_id, clock, state))
+        state, value = _awareness_state(reader.var_string())
+        entries.append(AwarenessEntry(client_id, clock, state, value))
     reader.end()
     return AwarenessUpdate(tuple(entries))
 

@@ -140,6 +140,16 @@ def test_malformed_frames_name_the_problem(frame: bytes, reason: str) -> None:
         decode(frame)
 
 
+@given(st.lists(entries, min_size=1, max_size=5).map(tuple))
+def test_decoded_awareness_states_come_parsed(items: tuple[AwarenessEntry, ...]) -> None:
+    """The codec hands on each state it parsed to check it (`value`, what the presence
+    policy reads), equal to the state's JSON; it takes no part in equality."""
+    decoded = decode(encode(AwarenessUpdate(items)))
+    assert isinstance(decoded, AwarenessUpdate) and decoded == AwarenessUpdate(items)
+    for entry in decoded.entries:
+        assert entry.value == (None if entry.state is None else json.loads(entry.state))
+
+
 def test_null_state_is_a_removal() -> None:
     """An awareness state `null` decodes as a removal (state None)."""
     frame = encode(AwarenessUpdate((AwarenessEntry(ClientId(1), 3, None),)))
