@@ -218,8 +218,10 @@ class Room:
         now = self._clock()
         recent = peer.denials
         recent.append(now)
-        while recent and recent[0] <= now - DENIAL_WINDOW:
-            recent.popleft()
+        old = 0
+        while old < len(recent) and recent[old] <= now - DENIAL_WINDOW:
+            old += 1
+        del recent[:old]
         if len(recent) > MAX_DENIALS:
             peer.close(Forbidden(f"more than {MAX_DENIALS} denied writes in {DENIAL_WINDOW:g} s"))
             self.leave(peer)
@@ -387,8 +389,13 @@ class Room:
 
     def _ack(self, peer: Peer) -> None:
         acked = peer.acked
-        while peer.unacked and peer.unacked[0][0] <= self.written_ticket:
-            acked = peer.unacked.popleft()[1]
+        unacked = peer.unacked
+        stored = 0
+        while stored < len(unacked) and unacked[stored][0] <= self.written_ticket:
+            acked = unacked[stored][1]
+            stored += 1
+        if stored:
+            del unacked[:stored]
         if acked != peer.acked:
             peer.acked = acked
             if peer.wants_acks:

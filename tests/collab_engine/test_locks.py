@@ -202,6 +202,31 @@ def test_a_peer_denied_too_often_is_closed() -> None:
     assert viewer.id not in room.peers
 
 
+def test_denials_older_than_the_window_no_longer_count() -> None:
+    """The limit is a rate: 30 denials, 10 s of quiet, 30 more, and the peer is still
+    served; the 31st within 10 s of the last 30 closes it."""
+    now = [0.0]
+    room = Room(DocumentName("r"), clock=lambda: now[0])
+    viewer = joined(room, Identity("v", "V"), Role.VIEWER)
+    replica: Doc = Doc()
+
+    def deny() -> None:
+        before = replica.get_state()
+        replica.get("t", type=Text).insert(0, "x")
+        room.receive(viewer, SyncUpdate(replica.get_update(before)))
+
+    for _ in range(30):
+        deny()
+        now[0] += 0.01
+    now[0] += 10.0
+    for _ in range(30):
+        deny()
+        now[0] += 0.01
+    assert not viewer.closed and len(viewer.denials) == 30
+    deny()
+    assert viewer.closed and viewer.error is not None and viewer.error.close_code == 4403
+
+
 def test_a_lock_deep_in_nested_maps_blocks_only_that_key() -> None:
     """A key path into nested maps is a section too: writes under it are denied,
     writes beside it pass."""
