@@ -24,8 +24,10 @@ import json
 import logging
 import math
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from pycrdt import Doc, Subscription, TransactionEvent
@@ -218,10 +220,7 @@ class Room:
         now = self._clock()
         recent = peer.denials
         recent.append(now)
-        old = 0
-        while old < len(recent) and recent[old] <= now - DENIAL_WINDOW:
-            old += 1
-        del recent[:old]
+        del recent[: bisect_right(recent, now - DENIAL_WINDOW)]  # (times only grow)
         if len(recent) > MAX_DENIALS:
             peer.close(Forbidden(f"more than {MAX_DENIALS} denied writes in {DENIAL_WINDOW:g} s"))
             self.leave(peer)
@@ -390,11 +389,10 @@ class Room:
     def _ack(self, peer: Peer) -> None:
         acked = peer.acked
         unacked = peer.unacked
-        stored = 0
-        while stored < len(unacked) and unacked[stored][0] <= self.written_ticket:
-            acked = unacked[stored][1]
-            stored += 1
+        # Tickets only grow: the stored entries are a prefix.
+        stored = bisect_right(unacked, self.written_ticket, key=itemgetter(0))
         if stored:
+            acked = unacked[stored - 1][1]
             del unacked[:stored]
         if acked != peer.acked:
             peer.acked = acked

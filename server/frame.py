@@ -61,8 +61,6 @@ def writes(payloads: Sequence[Frame]) -> list[bytes]:
     """What to write to the socket for `payloads`, in order, as binary frames: each
     run of payloads under `SPLIT` bytes joined into one buffer (one write, so one
     system call, however many frames), a larger payload after its own header."""
-    if len(payloads) == 1 and len(payloads[0]) < SPLIT:
-        return [framed(payloads[0])]
     out: list[bytes] = []
     small: list[bytes] = []
     for payload in payloads:

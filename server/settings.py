@@ -34,7 +34,6 @@ class Settings:
     """Read and write frames at each connection's socket (`server.wire`) where
     hypercorn serves it over HTTP/1.1 without compression; False reads and sends every
     frame through ASGI, as any ASGI server takes it."""
-
     max_buffered: int = MAX_BUFFERED
     """Bytes sent to a connection and not yet read by its client above which the
     connection is closed with 1013 when more frames come (the wire's slow-reader

@@ -14,8 +14,8 @@ peer's outbox through ASGI's `send`, in order. No task wakes per message either 
 
 Whatever ends the connection closes the peer: the client leaving, a bad frame,
 the room evicting a slow reader, the engine shutting down. Its tasks, if any are
-still running, are then cancelled and the close frame goes out with the error's code and reason. A bad
-frame ends this connection only.
+still running, are then cancelled and the close frame goes out with the error's code
+and reason. A bad frame ends this connection only.
 """
 
 from __future__ import annotations
