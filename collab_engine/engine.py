@@ -89,9 +89,9 @@ class EngineConfig:
     journal_max_batch: int = 2_000
     """The most updates written in one transaction (1 = a commit per update)."""
     journal_linger: float = 0.05
-    """At most how long the journal waits for more updates before it commits, while
-    they keep coming (see `Journal`): acknowledgements come up to this much later,
-    and commits are fewer under load."""
+    """At most how long the journal waits for more updates before it commits (see
+    `Journal`; a pause ends the wait while an acknowledgement is awaited):
+    acknowledgements come up to this much later, and commits are fewer under load."""
     compact_after_updates: int = 1_000
     """Write a snapshot once a document has this many updates after its latest one."""
     compact_after_bytes: int = 1024 * 1024

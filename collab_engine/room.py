@@ -137,6 +137,10 @@ class Room:
         """The journal ticket of the newest update submitted for this room."""
         self.written_ticket = 0
         """Every update of this room up to this ticket is stored."""
+        self._awaiting: dict[PeerId, Peer] = {}
+        # The peers with updates not yet acknowledged (`Peer.unacked`): the journal's
+        # report visits these, not every peer (in a room of one writer and a hundred
+        # readers, one instead of a hundred and one per commit).
         self.stored_seq = stored_seq
         self.snapshot_seq = snapshot_seq
         self.since_snapshot_bytes = since_snapshot_bytes
@@ -370,7 +374,7 @@ class Room:
         self.written_ticket = ticket
         self.stored_seq = seq
         self.since_snapshot_bytes += size
-        for peer in self.peers.values():
+        for peer in list(self._awaiting.values()):
             self._ack(peer)
 
     def storage_failed(self, error: StorageError) -> None:
@@ -394,6 +398,8 @@ class Room:
         if stored:
             acked = unacked[stored - 1][1]
             del unacked[:stored]
+        if not unacked:
+            self._awaiting.pop(peer.id, None)
         if acked != peer.acked:
             peer.acked = acked
             if peer.wants_acks:
@@ -410,7 +416,10 @@ class Room:
             peer.unacked[-1] = (ticket, peer.updates_received)
         else:
             peer.unacked.append((ticket, peer.updates_received))
+            self._awaiting[peer.id] = peer
         self._ack(peer)
+        if peer.wants_acks and peer.unacked:
+            self.journal.hasten(ticket)
 
     def update_since(self, state_vector: StateVector) -> Update:
         """The update a replica at `state_vector` is missing.
@@ -463,6 +472,7 @@ class Room:
         """Remove `peer`, and remove its awareness states for everyone else."""
         if self.peers.pop(peer.id, None) is None:
             return
+        self._awaiting.pop(peer.id, None)
         if not self.peers and self.journal is None:
             self._unwatch()
         removed = self.presence.disconnect(peer.id)

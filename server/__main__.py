@@ -116,8 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=engine.journal_linger,
         metavar="SECONDS",
-        help="wait up to this long for more updates before a commit, while they keep coming: "
-        "fewer commits under load, acknowledgements a little later (default %(default)s)",
+        help="wait up to this long for more updates before a commit (a pause ends the wait "
+        "while a client awaits an acknowledgement): fewer commits under load, "
+        "acknowledgements a little later (default %(default)s)",
     )
     presence = engine.presence
     serve.add_argument(

@@ -91,15 +91,74 @@ async def test_lingering_gathers_updates_that_trickle_in(
         assert commits >= 15, f"{commits} commits for 20 updates 5 ms apart"
 
 
-async def test_a_pause_in_the_updates_ends_the_linger(store: SQLStore) -> None:
-    """A lone update is not held for the whole linger: once no other update comes
-    for `LINGER_GAP`, it is written (here a linger of 10 s, over in far less)."""
+async def test_a_pause_in_the_updates_ends_the_linger_of_an_awaited_update(
+    store: SQLStore,
+) -> None:
+    """A lone update someone waits for is not held for the whole linger: once no
+    other update comes for `LINGER_GAP`, it is written (a linger of 10 s, over in far
+    less), whether the wait began before the linger or during it."""
     config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0)
     async with Engine(config, store) as engine, engine.room("doc") as room:
         room.apply(updates(1)[0])
+        await anyio.sleep(0.1)  # the writer is in its linger, nobody waiting yet
         with anyio.fail_after(5):
             await room.flush()
     assert [seq for seq, _ in (await store.load("doc")).updates] == [1]
+
+
+async def test_a_peer_that_asked_for_acknowledgements_ends_the_linger_at_a_pause(
+    store: SQLStore,
+) -> None:
+    """A client waiting for `persisted` (one update in flight) gets it at the first
+    pause, not after the whole linger of 10 s."""
+    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0)
+    async with Engine(config, store) as engine, engine.room("doc") as room:
+        peer = Peer()
+        room.join(peer)
+        room.receive(peer, RequestPersisted())
+        for count, update in enumerate(updates(3), start=1):
+            room.receive(peer, SyncUpdate(update))
+            with anyio.fail_after(5):
+                while peer.acked < count:
+                    await anyio.sleep(0.01)
+        assert engine.journal is not None and engine.journal.commits == 3
+
+
+async def test_with_nobody_waiting_the_linger_runs_to_its_deadline(store: SQLStore) -> None:
+    """Updates nobody awaits (y-websocket clients never ask) are written at the end
+    of the linger, pause or not: the writer sleeps through it in one wait instead of
+    waking every `LINGER_GAP` to look for a pause."""
+    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=2.0)
+    async with Engine(config, store) as engine, engine.room("doc") as room:
+        journal = engine.journal
+        assert journal is not None
+        quiet = Peer()  # did not ask for acknowledgements
+        room.join(quiet)
+        room.receive(quiet, SyncUpdate(updates(1)[0]))
+        await anyio.sleep(0.3)  # a hundred times the gap: still lingering
+        assert journal.commits == 0
+        with anyio.fail_after(10):
+            while journal.commits == 0:
+                await anyio.sleep(0.05)  # watching `commits` awaits nothing
+        assert quiet.acked == 1
+    assert [seq for seq, _ in (await store.load("doc")).updates] == [1]
+
+
+async def test_a_full_transaction_ends_the_linger(store: SQLStore) -> None:
+    """Once `journal_max_batch` updates wait, lingering cannot add to the transaction:
+    it is written at once (a linger of 10 s, nobody waiting)."""
+    config = EngineConfig(
+        unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0, journal_max_batch=5
+    )
+    async with Engine(config, store) as engine, engine.room("doc") as room:
+        journal = engine.journal
+        assert journal is not None
+        for update in updates(5):
+            room.apply(update)
+        with anyio.fail_after(5):
+            while journal.commits == 0:
+                await anyio.sleep(0.01)
+    assert [seq for seq, _ in (await store.load("doc")).updates] == [1, 2, 3, 4, 5]
 
 
 async def test_a_peer_is_acknowledged_only_once_its_updates_are_stored(store: SQLStore) -> None:
