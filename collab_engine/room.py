@@ -138,9 +138,9 @@ class Room:
         self.written_ticket = 0
         """Every update of this room up to this ticket is stored."""
         self._awaiting: dict[PeerId, Peer] = {}
-        # The peers with updates not yet acknowledged (`Peer.unacked`): the journal's
-        # report visits these, not every peer (in a room of one writer and a hundred
-        # readers, one instead of a hundred and one per commit).
+        """The peers with updates not yet acknowledged (`Peer.unacked`): the journal's
+        report visits these, not every peer (in a room of one writer and a hundred
+        readers, one instead of a hundred and one per commit)."""
         self.stored_seq = stored_seq
         self.snapshot_seq = snapshot_seq
         self.since_snapshot_bytes = since_snapshot_bytes

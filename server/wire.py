@@ -27,9 +27,10 @@ hypercorn (`release`), which does the closing handshake and ends the ASGI connec
 as usual; that frame, the end of the client's stream and a lost connection close the
 peer (the client left), so no task needs to wait on ASGI's `receive` meanwhile.
 `pause` and `resume` stop and restart the messages (and the socket's reading, so TCP
-slows the client down) while the connection awaits something for one of them. The takeover is only done where hypercorn has nothing of the client's
-buffered (what any client that waits for the handshake's answer leaves): anywhere
-else the connection stays on ASGI, both ways.
+slows the client down) while the connection awaits something for one of them. The
+takeover is only done where hypercorn has nothing of the client's buffered (what any
+client that waits for the handshake's answer leaves): anywhere else the connection
+stays on ASGI, both ways.
 
 The wire is a fast path for what the server runs on: hypercorn (pinned), HTTP/1.1
 WebSockets, asyncio, no permessage-deflate, no read timeout. `Wire.under(send,
