@@ -8,6 +8,14 @@ returned survives a power cut, not only a process crash), `busy_timeout` and
 `foreign_keys=ON`. Sequence numbers come from `documents.last_seq`, read and
 advanced in the appending transaction, which also serialises concurrent writers of
 one document (SQLite's write lock; PostgreSQL's row locks, `FOR UPDATE`).
+
+On a SQLite file, the calls a server makes all the time (appends; a room's load and
+grants when it opens; the reads and the write of the automatic version when an
+editing session ends) run as one call each on the thread of a connection held from
+the pool, with the same statements compiled to SQLite's text: through SQLAlchemy's
+async layer every statement is several round trips between the event loop and
+aiosqlite's thread, with SQLAlchemy's work for each on the loop, 0.5 to 2 ms of the
+loop per call. The rest, and PostgreSQL, go through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -16,10 +24,10 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import anyio
@@ -28,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.sql import ClauseElement
 
 from collab_engine.permissions import Grant, Role
 from collab_engine.store import Entry, Stored, Version
@@ -37,6 +46,61 @@ from .schema import documents, grants, migrate, snapshots, updates, versions
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite write waits for another connection's lock before it fails."""
+
+_MAX_SEQ = 2**62
+"""Past any seq: `upto` when there is none."""
+
+_Use = Literal["append", "other"]
+_T = TypeVar("_T")
+_NAMED = sqlite.dialect(paramstyle="named")
+
+# The statements of the reads and of a new version, with named parameters: run
+# through SQLAlchemy (PostgreSQL, unpooled SQLite) or, as SQLite text compiled from
+# them (`_sqlite_text`), on a held connection's thread: one definition for both.
+_SNAPSHOT_AT = (
+    select(snapshots.c.seq, snapshots.c.state)
+    .where(snapshots.c.document == bindparam("document"), snapshots.c.seq <= bindparam("upto"))
+    .order_by(snapshots.c.seq.desc())
+    .limit(1)
+)
+"""The newest snapshot of a document at or before `upto`."""
+_UPDATES_AFTER = (
+    select(updates.c.seq, updates.c.data)
+    .where(
+        updates.c.document == bindparam("document"),
+        updates.c.seq > bindparam("after"),
+        updates.c.seq <= bindparam("upto"),
+    )
+    .order_by(updates.c.seq)
+)
+"""A document's updates in (`after`, `upto`], in order."""
+_GRANTS_OF = (
+    select(grants.c.principal, grants.c.role)
+    .where(grants.c.document == bindparam("document"))
+    .order_by(grants.c.principal)
+)
+_LAST_SEQ = select(documents.c.last_seq).where(documents.c.name == bindparam("document"))
+_VERSIONS_OF = (
+    select(versions).where(versions.c.document == bindparam("document")).order_by(versions.c.id)
+)
+_PREVIOUS_VERSION = select(func.max(versions.c.seq)).where(
+    versions.c.document == bindparam("document"), versions.c.seq <= bindparam("seq")
+)
+"""The seq of the newest version at or before `seq`."""
+_EDITORS = (
+    select(updates.c.author)
+    .where(
+        updates.c.document == bindparam("document"),
+        updates.c.seq > bindparam("after"),
+        updates.c.seq <= bindparam("seq"),
+        updates.c.author.is_not(None),
+    )
+    .group_by(updates.c.author)
+    .order_by(func.min(updates.c.seq))
+)
+"""Who wrote the updates in (`after`, `seq`], in the order they first did."""
+_VERSION_COLUMNS = ("document", "seq", "label", "author", "automatic", "created_at", "editors")
+_NEW_VERSION = versions.insert().returning(versions.c.id)
 
 
 def sqlite_url(path: str) -> str:
@@ -64,10 +128,10 @@ class SQLStore:
         )
         """Moves a document's last_seq on by `count` (creating the document at `count`)
         and returns where it ended."""
-        named = sqlite.dialect(paramstyle="named")
-        self._sqlite_insert = str(updates.insert().compile(dialect=named))
+        self._sqlite_insert = str(updates.insert().compile(dialect=_NAMED))
         """The updates' insert as SQLite text, for `_append_in_thread`."""
-        self._held: tuple[AsyncConnection, aiosqlite.Connection] | None = None
+        self._held: dict[_Use, tuple[AsyncConnection, aiosqlite.Connection]] = {}
+        """SQLite: the connections held from the pool for the one-call paths, by use."""
         self._holding = anyio.Lock()
 
     @classmethod
@@ -104,18 +168,12 @@ class SQLStore:
         if not entries:
             return []
         now = time.time()
-        driver = await self._appender()
-        if driver is not None:
-            try:
-                # The whole transaction in one call on aiosqlite's thread: see
-                # `_append_in_thread`. (`_execute` is aiosqlite's one primitive, under
-                # all of its public methods; it is pinned.)
-                seqs: list[int] = await driver._execute(  # type: ignore[no-untyped-call]
-                    _append_in_thread, driver._conn, self._sqlite_insert, entries, now
-                )
-            except BaseException:
-                await self._release_appender()  # a fresh connection for the next one
-                raise
+        if await self._held_connection("append") is not None:
+            # The whole transaction in one call on aiosqlite's thread: see
+            # `_append_in_thread`.
+            seqs: list[int] = await self._on_thread(
+                "append", _append_in_thread, self._sqlite_insert, entries, now
+            )
             return seqs
         counts = Counter(entry.document for entry in entries)
         names = sorted(counts)  # PostgreSQL locks the rows in this order: no deadlock
@@ -130,49 +188,66 @@ class SQLStore:
             await connection.execute(updates.insert(), rows)
         return seqs
 
-    async def _appender(self) -> aiosqlite.Connection | None:
-        """The aiosqlite connection appends go through, held from SQLAlchemy's pool
-        (checked out on the first append, so its `connect` hooks ran on it); None where
-        appends go through SQLAlchemy: not SQLite, or a pool whose checkouts share one
-        connection (an in-memory database), where a transaction of our own could land
-        inside one of SQLAlchemy's."""
-        if self._held is not None:
-            return self._held[1]
+    async def _held_connection(self, use: _Use) -> aiosqlite.Connection | None:
+        """The aiosqlite connection held from SQLAlchemy's pool for `use` (checked out
+        the first time, so its `connect` hooks ran on it); None where everything goes
+        through SQLAlchemy: not SQLite, or a pool whose checkouts share one connection
+        (an in-memory database), where a transaction of our own could land inside one
+        of SQLAlchemy's.
+
+        Two uses, two connections, each with its own thread: "append" is the
+        journal's alone, so that no read (a long history loading) ever waits in front
+        of a commit; "other" serves the one-call reads and version writes."""
+        held = self._held.get(use)
+        if held is not None:
+            return held[1]
         if self._dialect != "sqlite" or not isinstance(self.engine.pool, QueuePool):
             return None
         async with self._holding:
-            if self._held is None:
+            if use not in self._held:
                 connection = await self.engine.connect()
                 raw = await connection.get_raw_connection()
                 driver = raw.driver_connection
                 if not isinstance(driver, aiosqlite.Connection):
                     await connection.close()
                     return None
-                self._held = (connection, driver)
-            return self._held[1]
+                self._held[use] = (connection, driver)
+            return self._held[use][1]
 
-    async def _release_appender(self) -> None:
-        held, self._held = self._held, None
+    async def _on_thread(self, use: _Use, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(sqlite3_connection, *args)` in one call on the thread of the
+        connection held for `use` (which `_held_connection` returned). A failure other
+        than ValueError (the caller's own refusal, after its rollback) drops that
+        connection: the next call gets a fresh one."""
+        driver = self._held[use][1]
+        try:
+            # `_execute` is aiosqlite's one primitive, under all of its public methods
+            # (pinned): it runs `function` on the connection's thread, between others.
+            result: _T = await driver._execute(function, driver._conn, *args)  # type: ignore[no-untyped-call]
+        except ValueError:
+            raise
+        except BaseException:
+            await self._release(use)
+            raise
+        return result
+
+    async def _release(self, use: _Use) -> None:
+        held = self._held.pop(use, None)
         if held is not None:
             with anyio.CancelScope(shield=True):
                 await held[0].close()
 
     async def load(self, document: str, upto: int | None = None) -> Stored:
+        upto = _MAX_SEQ if upto is None else upto
+        if await self._held_connection("other") is not None:
+            return await self._on_thread("other", _load_in_thread, document, upto)
         async with self.engine.connect() as connection:
-            query = select(snapshots.c.seq, snapshots.c.state).where(
-                snapshots.c.document == document
-            )
-            if upto is not None:
-                query = query.where(snapshots.c.seq <= upto)
             row = (
-                await connection.execute(query.order_by(snapshots.c.seq.desc()).limit(1))
+                await connection.execute(_SNAPSHOT_AT, {"document": document, "upto": upto})
             ).first()
             seq, state = (int(row.seq), bytes(row.state)) if row else (0, None)
             rows = await connection.execute(
-                select(updates.c.seq, updates.c.data)
-                .where(updates.c.document == document, updates.c.seq > seq)
-                .where(updates.c.seq <= (upto if upto is not None else _MAX_SEQ))
-                .order_by(updates.c.seq)
+                _UPDATES_AFTER, {"document": document, "after": seq, "upto": upto}
             )
             return Stored(
                 snapshot=state,
@@ -215,13 +290,12 @@ class SQLStore:
             )
 
     async def grants(self, document: str) -> list[Grant]:
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                select(grants.c.principal, grants.c.role)
-                .where(grants.c.document == document)
-                .order_by(grants.c.principal)
-            )
-            return [Grant(row.principal, Role.parse(row.role)) for row in rows]
+        if await self._held_connection("other") is not None:
+            rows = await self._on_thread("other", _fetch, _GRANTS_OF, {"document": document})
+        else:
+            async with self.engine.connect() as connection:
+                rows = list(await connection.execute(_GRANTS_OF, {"document": document}))
+        return [Grant(principal, Role.parse(role)) for principal, role in rows]
 
     async def grant(self, document: str, grant: Grant) -> None:
         async with self.engine.begin() as connection:
@@ -247,13 +321,13 @@ class SQLStore:
             return bool(result.rowcount)
 
     async def last_seq(self, document: str) -> int | None:
-        async with self.engine.connect() as connection:
-            last = (
-                await connection.execute(
-                    select(documents.c.last_seq).where(documents.c.name == document)
-                )
-            ).scalar()
-            return None if last is None else int(last)
+        if await self._held_connection("other") is not None:
+            rows = await self._on_thread("other", _fetch, _LAST_SEQ, {"document": document})
+            last = rows[0][0] if rows else None
+        else:
+            async with self.engine.connect() as connection:
+                last = (await connection.execute(_LAST_SEQ, {"document": document})).scalar()
+        return None if last is None else int(last)
 
     async def add_version(
         self,
@@ -265,59 +339,34 @@ class SQLStore:
         automatic: bool = False,
     ) -> Version:
         now = time.time()
+        if await self._held_connection("other") is not None:
+            return await self._on_thread(
+                "other", _add_version_in_thread, document, seq, label, author, automatic, now
+            )
         async with self.engine.begin() as connection:
             last = (
-                await connection.execute(
-                    select(documents.c.last_seq)
-                    .where(documents.c.name == document)
-                    .with_for_update()
-                )
+                await connection.execute(_LAST_SEQ.with_for_update(), {"document": document})
             ).scalar()
-            if last is not None and seq is None:
-                seq = int(last)
-            if last is None or seq is None or not 0 <= seq <= last:
-                raise ValueError(f"no update {seq} in the log of {document!r}")
+            seq = _version_seq(document, seq, last)
             previous = (
-                await connection.execute(
-                    select(func.max(versions.c.seq)).where(
-                        versions.c.document == document, versions.c.seq <= seq
-                    )
-                )
+                await connection.execute(_PREVIOUS_VERSION, {"document": document, "seq": seq})
             ).scalar()
             rows = await connection.execute(
-                select(updates.c.author)
-                .where(
-                    updates.c.document == document,
-                    updates.c.seq > (previous or 0),
-                    updates.c.seq <= seq,
-                    updates.c.author.is_not(None),
-                )
-                .group_by(updates.c.author)
-                .order_by(func.min(updates.c.seq))
+                _EDITORS, {"document": document, "after": previous or 0, "seq": seq}
             )
             editors = tuple(row.author for row in rows)
-            result = await connection.execute(
-                versions.insert()
-                .values(
-                    document=document,
-                    seq=seq,
-                    label=label,
-                    author=author,
-                    automatic=automatic,
-                    created_at=now,
-                    editors=json.dumps(editors),
-                )
-                .returning(versions.c.id)
-            )
+            values = _version_row(document, seq, label, author, automatic, now, editors)
+            result = await connection.execute(_NEW_VERSION, values)
             version_id = int(result.scalar_one())
         return Version(version_id, document, seq, label, author, automatic, now, editors)
 
     async def versions(self, document: str) -> list[Version]:
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                select(versions).where(versions.c.document == document).order_by(versions.c.id)
-            )
-            return [_version(row) for row in rows]
+        if await self._held_connection("other") is not None:
+            rows = await self._on_thread("other", _fetch, _VERSIONS_OF, {"document": document})
+        else:
+            async with self.engine.connect() as connection:
+                rows = list(await connection.execute(_VERSIONS_OF, {"document": document}))
+        return [_version(row) for row in rows]
 
     async def remove_version(self, document: str, version_id: int) -> bool:
         async with self.engine.begin() as connection:
@@ -350,25 +399,56 @@ class SQLStore:
             return [r.name for r in rows]
 
     async def aclose(self) -> None:
-        await self._release_appender()
+        for use in list(self._held):
+            await self._release(use)
         await self.engine.dispose()
 
 
-_MAX_SEQ = 2**62
-"""Past any seq: `upto` when there is none."""
-
-
-def _version(row: Any) -> Version:
+def _version(row: Sequence[Any]) -> Version:
+    # A row of `versions` in its column order, from SQLAlchemy or sqlite3.
+    id_, document, seq, label, author, automatic, created_at, editors = row
     return Version(
-        int(row.id),
-        row.document,
-        int(row.seq),
-        row.label,
-        row.author,
-        bool(row.automatic),
-        float(row.created_at),
-        tuple(json.loads(row.editors)) if row.editors else (),
+        int(id_),
+        document,
+        int(seq),
+        label,
+        author,
+        bool(automatic),
+        float(created_at),
+        tuple(json.loads(editors)) if editors else (),
     )
+
+
+def _version_seq(document: str, seq: int | None, last: int | None) -> int:
+    """The seq a new version of `document` is at: `seq`, or the last one when None.
+
+    Raises:
+        ValueError: the log has no such update (or the document no log)."""
+    if last is not None and seq is None:
+        seq = int(last)
+    if last is None or seq is None or not 0 <= seq <= last:
+        raise ValueError(f"no update {seq} in the log of {document!r}")
+    return seq
+
+
+def _version_row(
+    document: str,
+    seq: int,
+    label: str | None,
+    author: str | None,
+    automatic: bool,
+    now: float,
+    editors: tuple[str, ...],
+) -> dict[str, Any]:
+    return {
+        "document": document,
+        "seq": seq,
+        "label": label,
+        "author": author,
+        "automatic": automatic,
+        "created_at": now,
+        "editors": json.dumps(editors),
+    }
 
 
 def _numbered(
@@ -424,6 +504,79 @@ def _append_in_thread(
         connection.rollback()
         raise
     return seqs
+
+
+@lru_cache(maxsize=32)
+def _sqlite_text(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
+    """`statement` as SQLite text with named parameters, and the values of the
+    parameters it fixes itself (a LIMIT): compiled once per statement."""
+    keys = list(_VERSION_COLUMNS) if statement is _NEW_VERSION else None
+    compiled = statement.compile(dialect=_NAMED, column_keys=keys)
+    return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
+
+
+def _run(
+    connection: sqlite3.Connection, statement: ClauseElement, values: dict[str, Any]
+) -> sqlite3.Cursor:
+    text, fixed = _sqlite_text(statement)
+    return connection.execute(text, {**fixed, **values})
+
+
+def _fetch(
+    connection: sqlite3.Connection, statement: ClauseElement, values: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    # A read of one statement, on a held connection's thread (see `_append_in_thread`
+    # for why one call): every row, as tuples in the statement's column order.
+    rows: list[tuple[Any, ...]] = _run(connection, statement, values).fetchall()
+    return rows
+
+
+def _load_in_thread(connection: sqlite3.Connection, document: str, upto: int) -> Stored:
+    # SQLStore.load for SQLite. Through SQLAlchemy, the 259,778 rows of a long
+    # history took 0.7 s of the event loop's time to become Row objects, and a room
+    # with none still cost 1 ms of it in round trips; here both are off the loop.
+    # One read transaction: the snapshot and the updates after it are of one moment.
+    connection.execute("BEGIN")
+    try:
+        row = _run(connection, _SNAPSHOT_AT, {"document": document, "upto": upto}).fetchone()
+        seq, state = (int(row[0]), bytes(row[1])) if row else (0, None)
+        rows = _run(
+            connection, _UPDATES_AFTER, {"document": document, "after": seq, "upto": upto}
+        ).fetchall()
+    finally:
+        connection.rollback()
+    return Stored(snapshot=state, snapshot_seq=seq, updates=[(int(s), bytes(d)) for s, d in rows])
+
+
+def _add_version_in_thread(
+    connection: sqlite3.Connection,
+    document: str,
+    seq: int | None,
+    label: str | None,
+    author: str | None,
+    automatic: bool,
+    now: float,
+) -> Version:
+    # SQLStore.add_version for SQLite: through SQLAlchemy its five statements cost
+    # the event loop 2 ms, and every editing session that ends makes one (an
+    # automatic version); here, one call. IMMEDIATE: the write lock before last_seq
+    # is read, so no append lands between the check and the version.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        rows = _run(connection, _LAST_SEQ, {"document": document}).fetchall()
+        seq = _version_seq(document, seq, rows[0][0] if rows else None)
+        (previous,) = _run(
+            connection, _PREVIOUS_VERSION, {"document": document, "seq": seq}
+        ).fetchone()
+        values = {"document": document, "after": previous or 0, "seq": seq}
+        editors = tuple(editor for (editor,) in _run(connection, _EDITORS, values))
+        row = _version_row(document, seq, label, author, automatic, now, editors)
+        (version_id,) = _run(connection, _NEW_VERSION, row).fetchone()
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    return Version(int(version_id), document, seq, label, author, automatic, now, editors)
 
 
 ADVANCE_CHUNK = 500

@@ -147,17 +147,23 @@ async def test_concurrent_writers_never_share_a_seq(open_store: Opener) -> None:
 
 
 async def test_sqlite_appends_through_one_held_connection(tmp_path: Path) -> None:
-    """With a pool, a SQLite store's appends go through one connection it holds (the
-    one-call path); without, through SQLAlchemy. Both number the same way."""
+    """With a pool, a SQLite store's appends go through one connection it holds, and
+    its reads and versions through another (the one-call paths); without, through
+    SQLAlchemy. Both give the same results."""
     for options, held in (({}, True), ({"poolclass": NullPool}, False)):
         store = await SQLStore.connect(sqlite_url(str(tmp_path / f"{held}.db")), **options)
         try:
             seqs = await store.append([Entry("a", b"1"), Entry("b", b"2"), Entry("a", b"3")])
             assert seqs == [1, 1, 2]
-            assert (store._held is not None) is held
+            assert sorted(store._held) == (["append"] if held else [])
+            assert (await store.load("a")).updates == [(1, b"1"), (2, b"3")]
+            version = await store.add_version("a", None, label="v")
+            assert (version.seq, version.label) == (2, "v")
+            assert await store.versions("a") == [version]
+            assert sorted(store._held) == (["append", "other"] if held else [])
         finally:
             await store.aclose()
-        assert store._held is None
+        assert store._held == {}
 
 
 async def test_unknown_document_loads_empty(open_store: Opener) -> None:
