@@ -266,8 +266,11 @@ class Engine:
             error = StorageError(f"cannot load document {name!r}: {describe_error(exc)}")
             log.error("%s", error.reason)
             raise error from exc
-        # A long history takes a while to integrate: off the event loop.
-        doc = await anyio.to_thread.run_sync(rebuild, name, stored)
+        if stored.snapshot is None and not stored.updates:
+            doc = rebuild(name, stored)  # a new document: nothing to integrate
+        else:
+            # A long history takes a while to integrate: off the event loop.
+            doc = await anyio.to_thread.run_sync(rebuild, name, stored)
         room = Room(
             name,
             doc=doc,
