@@ -11,7 +11,7 @@ one document (SQLite's write lock; PostgreSQL's row locks, `FOR UPDATE`).
 
 On a SQLite file, the calls a server makes all the time (appends; a room's load and
 grants when it opens; the reads and the write of the automatic version when an
-editing session ends) run as one call each on the thread of a connection held from
+editing session ends; a compaction's snapshot) run as one call each on the thread of a connection held from
 the pool, with the same statements compiled to SQLite's text: through SQLAlchemy's
 async layer every statement is several round trips between the event loop and
 aiosqlite's thread, with SQLAlchemy's work for each on the loop, 0.5 to 2 ms of the
@@ -64,6 +64,10 @@ _SNAPSHOT_AT = (
     .limit(1)
 )
 """The newest snapshot of a document at or before `upto`."""
+_NEWEST_SNAPSHOT = select(func.max(snapshots.c.seq)).where(
+    snapshots.c.document == bindparam("document")
+)
+_NEW_SNAPSHOT = snapshots.insert()
 _UPDATES_AFTER = (
     select(updates.c.seq, updates.c.data)
     .where(
@@ -268,26 +272,16 @@ class SQLStore:
             return [(int(r.seq), bytes(r.data), r.author) for r in rows]
 
     async def snapshot(self, document: str, state: Update, seq: int) -> None:
+        now = time.time()
+        if await self._held_connection("other") is not None:
+            await self._on_thread("other", _snapshot_in_thread, document, state, seq, now)
+            return
         async with self.engine.begin() as connection:
-            last = (
-                await connection.execute(
-                    select(documents.c.last_seq).where(documents.c.name == document)
-                )
-            ).scalar()
-            if last is None or seq < 1 or seq > last:
-                raise ValueError(f"no update {seq} in the log of {document!r}")
-            newest = (
-                await connection.execute(
-                    select(func.max(snapshots.c.seq)).where(snapshots.c.document == document)
-                )
-            ).scalar()
-            if newest is not None and newest >= seq:
-                return
-            await connection.execute(
-                snapshots.insert().values(
-                    document=document, seq=seq, state=state, created_at=time.time()
-                )
-            )
+            last = (await connection.execute(_LAST_SEQ, {"document": document})).scalar()
+            _check_snapshot_seq(document, seq, last)
+            newest = (await connection.execute(_NEWEST_SNAPSHOT, {"document": document})).scalar()
+            if newest is None or newest < seq:
+                await connection.execute(_NEW_SNAPSHOT, _snapshot_row(document, state, seq, now))
 
     async def grants(self, document: str) -> list[Grant]:
         if await self._held_connection("other") is not None:
@@ -546,6 +540,33 @@ def _load_in_thread(connection: sqlite3.Connection, document: str, upto: int) ->
     finally:
         connection.rollback()
     return Stored(snapshot=state, snapshot_seq=seq, updates=[(int(s), bytes(d)) for s, d in rows])
+
+
+def _snapshot_in_thread(
+    connection: sqlite3.Connection, document: str, state: Update, seq: int, now: float
+) -> None:
+    # SQLStore.snapshot for SQLite (a compaction), in one call: see `_load_in_thread`.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        rows = _run(connection, _LAST_SEQ, {"document": document}).fetchall()
+        _check_snapshot_seq(document, seq, rows[0][0] if rows else None)
+        (newest,) = _run(connection, _NEWEST_SNAPSHOT, {"document": document}).fetchone()
+        if newest is None or newest < seq:
+            _run(connection, _NEW_SNAPSHOT, _snapshot_row(document, state, seq, now))
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+
+
+def _check_snapshot_seq(document: str, seq: int, last: int | None) -> None:
+    """Raises ValueError when `document`'s log has no update `seq`."""
+    if last is None or seq < 1 or seq > last:
+        raise ValueError(f"no update {seq} in the log of {document!r}")
+
+
+def _snapshot_row(document: str, state: Update, seq: int, now: float) -> dict[str, Any]:
+    return {"document": document, "seq": seq, "state": state, "created_at": now}
 
 
 def _add_version_in_thread(
