@@ -161,6 +161,11 @@ async def test_sqlite_appends_through_one_held_connection(tmp_path: Path) -> Non
             assert (version.seq, version.label) == (2, "v")
             assert await store.versions("a") == [version]
             assert sorted(store._held) == (["append", "other"] if held else [])
+            # A refusal is the caller's: the held connection stays, and serves on.
+            with pytest.raises(ValueError, match="no update 3"):
+                await store.snapshot("a", b"state", 3)
+            assert sorted(store._held) == (["append", "other"] if held else [])
+            assert await store.last_seq("a") == 2
         finally:
             await store.aclose()
         assert store._held == {}
