@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import lru_cache
 
 import anyio
@@ -32,6 +32,10 @@ _ids = itertools.count(1)
 MAX_MERGED = 256 * 1024
 """Update frames are merged up to this many bytes in all (larger ones go as they are):
 merging pays for many small frames, and the cache of merged runs stays small."""
+
+CACHED_TAKE = 64 * 1024
+"""Takes of at most this many bytes in all are coalesced through `coalesced`'s cache
+(which then holds at most 256 of them): a sync step 2 of a large document is not."""
 
 _UPDATE_PREFIX = b"\x00\x02"
 """How a sync update frame starts (message type 0, sync type 2)."""
@@ -65,6 +69,15 @@ def coalesce(frames: list[Frame]) -> list[Frame]:
     if run:
         out.append(_merged(tuple(run)))
     return out
+
+
+@lru_cache(maxsize=256)
+def coalesced(frames: tuple[Frame, ...]) -> tuple[Frame, ...]:
+    """`coalesce` for a tuple of frames, cached by the frames themselves: a broadcast
+    queues the same frames for every receiver of a room, and a busy turn's frames
+    (an edit and the cursor move its author sent after it) are then coalesced once
+    for the room rather than once per receiver."""
+    return tuple(coalesce(list(frames)))
 
 
 @lru_cache(maxsize=64)
@@ -202,7 +215,7 @@ class Peer:
         """Return once the peer is closed, by whichever side."""
         await self._closed_event.wait()
 
-    async def batches(self) -> AsyncIterator[list[Frame]]:
+    async def batches(self) -> AsyncIterator[Sequence[Frame]]:
         """Yield what is queued, as soon as there is something, in order, with runs of
         update frames merged (see `coalesce`): a writer that fell behind catches up
         with fewer, larger sends. Ends when the peer is closed."""
@@ -213,14 +226,18 @@ class Peer:
                 continue
             yield self.take()
 
-    def take(self) -> list[Frame]:
+    def take(self) -> Sequence[Frame]:
         """Take every frame queued now, in order, with runs of updates merged (see
-        `coalesce`)."""
+        `coalesced`)."""
         outbox = self._outbox
         if len(outbox) == 1:
             # Most takes, in a busy room: one frame since the last turn.
-            return [outbox.popleft()]
-        return coalesce(self.drain())
+            return (outbox.popleft(),)
+        frames = tuple(outbox)
+        outbox.clear()
+        if sum(map(len, frames)) <= CACHED_TAKE:
+            return coalesced(frames)
+        return coalesce(list(frames))  # large: not kept in the cache
 
     def drain(self) -> list[Frame]:
         """Take every frame queued now, as they were queued (for in-process readers)."""

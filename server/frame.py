@@ -77,6 +77,20 @@ def writes(payloads: Sequence[Frame]) -> list[bytes]:
     return out
 
 
+def joined(payloads: tuple[Frame, ...]) -> Sequence[bytes]:
+    """`writes` for a tuple of payloads, cached by the payloads themselves when they
+    are under `SPLIT` bytes in all: the receivers of one broadcast get the same
+    frames in a turn, and their bytes are then built once for all of them."""
+    if sum(map(len, payloads)) < SPLIT:
+        return _joined(payloads)
+    return writes(payloads)
+
+
+@lru_cache(maxsize=256)
+def _joined(payloads: tuple[Frame, ...]) -> tuple[bytes, ...]:
+    return tuple(writes(payloads))
+
+
 PING_FRAME: Final = bytes((_FIN | PING, 0))
 """A server's keepalive ping, with no payload."""
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from hypercorn.asyncio.tcp_server import TCPServer
@@ -71,8 +71,8 @@ from .frame import (
     TEXT,
     ClientFrames,
     framed,
+    joined,
     pong,
-    writes,
 )
 from .types import Receive, Send
 
@@ -323,7 +323,7 @@ class Wire(asyncio.Protocol):
             log.exception("sending to %s failed", peer.label)
             peer.close(CollabError("internal error while sending"))
 
-    def _write(self, frames: list[Frame]) -> None:
+    def _write(self, frames: Sequence[Frame]) -> None:
         transport = self.transport
         if transport.is_closing():
             return  # the client is gone: the connection's reader sees it and ends
@@ -342,7 +342,9 @@ class Wire(asyncio.Protocol):
         # cursor move its author sent right after it) go in one write: at 100 clients
         # with cursors, two thirds of the writes carried two frames, and the system
         # calls are most of what fan-out costs.
-        for data in writes(frames):
+        # The same frames go to every receiver of the room's broadcasts in this turn:
+        # their bytes are joined once (`joined` caches them).
+        for data in joined(tuple(frames)):
             transport.write(data)
 
 

@@ -9,7 +9,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from collab_engine import protocol
-from collab_engine.peer import MAX_MERGED, Peer, coalesce
+from collab_engine.peer import CACHED_TAKE, MAX_MERGED, Peer, coalesce
 
 pytestmark = pytest.mark.anyio
 
@@ -48,6 +48,28 @@ def test_runs_of_updates_merge_and_other_frames_keep_their_place() -> None:
     assert replay(out) == str(source.get("t", type=Text))
     assert coalesce(batch)[0] is out[0]  # merged once for every peer with that run
     assert coalesce([frames[0]]) == [frames[0]]
+
+
+def test_receivers_of_the_same_frames_take_one_coalesced_batch() -> None:
+    """A room's broadcasts queue the same frames for each receiver: the first take
+    coalesces them, the others get that result; a take over `CACHED_TAKE` bytes is
+    coalesced on its own (a large sync step 2 is not kept)."""
+    _, frames = updates(3)
+    awareness = protocol.encode_awareness([])
+    peers = [Peer(), Peer()]
+    for peer in peers:
+        for frame in (frames[0], frames[1], awareness):
+            peer.send(frame)
+    first, second = (peer.take() for peer in peers)
+    assert list(first) == coalesce([frames[0], frames[1], awareness])
+    assert second is first
+    large = protocol.encode_sync_update(b"\x00" * CACHED_TAKE)
+    for peer in peers:
+        peer.send(awareness)
+        peer.send(large)
+    first, second = (peer.take() for peer in peers)
+    assert list(first) == [awareness, large] == list(second)
+    assert second is not first
 
 
 def test_large_updates_are_sent_as_they_are() -> None:

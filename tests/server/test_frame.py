@@ -18,6 +18,7 @@ from server.frame import (
     SPLIT,
     TEXT,
     ClientFrames,
+    joined,
     framed,
     header,
     writes,
@@ -61,6 +62,18 @@ def test_an_edit_and_a_cursor_move_are_one_write() -> None:
     update, awareness = b"\x00\x02" + b"u" * 30, b"\x01" + b"a" * 90
     assert writes([update, awareness]) == [framed(update) + framed(awareness)]
     assert writes([update]) == [framed(update)]
+
+
+def test_a_turns_frames_are_joined_once_for_every_receiver() -> None:
+    """The receivers of a room's broadcasts get the same frames in a turn: their
+    buffers are built once (the same objects come back); large ones are not kept."""
+    update, awareness = b"\x00\x02" + b"u" * 30, b"\x01" + b"a" * 90
+    first = joined((update, awareness))
+    assert list(first) == writes([update, awareness])
+    assert joined((update, awareness)) is first
+    large = (update, b"\x00\x02" + b"x" * SPLIT)
+    assert list(joined(large)) == writes(list(large))
+    assert joined(large) is not joined(large)
 
 
 # A client's traffic: messages (binary or text, cut in fragments) with pings and
