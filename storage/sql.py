@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import anyio
-from sqlalchemy import bindparam, delete, event, func, select, update
+from sqlalchemy import Select, bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -103,7 +103,6 @@ _EDITORS = (
     .order_by(func.min(updates.c.seq))
 )
 """Who wrote the updates in (`after`, `seq`], in the order they first did."""
-_VERSION_COLUMNS = ("document", "seq", "label", "author", "automatic", "created_at", "editors")
 _NEW_VERSION = versions.insert().returning(versions.c.id)
 
 
@@ -235,6 +234,16 @@ class SQLStore:
             raise
         return result
 
+    async def _rows(
+        self, statement: Select[Any], values: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Every row a read returns, in its column order: in one call on the held
+        connection's thread where there is one, through SQLAlchemy elsewhere."""
+        if await self._held_connection("other") is not None:
+            return await self._on_thread("other", _fetch, statement, values)
+        async with self.engine.connect() as connection:
+            return list(await connection.execute(statement, values))
+
     async def _release(self, use: _Use) -> None:
         held = self._held.pop(use, None)
         if held is not None:
@@ -284,11 +293,7 @@ class SQLStore:
                 await connection.execute(_NEW_SNAPSHOT, _snapshot_row(document, state, seq, now))
 
     async def grants(self, document: str) -> list[Grant]:
-        if await self._held_connection("other") is not None:
-            rows = await self._on_thread("other", _fetch, _GRANTS_OF, {"document": document})
-        else:
-            async with self.engine.connect() as connection:
-                rows = list(await connection.execute(_GRANTS_OF, {"document": document}))
+        rows = await self._rows(_GRANTS_OF, {"document": document})
         return [Grant(principal, Role.parse(role)) for principal, role in rows]
 
     async def grant(self, document: str, grant: Grant) -> None:
@@ -315,13 +320,8 @@ class SQLStore:
             return bool(result.rowcount)
 
     async def last_seq(self, document: str) -> int | None:
-        if await self._held_connection("other") is not None:
-            rows = await self._on_thread("other", _fetch, _LAST_SEQ, {"document": document})
-            last = rows[0][0] if rows else None
-        else:
-            async with self.engine.connect() as connection:
-                last = (await connection.execute(_LAST_SEQ, {"document": document})).scalar()
-        return None if last is None else int(last)
+        rows = await self._rows(_LAST_SEQ, {"document": document})
+        return int(rows[0][0]) if rows else None
 
     async def add_version(
         self,
@@ -355,11 +355,7 @@ class SQLStore:
         return Version(version_id, document, seq, label, author, automatic, now, editors)
 
     async def versions(self, document: str) -> list[Version]:
-        if await self._held_connection("other") is not None:
-            rows = await self._on_thread("other", _fetch, _VERSIONS_OF, {"document": document})
-        else:
-            async with self.engine.connect() as connection:
-                rows = list(await connection.execute(_VERSIONS_OF, {"document": document}))
+        rows = await self._rows(_VERSIONS_OF, {"document": document})
         return [_version(row) for row in rows]
 
     async def remove_version(self, document: str, version_id: int) -> bool:
@@ -501,18 +497,19 @@ def _append_in_thread(
 
 
 @lru_cache(maxsize=32)
-def _sqlite_text(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
+def _sqlite_text(statement: ClauseElement, keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """`statement` as SQLite text with named parameters, and the values of the
-    parameters it fixes itself (a LIMIT): compiled once per statement."""
-    keys = list(_VERSION_COLUMNS) if statement is _NEW_VERSION else None
-    compiled = statement.compile(dialect=_NAMED, column_keys=keys)
+    parameters it fixes itself (a LIMIT): compiled once per statement. `keys` are
+    the parameters it is run with: an insert's columns are those, as SQLAlchemy
+    compiles an insert for the values it is executed with."""
+    compiled = statement.compile(dialect=_NAMED, column_keys=list(keys))
     return str(compiled), {k: v for k, v in compiled.params.items() if v is not None}
 
 
 def _run(
     connection: sqlite3.Connection, statement: ClauseElement, values: dict[str, Any]
 ) -> sqlite3.Cursor:
-    text, fixed = _sqlite_text(statement)
+    text, fixed = _sqlite_text(statement, tuple(values))
     return connection.execute(text, {**fixed, **values})
 
 
