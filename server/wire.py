@@ -12,11 +12,13 @@ wake-ups and two loop turns per message before the room sees it.
 Writing. A server's WebSocket frames are not masked, so the frame for one payload is
 the same bytes for every receiver. The wire takes a peer's outbox over
 (`Peer.deliver_to`): when the outbox stops being empty the wire joins the loop's list
-of wires to flush, and one callback at the end of the turn writes, for each of them,
-everything queued in that turn, runs of updates merged (`Peer.take`), to the socket's
-transport, in one write (`server.frame.writes`): an edit and the cursor move that
-follows it cost one system call, not two. The frame header is encoded once per
-payload, whatever the number of receivers. No task, no lock, no await.
+of wires to flush. That list is written at the end of each read from a client (what
+the read's messages made the room send), and, for frames queued anywhere else, by one
+callback at the end of the loop's turn. For each wire, everything queued meanwhile,
+runs of updates merged (`Peer.take`), goes to the socket's transport in one write
+(`server.frame.writes`): an edit and the cursor move that follows it cost one system
+call, not two. The frame header is encoded once per payload, whatever the number of
+receivers. No task, no lock, no await.
 
 Reading. Once the WebSocket is accepted, the wire becomes the transport's protocol
 (`transport.set_protocol`): bytes come to `data_received`, in the loop's own callback,
@@ -243,6 +245,12 @@ class Wire(asyncio.Protocol):
         self._frames.feed(data)
         if not self._paused:
             self._parse()
+        # What this read made the rooms send goes out now, not at the end of the
+        # loop's turn: when the loop hands over many sockets' reads at once, an edit
+        # read first no longer waits for the reads after it (Node's `ws` sends at
+        # once too). Frames this read queued for one receiver (an edit and the
+        # cursor move sent with it) still go in one write.
+        self._turn.flush()
 
     def eof_received(self) -> bool | None:
         self._restore()
@@ -349,7 +357,9 @@ class Wire(asyncio.Protocol):
 
 
 class _Turn:
-    """The wires with frames to write at the end of this event-loop turn: one loop
+    """The wires with frames to write: written at the end of the read that queued
+    them (`Wire.data_received`), or, for frames queued elsewhere (timers, the
+    engine's own edits, a room's load), at the end of this event-loop turn: one loop
     callback for all of them, not one per connection."""
 
     _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = weakref.WeakKeyDictionary()
@@ -368,10 +378,13 @@ class _Turn:
 
     def add(self, wire: Wire) -> None:
         if not self._wires:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._wires.append(wire)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what every wire has queued, now (the end of a read, or of the turn)."""
+        if not self._wires:
+            return
         wires, self._wires = self._wires, []
         for wire in wires:
             wire.flush()

@@ -18,9 +18,9 @@ from server.frame import (
     SPLIT,
     TEXT,
     ClientFrames,
-    joined,
     framed,
     header,
+    joined,
     writes,
 )
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import sqlite3
 import tempfile
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.abc import SocketStream
+from anyio.abc import SocketAttribute, SocketStream
 from hypercorn.asyncio.tcp_server import TCPServer
 from pycrdt import Doc, Text
 from wsproto import ConnectionType, WSConnection
@@ -328,3 +330,40 @@ async def test_updates_wait_while_the_journal_is_full_and_none_is_lost(wire: boo
                 expected = str(text)
                 await reader.wait_for(lambda: str(reader.doc.get("t", type=Text)) == expected)
                 assert expected == "".join(f"{i};" for i in range(40))
+
+
+async def test_what_a_read_makes_the_room_send_is_written_before_the_turn_ends() -> None:
+    """The frames an edit's read queues for the other clients are written when that
+    read is done, not at the end of the loop's turn: an edit read first does not wait
+    for the other sockets' reads of the same turn. The read is handed to the sender's
+    wire as the transport would (`data_received`), and the receiver's socket is
+    looked at before the loop runs anything else."""
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE)) as (app, url):
+        async with raw_client(url, "prompt") as sender, raw_client(url, "prompt") as receiver:
+            with anyio.fail_after(5):
+                while len(wires()) < 2 or any(w.peer is None for w in wires()):
+                    await anyio.sleep(0.01)
+            address = sender.stream.extra(SocketAttribute.local_address)
+            (wire,) = [w for w in wires() if w.transport.get_extra_info("peername") == address]
+            raw = receiver.stream.extra(SocketAttribute.raw_socket)
+            sock = socket.fromfd(raw.fileno(), raw.family, raw.type)  # (a duplicate)
+            wire.data_received(masked(update_frame("read-then-written")))
+            waiting = waiting_without_the_loop(sock, b"read-then-written")
+            sock.close()
+            assert b"read-then-written" in waiting
+
+
+def waiting_without_the_loop(sock: socket.socket, marker: bytes) -> bytes:
+    """What waits to be read on `sock`, looked at without returning to the event loop
+    (synchronous: the loop runs nothing meanwhile) until `marker` is among it or 50
+    ms have passed (loopback hands bytes over within the send; the rest is margin)."""
+    waiting = b""
+    for _ in range(50):
+        try:
+            waiting = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            waiting = b""
+        if marker in waiting:
+            break
+        time.sleep(0.001)
+    return waiting
