@@ -148,6 +148,8 @@ class Room:
         """Set when the room's updates could not be stored; the room is then done."""
         self.author: str | None = None
         """Who the update being applied is from, for the update log (set by `apply`)."""
+        self._sender: tuple[Peer, Update] | None = None
+        """The peer whose message `apply` is applying, and that message's update."""
         self.edited_at: float | None = None
         """When (the room's clock) the document last changed; None: not since loaded."""
         self._subscription: Subscription | None = None
@@ -184,10 +186,25 @@ class Room:
             self.last_ticket = self.journal.submit(self, update, self.author)
         if self._shadow is not None:
             self._shadow.follow(update)
-        self.broadcast(encode_sync_update(update))
+        # Not back to a peer whose message was exactly this update: it holds all of
+        # it already (y-websocket's server echoes it, a send system call per edit:
+        # a tenth of the writes in rooms of ten). Anything else (part of it already
+        # known, updates pending in the document integrated with it, a denied write's
+        # compensation) goes to everyone, the sender included.
+        sender = self._sender
+        exclude = sender[0] if sender is not None and sender[1] == update else None
+        self.broadcast(encode_sync_update(update), exclude=exclude)
 
-    def apply(self, update: Update, origin: Any = None, author: str | None = None) -> None:
-        """Apply a Yjs update to the document, store and broadcast what it changed.
+    def apply(
+        self,
+        update: Update,
+        origin: Any = None,
+        author: str | None = None,
+        sender: Peer | None = None,
+    ) -> None:
+        """Apply a Yjs update to the document, store and broadcast what it changed
+        (to everyone but `sender`, the peer `update` came from, when what changed is
+        exactly `update`).
 
         Raises:
             ProtocolError: `update` is not a valid Yjs update; the document is unchanged
@@ -197,6 +214,7 @@ class Room:
         if self.failed is not None:
             raise self.failed
         self.author = author
+        self._sender = None if sender is None else (sender, update)
         try:
             with self.doc.transaction(origin=origin):
                 self.doc.apply_update(update)
@@ -204,6 +222,7 @@ class Room:
             raise ProtocolError(f"invalid Yjs update: {exc}") from exc
         finally:
             self.author = None
+            self._sender = None
 
     def deny(self, peer: Peer, update: Update, reason: str) -> None:
         """Refuse `peer`'s update: tell it why, and roll the change back for everyone.
@@ -500,7 +519,7 @@ class Room:
                         peer, update, f"{peer.identity.user_id} may not write to {self.name!r}"
                     )
                     return
-                self.apply(update, origin=peer.id, author=peer.author)
+                self.apply(update, origin=peer.id, author=peer.author, sender=peer)
                 self._received_update(peer)
                 if isinstance(message, SyncUpdate):
                     # An edit is activity (idle ends); the handshake's step 2 is not.

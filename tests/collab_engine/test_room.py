@@ -34,6 +34,18 @@ def text_update(content: str) -> bytes:
     return doc.get_update()
 
 
+def dependent_updates(first: str, then: str) -> list[bytes]:
+    """Two updates of one client's "t": `first` typed, then `then` after it (the
+    second depends on the first)."""
+    source = Doc()
+    source["t"] = text = Text()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    text += first
+    text += then
+    return updates
+
+
 def new_room(**kwargs: object) -> Room:
     return Room(DocumentName("r"), **kwargs)  # type: ignore[arg-type]
 
@@ -61,7 +73,8 @@ def test_join_opens_with_sync_step1_then_awareness(new_peer: NewPeer) -> None:
 
 
 def test_update_is_applied_once_and_broadcast_as_one_frame(new_peer: NewPeer) -> None:
-    """A client's update changes the doc and reaches every peer, the sender included."""
+    """A client's update changes the doc and reaches every other peer, all in the very
+    same bytes; not the sender, which holds exactly that update already."""
     room = new_room()
     peers = [new_peer() for _ in range(3)]
     for peer in peers:
@@ -70,9 +83,37 @@ def test_update_is_applied_once_and_broadcast_as_one_frame(new_peer: NewPeer) ->
     room.receive(peers[0], SyncUpdate(text_update("hello")))
     assert str(room.doc.get("t", type=Text)) == "hello"
     frames = [peer.drain() for peer in peers]
-    assert all(len(f) == 1 for f in frames)
+    assert frames[0] == []
+    assert len(frames[1]) == len(frames[2]) == 1
     # Encoded once: every peer gets the very same bytes object.
-    assert frames[0][0] is frames[1][0] is frames[2][0]
+    assert frames[1][0] is frames[2][0]
+
+
+def test_what_a_sender_lacks_of_its_own_updates_effect_goes_back_to_it(
+    new_peer: NewPeer,
+) -> None:
+    """An update waiting in the document for one it depends on is integrated by the
+    message that brings that one: what that message changed is more than it sent, so
+    its sender gets the change too (as does everyone else), and every replica ends
+    with both."""
+    first, second = dependent_updates("ab", "c")
+    room = new_room()
+    early, late, watcher = new_peer(), new_peer(), new_peer()
+    for peer in (early, late, watcher):
+        room.join(peer)
+        peer.drain()
+    room.receive(early, SyncUpdate(second))  # pending: it depends on `first`
+    assert str(room.doc.get("t", type=Text)) == ""
+    room.receive(late, SyncUpdate(first))
+    assert str(room.doc.get("t", type=Text)) == "abc"
+    for peer, held in ((early, second), (late, first), (watcher, None)):
+        replica = Doc()
+        if held is not None:
+            replica.apply_update(held)
+        for message in messages(peer):
+            assert isinstance(message, SyncUpdate)
+            replica.apply_update(message.update)
+        assert str(replica.get("t", type=Text)) == "abc"
 
 
 def test_duplicate_update_is_not_broadcast_again(new_peer: NewPeer) -> None:
@@ -213,12 +254,7 @@ def test_server_side_edits_are_broadcast_even_without_explicit_transaction(
 
 def test_update_with_missing_dependencies_is_held_then_broadcast(new_peer: NewPeer) -> None:
     """An update whose causal past is missing is kept pending, and goes out once complete."""
-    source = Doc()
-    source["t"] = text = Text()
-    updates: list[bytes] = []
-    source.observe(lambda event: updates.append(event.update))
-    text += "ab"
-    text += "cd"
+    updates = dependent_updates("ab", "cd")
     room = new_room()
     peer = new_peer()
     room.join(peer)
