@@ -12,9 +12,10 @@ wake-ups and two loop turns per message before the room sees it.
 Writing. A server's WebSocket frames are not masked, so the frame for one payload is
 the same bytes for every receiver. The wire takes a peer's outbox over
 (`Peer.deliver_to`): when the outbox stops being empty the wire joins the loop's list
-of wires to flush. That list is written at the end of each read from a client (what
-the read's messages made the room send), and, for frames queued anywhere else, by one
-callback at the end of the loop's turn. For each wire, everything queued meanwhile,
+of wires to flush. That list is written at the end of each read from a client that
+leaves it short (`FLUSH_AFTER_READ`: what the read's messages made a small room send),
+and otherwise, as for frames queued anywhere else, by one callback at the end of the
+loop's turn. For each wire, everything queued meanwhile,
 runs of updates merged (`Peer.take`), goes to the socket's transport in one write
 (`server.frame.writes`): an edit and the cursor move that follows it cost one system
 call, not two. The frame header is encoded once per payload, whatever the number of
@@ -79,6 +80,10 @@ from .frame import (
 from .types import Receive, Send
 
 log = logging.getLogger("server.wire")
+
+FLUSH_AFTER_READ = 64
+"""A read that leaves at most this many connections with frames to write has them
+written at once; more wait for the end of the loop's turn (see `Wire.data_received`)."""
 
 
 class Transport(Protocol):
@@ -246,11 +251,16 @@ class Wire(asyncio.Protocol):
         if not self._paused:
             self._parse()
         # What this read made the rooms send goes out now, not at the end of the
-        # loop's turn: when the loop hands over many sockets' reads at once, an edit
-        # read first no longer waits for the reads after it (Node's `ws` sends at
-        # once too). Frames this read queued for one receiver (an edit and the
-        # cursor move sent with it) still go in one write.
-        self._turn.flush()
+        # loop's turn, when it is for few connections: when the loop hands over many
+        # sockets' reads at once, an edit read first then does not wait for the reads
+        # after it (Node's `ws` sends at once too), and the next reads of the turn
+        # seldom share its receivers. Frames for many (a large room) wait for the
+        # turn's end, so that the room's further frames of the turn join the same
+        # writes: at 500 clients in a room, flushing every read cost CPU and p99.
+        # Either way, what one read queued for one receiver (an edit and the cursor
+        # move sent with it) goes in one write.
+        if self._turn.pending() <= FLUSH_AFTER_READ:
+            self._turn.flush()
 
     def eof_received(self) -> bool | None:
         self._restore()
@@ -358,9 +368,9 @@ class Wire(asyncio.Protocol):
 
 class _Turn:
     """The wires with frames to write: written at the end of the read that queued
-    them (`Wire.data_received`), or, for frames queued elsewhere (timers, the
-    engine's own edits, a room's load), at the end of this event-loop turn: one loop
-    callback for all of them, not one per connection."""
+    them when they are few (`Wire.data_received`), otherwise, as frames queued
+    elsewhere (timers, the engine's own edits, a room's load), at the end of this
+    event-loop turn: one loop callback for all of them, not one per connection."""
 
     _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = weakref.WeakKeyDictionary()
 
@@ -380,6 +390,10 @@ class _Turn:
         if not self._wires:
             self._loop.call_soon(self.flush)
         self._wires.append(wire)
+
+    def pending(self) -> int:
+        """How many wires have frames to write."""
+        return len(self._wires)
 
     def flush(self) -> None:
         """Write what every wire has queued, now (the end of a read, or of the turn)."""

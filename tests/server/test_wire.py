@@ -16,7 +16,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import FrameProtocol
 
+import server.wire
 from collab_engine import protocol
 from collab_engine.engine import EngineConfig
 from server.settings import Settings
@@ -332,33 +333,58 @@ async def test_updates_wait_while_the_journal_is_full_and_none_is_lost(wire: boo
                 assert expected == "".join(f"{i};" for i in range(40))
 
 
-async def test_what_a_read_makes_the_room_send_is_written_before_the_turn_ends() -> None:
-    """The frames an edit's read queues for the other clients are written when that
+@pytest.mark.parametrize("receivers", [1, 2], ids=["few", "many"])
+async def test_a_reads_frames_for_few_connections_are_written_before_the_turn_ends(
+    receivers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frames an edit's read queues for few connections are written when that
     read is done, not at the end of the loop's turn: an edit read first does not wait
-    for the other sockets' reads of the same turn. The read is handed to the sender's
-    wire as the transport would (`data_received`), and the receiver's socket is
-    looked at before the loop runs anything else."""
-    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE)) as (app, url):
-        async with raw_client(url, "prompt") as sender, raw_client(url, "prompt") as receiver:
+    for the other sockets' reads of the same turn. Frames for more connections than
+    `FLUSH_AFTER_READ` (set to 1 here) wait for the turn's end, where the room's later
+    frames of the turn join them. The read is handed to the sender's wire as the
+    transport would (`data_received`), and the receivers' sockets are looked at
+    before the loop runs anything else, then after it has."""
+    monkeypatch.setattr(server.wire, "FLUSH_AFTER_READ", 1)
+    marker = b"read-then-written"
+    async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE)) as (_, url):
+        async with AsyncExitStack() as stack:
+            sender = await stack.enter_async_context(raw_client(url, "prompt"))
+            others = [
+                await stack.enter_async_context(raw_client(url, "prompt")) for _ in range(receivers)
+            ]
             with anyio.fail_after(5):
-                while len(wires()) < 2 or any(w.peer is None for w in wires()):
+                while len(wires()) < receivers + 1 or any(w.peer is None for w in wires()):
                     await anyio.sleep(0.01)
             address = sender.stream.extra(SocketAttribute.local_address)
             (wire,) = [w for w in wires() if w.transport.get_extra_info("peername") == address]
-            raw = receiver.stream.extra(SocketAttribute.raw_socket)
-            sock = socket.fromfd(raw.fileno(), raw.family, raw.type)  # (a duplicate)
-            wire.data_received(masked(update_frame("read-then-written")))
-            waiting = waiting_without_the_loop(sock, b"read-then-written")
-            sock.close()
-            assert b"read-then-written" in waiting
+            socks = [duplicate(other.stream.extra(SocketAttribute.raw_socket)) for other in others]
+            try:
+                wire.data_received(masked(update_frame(marker.decode())))
+                at_once = [marker in waiting_without_the_loop(sock, marker) for sock in socks]
+                await anyio.lowlevel.checkpoint()
+                after_the_turn = [
+                    marker in waiting_without_the_loop(sock, marker) for sock in socks
+                ]
+            finally:
+                for sock in socks:
+                    sock.close()
+            assert at_once == [receivers == 1] * receivers
+            assert after_the_turn == [True] * receivers
 
 
-def waiting_without_the_loop(sock: socket.socket, marker: bytes) -> bytes:
+def duplicate(raw: socket.socket) -> socket.socket:
+    """A socket object of one's own on `raw`'s connection (asyncio's wrapper has no
+    `recv`); closing it leaves `raw` open."""
+    return socket.fromfd(raw.fileno(), raw.family, raw.type)
+
+
+def waiting_without_the_loop(sock: socket.socket, marker: bytes, tries: int = 50) -> bytes:
     """What waits to be read on `sock`, looked at without returning to the event loop
-    (synchronous: the loop runs nothing meanwhile) until `marker` is among it or 50
-    ms have passed (loopback hands bytes over within the send; the rest is margin)."""
+    (synchronous: the loop runs nothing meanwhile) until `marker` is among it or
+    `tries` ms have passed (loopback hands bytes over within the send; the rest is
+    margin)."""
     waiting = b""
-    for _ in range(50):
+    for _ in range(tries):
         try:
             waiting = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
