@@ -12,11 +12,11 @@ wake-ups and two loop turns per message before the room sees it.
 Writing. A server's WebSocket frames are not masked, so the frame for one payload is
 the same bytes for every receiver. The wire takes a peer's outbox over
 (`Peer.deliver_to`): when the outbox stops being empty the wire joins the loop's list
-of wires to flush. That list is written at the end of each read from a client that
-leaves it short (`FLUSH_AFTER_READ`: what the read's messages made a small room send),
-and otherwise, as for frames queued anywhere else, by one callback at the end of the
-loop's turn. For each wire, everything queued meanwhile,
-runs of updates merged (`Peer.take`), goes to the socket's transport in one write
+of wires to flush. That list is written at the end of each read from a client after
+which it holds at most `FLUSH_AFTER_READ` wires (what the read's messages made a
+small room send), and otherwise, as for frames queued anywhere else, by one callback
+at the end of the loop's turn. For each wire, everything queued meanwhile, runs of
+updates merged (`Peer.take`), goes to the socket's transport in one write
 (`server.frame.writes`): an edit and the cursor move that follows it cost one system
 call, not two. The frame header is encoded once per payload, whatever the number of
 receivers. No task, no lock, no await.
