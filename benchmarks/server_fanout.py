@@ -105,6 +105,24 @@ further runs at that size and mode (its figures are that run's). A server still 
 10 s after its run is restarted before the next one, so its backlog does not steal
 the next server's CPU.
 
+Scheduling
+----------
+The generator stands for clients on other machines, but it shares the server's two
+cores. By default it runs as a batch task (`SCHED_BATCH`, `--generator-policy
+batch`): the same CPU share as any process (nice 0), but the kernel does not let it
+preempt the running task when it wakes. Under the normal policy, a server's write to
+a sleeping client woke the generator onto the server's own core, and the generator
+preempted the server there, mid-broadcast: at 1,000 clients over 100 rooms with
+awareness (`perf record -e sched:sched_switch`), 9,730 preemptions of our server's
+event loop by the generator in two runs and 2,531 of Node's in one. A packet capture of
+that run (server port, tcpdump) put the cost in the gaps between a broadcast's
+writes: after ours' first write to a room the next came 110 µs later, then 66, then
+about 10 µs each (Node's 13 and 10). A remote client's wake-up never takes the
+server's CPU. The servers themselves start under the normal policy
+(`_NORMAL_POLICY`), and the diagnostics give, per server, how often a second its
+event-loop thread was preempted (involuntary context switches) in the measured
+window.
+
 Limits: 2 cores for the server under test and the generator together (the other three
 servers idle meanwhile); the generator's CPU share is in the diagnostics, and when it
 nears a full core it, not the server, may set the latency. Everything is bounded: a
@@ -159,6 +177,12 @@ RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "server_fanout.md"
 
 MARKER = re.compile(rb"#e(\d+)#")
+
+_NORMAL_POLICY = (
+    "import os, sys; os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+"""`python -c` code that runs its arguments as a command under the normal policy."""
 """The room-local edit id a writer embeds in its insert, found in the raw update bytes."""
 EMPTY_STATE_VECTOR = b"\x00"
 EMPTY_UPDATE = b"\x00\x00"
@@ -284,6 +308,10 @@ class ServerProcess:
     async def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
         argv, cwd, env = self.command(self.port)
+        if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+            # The generator runs as a batch task (`--generator-policy`); the server
+            # under test must not inherit that: it starts as any server would.
+            argv = [sys.executable, "-c", _NORMAL_POLICY, *argv]
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1}: {shlex.join(argv)}\n".encode())
             log.flush()
@@ -340,6 +368,16 @@ class ServerProcess:
                 continue
             total += times.user + times.system
         return total
+
+    def preempted(self) -> int:
+        """How many times the server's main thread (the event loop's, for every
+        server here) was preempted so far: its involuntary context switches."""
+        if self.ps is None:
+            return 0
+        try:
+            return int(self.ps.num_ctx_switches().involuntary)
+        except psutil.Error:
+            return 0
 
     def rss(self) -> int:
         total = 0
@@ -892,6 +930,7 @@ class Options:
     profiler: str
     quick: bool
     ours_args: tuple[str, ...] = ()
+    generator_policy: str = "batch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,6 +956,8 @@ class RunResult:
     peak_rss: float
     generator_cpu_share: float
     other_cpu_share: float
+    preempted_rate: float
+    """The server's event-loop thread preempted, per second of the window."""
     send_lag_p99: float
     setup_seconds: float
     extensions: str
@@ -1085,16 +1126,18 @@ async def run_once(
                 observers[i].send_awareness()
                 heapq.heappush(queue, (due + RENEW_INTERVAL, i))
 
-        def clocks() -> tuple[float, float, float, float]:
-            # Server CPU, generator CPU, the whole machine's busy time, wall time.
+        def clocks() -> tuple[float, float, float, float, float]:
+            # Server CPU, generator CPU, the whole machine's busy time, the server's
+            # preemptions, wall time.
             return (
                 server.cpu_seconds(),
                 time.process_time(),
                 machine_busy_seconds(),
+                float(server.preempted()),
                 time.perf_counter(),
             )
 
-        async def window_cpu() -> tuple[float, float, float, float]:
+        async def window_cpu() -> tuple[float, float, float, float, float]:
             await asyncio.sleep(max(0.0, window0 - time.perf_counter()))
             first = clocks()
             await asyncio.sleep(max(0.0, window1 - time.perf_counter()))
@@ -1117,7 +1160,7 @@ async def run_once(
         writing = [asyncio.create_task(write(w, s)) for s, w in enumerate(writers)]
         tasks += writing
         await asyncio.gather(*writing)
-        server_window, own_window, busy_window, window = await cpu_task
+        server_window, own_window, busy_window, preempted_window, window = await cpu_task
         deadline = time.perf_counter() + options.timeout
         while run.delivered < run.expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
@@ -1235,6 +1278,7 @@ async def run_once(
         peak_rss=peak_rss / 1e6,
         generator_cpu_share=own_window / window,
         other_cpu_share=max(0.0, busy_window - server_window - own_window) / window,
+        preempted_rate=preempted_window / window,
         send_lag_p99=percentile(lags, 99),
         setup_seconds=setup_seconds,
         extensions=extensions,
@@ -1416,6 +1460,14 @@ def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
+def generator_policy() -> str:
+    """This process's scheduling policy, as the results header names it."""
+    if not hasattr(os, "sched_getscheduler"):
+        return "the system's default"
+    policy = os.sched_getscheduler(0)
+    return {os.SCHED_BATCH: "batch", os.SCHED_OTHER: "normal"}.get(policy, str(policy))
+
+
 def num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.0f}"
 
@@ -1468,6 +1520,8 @@ def header(
         "and mode, interleaved (median of each figure), after one run not counted at each "
         "size with more clients than any before it (the generator's own warm-up); wait for "
         f"convergence capped at {options.timeout:g} s after the last edit",
+        f"- generator's scheduling policy: {generator_policy()} (the servers': normal; see "
+        "'Scheduling' in the script's docstring)",
         f"- clients offer permessage-deflate: {'yes' if options.compression else 'no'}; "
         "accepted by: "
         + ", ".join(
@@ -1507,13 +1561,16 @@ def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Optio
         "",
         "Diagnostics (median over runs). Fan-out p95/max and per-delivery latencies; "
         "deliveries of the measured edits received by the end (summed over runs); the "
-        "generator's and the rest of the machine's CPU over the measured window; the "
-        "writers' send lag p99; seconds to connect and sync every client.",
+        "generator's and the rest of the machine's CPU over the measured window; how "
+        "often a second the server's event-loop thread was preempted (its involuntary "
+        "context switches) in that window; the writers' send lag p99; seconds to connect "
+        "and sync every client.",
         "",
         "| clients | awareness | server | fan-out p95 (ms) | fan-out max (ms) "
         "| per delivery p50 (ms) | per delivery p99 (ms) | deliveries received / expected "
-        "| generator CPU | other CPU | send lag p99 (ms) | connect + sync (s) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| generator CPU | other CPU | server preempted (/s) | send lag p99 (ms) "
+        "| connect + sync (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (size, awareness, server), runs in results.items():
         lines.append(
@@ -1523,6 +1580,7 @@ def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Optio
             f"| {sum(r.delivered for r in runs):,} / {sum(r.expected for r in runs):,} "
             f"| {pct(median_of(runs, 'generator_cpu_share'))} "
             f"| {pct(median_of(runs, 'other_cpu_share'))} "
+            f"| {num(median_of(runs, 'preempted_rate'))} "
             f"| {ms(median_of(runs, 'send_lag_p99'))} | {median_of(runs, 'setup_seconds'):.1f} |"
         )
     return "\n".join(lines)
@@ -1725,6 +1783,12 @@ def parse_options(argv: Sequence[str]) -> Options:
         "(e.g. '--asgi --loop asyncio')",
     )  # fmt: skip
     parser.add_argument(
+        "--generator-policy", choices=["batch", "normal"], default="batch",
+        help="this process's scheduling policy: batch (default; where the system has "
+        "it), so that the clients it stands for do not preempt the server under test "
+        "when its writes wake them (see 'Scheduling'), or normal",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: sizes 10 and 50, 1 run of 3 s (explicit flags win)",
     )  # fmt: skip
@@ -1769,6 +1833,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         profiler=args.profiler,
         quick=args.quick,
         ours_args=tuple(shlex.split(args.ours_args)),
+        generator_policy=args.generator_policy,
     )
 
 
@@ -1883,7 +1948,8 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                                 f"{' (' + result.why_not + ')' if result.why_not else ''}, CPU "
                                 f"{result.server_cpu:.1f} s {pct(result.server_cpu_share)}, RSS "
                                 f"{result.peak_rss:.0f} MB, generator {pct(result.generator_cpu_share)}, "
-                                f"other {pct(result.other_cpu_share)}, setup {result.setup_seconds:.1f} s",
+                                f"other {pct(result.other_cpu_share)}, preempted "
+                                f"{num(result.preempted_rate)}/s, setup {result.setup_seconds:.1f} s",
                                 file=sys.stderr,
                                 flush=True,
                             )
@@ -1981,6 +2047,9 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
 
 def main() -> None:
     options = parse_options(sys.argv[1:])
+    if options.generator_policy == "batch" and hasattr(os, "SCHED_BATCH"):
+        # Before the loop starts: every thread this process makes inherits it.
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     sys.exit(asyncio.run(benchmark(options, sys.argv)))
 
 
