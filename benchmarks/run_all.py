@@ -26,6 +26,7 @@ REPO = HERE.parent
 
 SCRIPTS = [
     "merge_throughput",
+    "append_run",
     "server_fanout",
     "memory",
     "connection_churn",
@@ -39,6 +40,7 @@ SCRIPTS = [
 
 QUICK = {
     "merge_throughput": ["--quick"],
+    "append_run": ["--updates", "2000", "--runs", "1"],
     "server_fanout": ["--quick"],
     "memory": ["--quick"],
     "connection_churn": ["--clients", "100", "--documents", "10", "--rounds", "2"],

@@ -25,6 +25,11 @@
 //       update (the doc's "update" event) is kept for the other replicas. Then every
 //       replica applies what it still misses (`final`): the convergence.
 //       -> {replay_seconds, converge_seconds, texts}
+//   node benchmarks/peers/yjs_replay.mjs stepwise UPDATES.bin '{"parts":4,"observe":true}'
+//       Y.applyUpdate of each update into one new Y.Doc (with an "update" listener
+//       when `observe`, as a server has), each timed on its own; the updates are
+//       cut into `parts` equal parts in order. -> {part_seconds: [seconds spent
+//       applying each part's updates], updates, text}
 //
 // yjs is resolved from tests/interop/node_modules (where the interoperability
 // tests install it), then from a package beside this script, then NODE_PATH.
@@ -175,9 +180,27 @@ function concurrent(path) {
   return { replay_seconds, converge_seconds, texts: replicas.map((r) => r.text.toString()) };
 }
 
-const modes = { local, remote, concurrent };
+function stepwise(path, options) {
+  const { parts, observe } = options;
+  const updates = readUpdates(path);
+  const doc = new Y.Doc();
+  let seen = 0;
+  if (observe) doc.on("update", (update) => { seen += update.length; });
+  const size = Math.floor(updates.length / parts);
+  const part_seconds = new Array(parts).fill(0);
+  updates.forEach((update, index) => {
+    const started = performance.now();
+    Y.applyUpdate(doc, update);
+    const part = Math.min(parts - 1, Math.floor(index / size));
+    part_seconds[part] += (performance.now() - started) / 1000;
+  });
+  if (observe && seen === 0) throw new Error("the update listener saw nothing");
+  return { part_seconds, updates: updates.length, text: doc.getText("text").toString() };
+}
+
+const modes = { local, remote, concurrent, stepwise };
 if (!(mode in modes) || !input) {
-  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent FILE [OPTIONS-JSON]\n");
+  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent|stepwise FILE [OPTIONS-JSON]\n");
   process.exit(2);
 }
 const options = {
