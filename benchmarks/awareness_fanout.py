@@ -46,6 +46,10 @@ gave that `seq`), and a re-issued state is reported as a problem.
 The first `--warmup` seconds of sends are left out of every figure (they include
 the burst allowance); the measured window is the `--duration` seconds after it.
 
+This process runs as a batch task and the server under the normal policy, so that
+the clients, which stand for remote ones, do not preempt the server when its
+writes wake them (`--generator-policy`, `benchmarks/scheduling.py`).
+
 What the numbers mean
 ---------------------
 * offered updates/s: awareness messages the K senders sent per second, in total.
@@ -108,6 +112,7 @@ from pathlib import Path
 from typing import Any
 
 import provenance
+import scheduling
 from fanout_latency import (
     HOST,
     ServerProcess,
@@ -359,6 +364,7 @@ class Options:
     output: Path
     quick: bool
     quiet_wait: float
+    generator_policy: str = "batch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,7 +647,9 @@ def header(
         lines.append(f"- {mode.name} server: `{command_line}`")
     lines.append(
         f"- WebSocket compression offered by the clients: {options.compression or 'none'}; "
-        "presence tick every 50 ms (`EngineConfig.presence_interval`)"
+        "presence tick every 50 ms (`EngineConfig.presence_interval`); this process's "
+        f"scheduling policy: {scheduling.current()} (the servers': normal; see "
+        "`benchmarks/scheduling.py`)"
     )
     return "\n".join(lines)
 
@@ -833,6 +841,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         help="smoke run: N = 10, 1 run, 0.5 s warm-up, 2 s measured (explicit flags win)",
     )  # fmt: skip
     parser.add_argument(
+        "--generator-policy", choices=scheduling.POLICIES, default="batch",
+        help="this process's scheduling policy (default batch: see benchmarks/scheduling.py)",
+    )  # fmt: skip
+    parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )
     args = parser.parse_args(argv)
@@ -869,6 +881,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         output=args.output,
         quick=args.quick,
         quiet_wait=args.quiet_wait,
+        generator_policy=args.generator_policy,
     )
 
 
@@ -977,6 +990,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
 
 def main() -> None:
     options = parse_options(sys.argv[1:])
+    scheduling.apply(options.generator_policy)
     sys.exit(asyncio.run(benchmark(options, sys.argv)))
 
 

@@ -33,6 +33,10 @@ messages, and finds the edit's marker in the raw frame bytes; the receive time i
 `time.perf_counter()` when the observer task gets the frame. Writer and observers
 live in one process, so send and receive times are on one clock.
 
+This process runs as a batch task and the server under the normal policy, so that
+the clients, which stand for remote ones, do not preempt the server when its
+writes wake them (`--generator-policy`, `benchmarks/scheduling.py`).
+
 What the numbers mean
 ---------------------
 * delivery latency = receive time at one observer - send time of the edit.
@@ -88,6 +92,7 @@ from pathlib import Path
 from typing import Any
 
 import provenance
+import scheduling
 from figures import median, pct, percentile
 from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent
@@ -133,7 +138,7 @@ class ServerProcess:
         """Start the server and return its port once it prints that it listens."""
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
-                *self.command,
+                *scheduling.normal(self.command),
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -362,6 +367,7 @@ class Options:
     compression: str | None
     outbox_size: int | None
     output: Path
+    generator_policy: str = "batch"
 
 
 async def run_once(server: ServerProcess, clients: int, options: Options) -> RunResult:
@@ -536,6 +542,8 @@ def header(
         f"(median of each figure; deliveries summed over the runs)",
         f"- server: `{shlex.join(['python', *server_command[1:]])}` (its own process); "
         f"WebSocket compression offered by the clients: {options.compression or 'none'}",
+        f"- this process's scheduling policy: {scheduling.current()} (the server's: normal; "
+        "see `benchmarks/scheduling.py`)",
     ]
     return "\n".join(lines)
 
@@ -613,6 +621,10 @@ def parse_options(argv: Sequence[str]) -> Options:
         help="pass --outbox-size to the server (default: the server's own default)",
     )
     parser.add_argument(
+        "--generator-policy", choices=scheduling.POLICIES, default="batch",
+        help="this process's scheduling policy (default batch: see benchmarks/scheduling.py)",
+    )  # fmt: skip
+    parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )
     args = parser.parse_args(argv)
@@ -629,6 +641,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         compression=None if args.compression == "none" else args.compression,
         outbox_size=args.outbox_size,
         output=args.output,
+        generator_policy=args.generator_policy,
     )
 
 
@@ -698,6 +711,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
 
 def main() -> None:
     options = parse_options(sys.argv[1:])
+    scheduling.apply(options.generator_policy)
     sys.exit(asyncio.run(benchmark(options, sys.argv)))
 
 

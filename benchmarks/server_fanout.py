@@ -119,9 +119,9 @@ that run (server port, tcpdump) put the cost in the gaps between a broadcast's
 writes: after ours' first write to a room the next came 110 µs later, then 66, then
 about 10 µs each (Node's 13 and 10). A remote client's wake-up never takes the
 server's CPU. The servers themselves start under the normal policy
-(`_NORMAL_POLICY`), and the diagnostics give, per server, how often a second its
+(`scheduling.normal`), and the diagnostics give, per server, how often a second its
 event-loop thread was preempted (involuntary context switches) in the measured
-window.
+window (`benchmarks/scheduling.py`).
 
 Limits: 2 cores for the server under test and the generator together (the other three
 servers idle meanwhile); the generator's CPU share is in the diagnostics, and when it
@@ -162,6 +162,7 @@ from typing import Any
 
 import provenance
 import psutil  # type: ignore[import-untyped]
+import scheduling
 from figures import median, pct, percentile
 from provenance import load_average, version
 from pycrdt import Doc, Text, TransactionEvent
@@ -178,11 +179,6 @@ DEFAULT_OUTPUT = RESULTS / "server_fanout.md"
 
 MARKER = re.compile(rb"#e(\d+)#")
 
-_NORMAL_POLICY = (
-    "import os, sys; os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)); "
-    "os.execvp(sys.argv[1], sys.argv[1:])"
-)
-"""`python -c` code that runs its arguments as a command under the normal policy."""
 """The room-local edit id a writer embeds in its insert, found in the raw update bytes."""
 EMPTY_STATE_VECTOR = b"\x00"
 EMPTY_UPDATE = b"\x00\x00"
@@ -308,10 +304,9 @@ class ServerProcess:
     async def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
         argv, cwd, env = self.command(self.port)
-        if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
-            # The generator runs as a batch task (`--generator-policy`); the server
-            # under test must not inherit that: it starts as any server would.
-            argv = [sys.executable, "-c", _NORMAL_POLICY, *argv]
+        # The generator may run as a batch task (`--generator-policy`); the server
+        # under test must not inherit that: it starts as any server would.
+        argv = scheduling.normal(argv)
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1}: {shlex.join(argv)}\n".encode())
             log.flush()
@@ -1460,14 +1455,6 @@ def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
-def generator_policy() -> str:
-    """This process's scheduling policy, as the results header names it."""
-    if not hasattr(os, "sched_getscheduler"):
-        return "the system's default"
-    policy = os.sched_getscheduler(0)
-    return {os.SCHED_BATCH: "batch", os.SCHED_OTHER: "normal"}.get(policy, str(policy))
-
-
 def num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.0f}"
 
@@ -1520,7 +1507,7 @@ def header(
         "and mode, interleaved (median of each figure), after one run not counted at each "
         "size with more clients than any before it (the generator's own warm-up); wait for "
         f"convergence capped at {options.timeout:g} s after the last edit",
-        f"- generator's scheduling policy: {generator_policy()} (the servers': normal; see "
+        f"- generator's scheduling policy: {scheduling.current()} (the servers': normal; see "
         "'Scheduling' in the script's docstring)",
         f"- clients offer permessage-deflate: {'yes' if options.compression else 'no'}; "
         "accepted by: "
@@ -1783,7 +1770,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "(e.g. '--asgi --loop asyncio')",
     )  # fmt: skip
     parser.add_argument(
-        "--generator-policy", choices=["batch", "normal"], default="batch",
+        "--generator-policy", choices=scheduling.POLICIES, default="batch",
         help="this process's scheduling policy: batch (default; where the system has "
         "it), so that the clients it stands for do not preempt the server under test "
         "when its writes wake them (see 'Scheduling'), or normal",
@@ -2047,9 +2034,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
 
 def main() -> None:
     options = parse_options(sys.argv[1:])
-    if options.generator_policy == "batch" and hasattr(os, "SCHED_BATCH"):
-        # Before the loop starts: every thread this process makes inherits it.
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    scheduling.apply(options.generator_policy)
     sys.exit(asyncio.run(benchmark(options, sys.argv)))
 
 
