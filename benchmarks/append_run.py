@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +103,9 @@ def history(name: str, count: int, writers: int) -> History:
 def parts_of(times: Sequence[float]) -> list[float]:
     """Mean seconds per update in each of `PARTS` equal parts, in order."""
     size = len(times) // PARTS
-    return [
-        sum(times[k * size : (k + 1) * size if k < PARTS - 1 else len(times)])
-        / len(times[k * size : (k + 1) * size if k < PARTS - 1 else len(times)])
-        for k in range(PARTS)
-    ]
+    # The last part takes the remainder, as `yjs_replay.mjs stepwise` cuts them.
+    bounds = [k * size for k in range(PARTS)] + [len(times)]
+    return [statistics.fmean(times[start:end]) for start, end in pairwise(bounds)]
 
 
 def timed(apply: Callable[[bytes], None], updates: Sequence[bytes]) -> list[float]:

@@ -840,10 +840,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--quick", action="store_true",
         help="smoke run: N = 10, 1 run, 0.5 s warm-up, 2 s measured (explicit flags win)",
     )  # fmt: skip
-    parser.add_argument(
-        "--generator-policy", choices=scheduling.POLICIES, default="batch",
-        help="this process's scheduling policy (default batch: see benchmarks/scheduling.py)",
-    )  # fmt: skip
+    scheduling.add_option(parser)
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )

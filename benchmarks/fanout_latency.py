@@ -620,10 +620,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         type=int,
         help="pass --outbox-size to the server (default: the server's own default)",
     )
-    parser.add_argument(
-        "--generator-policy", choices=scheduling.POLICIES, default="batch",
-        help="this process's scheduling policy (default batch: see benchmarks/scheduling.py)",
-    )  # fmt: skip
+    scheduling.add_option(parser)
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
     )

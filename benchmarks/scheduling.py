@@ -16,12 +16,25 @@ policy, as any server would.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 POLICIES = ("batch", "normal")
 """What `--generator-policy` takes."""
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """`--generator-policy` (default batch), the same for every benchmark: pass what
+    it parsed to `apply`."""
+    parser.add_argument(
+        "--generator-policy", choices=POLICIES, default="batch",
+        help="this process's scheduling policy: batch (default, where the system has it), "
+        "so that the clients it stands for do not preempt the server under test when "
+        "its writes wake them (see benchmarks/scheduling.py), or normal",
+    )  # fmt: skip
+
 
 _NORMAL_POLICY = (
     "import os, sys; os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)); "

@@ -178,7 +178,6 @@ RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "server_fanout.md"
 
 MARKER = re.compile(rb"#e(\d+)#")
-
 """The room-local edit id a writer embeds in its insert, found in the raw update bytes."""
 EMPTY_STATE_VECTOR = b"\x00"
 EMPTY_UPDATE = b"\x00\x00"
@@ -1769,12 +1768,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         help="more `serve` arguments for our server, as one shell-quoted string "
         "(e.g. '--asgi --loop asyncio')",
     )  # fmt: skip
-    parser.add_argument(
-        "--generator-policy", choices=scheduling.POLICIES, default="batch",
-        help="this process's scheduling policy: batch (default; where the system has "
-        "it), so that the clients it stands for do not preempt the server under test "
-        "when its writes wake them (see 'Scheduling'), or normal",
-    )  # fmt: skip
+    scheduling.add_option(parser)
     parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: sizes 10 and 50, 1 run of 3 s (explicit flags win)",
