@@ -378,13 +378,12 @@ def duplicate(raw: socket.socket) -> socket.socket:
     return socket.fromfd(raw.fileno(), raw.family, raw.type)
 
 
-def waiting_without_the_loop(sock: socket.socket, marker: bytes, tries: int = 50) -> bytes:
+def waiting_without_the_loop(sock: socket.socket, marker: bytes) -> bytes:
     """What waits to be read on `sock`, looked at without returning to the event loop
-    (synchronous: the loop runs nothing meanwhile) until `marker` is among it or
-    `tries` ms have passed (loopback hands bytes over within the send; the rest is
-    margin)."""
+    (synchronous: the loop runs nothing meanwhile) until `marker` is among it or 50
+    ms have passed (loopback hands bytes over within the send; the rest is margin)."""
     waiting = b""
-    for _ in range(tries):
+    for _ in range(50):
         try:
             waiting = sock.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
