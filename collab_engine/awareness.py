@@ -164,6 +164,23 @@ class Awareness:
         record.by_server = True
         return AwarenessEntry(client_id, record.clock, state)
 
+    def reserve(self, client_id: ClientId, owner: PeerId, now: float) -> None:
+        """Hold `client_id` for `owner` (the server's own entry) before it has a state:
+        no connection may take it, present or not."""
+        self._records.setdefault(client_id, _Record(0, None, owner, now))
+
+    def remove_own(self, client_id: ClientId, now: float) -> AwarenessEntry | None:
+        """Remove a state the server owns, at clock + 1 (so every replica takes the
+        removal); the id stays the server's. None: it had no present state."""
+        record = self._records.get(client_id)
+        if record is None or record.state is None:
+            return None
+        record.clock += 1
+        record.state = None
+        record.updated_at = now
+        record.by_server = True
+        return AwarenessEntry(client_id, record.clock, None)
+
     def get(self, client_id: ClientId) -> AwarenessEntry | None:
         """The present state of `client_id`, as an entry, or None."""
         record = self._records.get(client_id)

@@ -45,7 +45,7 @@ from anyio.abc import TaskGroup
 from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
 from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
-from .locks import Locks
+from .locks import LockLimits, Locks
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
@@ -78,6 +78,9 @@ class EngineConfig:
     """Seconds a lock lasts unless renewed (a request may ask for another ttl)."""
     lock_grace: float = 5.0
     """Seconds a lock outlives its holder's connection."""
+    lock_limits: LockLimits = LockLimits()
+    """How long a section may be, how many leases there may be, and how much of them
+    the server's awareness entry shows (see `locks.LockLimits`)."""
     presence_interval: float = 0.05
     """Seconds between two ticks of the rooms where the rate limit holds back awareness
     states (they go out as the rate allows); the other rooms are ticked when visited
@@ -251,7 +254,11 @@ class Engine:
             "max_awareness_state_size": self.config.max_awareness_state_size,
             "awareness_timeout": self.config.awareness_timeout,
             "presence": self.config.presence,
-            "locks": Locks(default_ttl=self.config.lock_ttl, grace=self.config.lock_grace),
+            "locks": Locks(
+                default_ttl=self.config.lock_ttl,
+                grace=self.config.lock_grace,
+                limits=self.config.lock_limits,
+            ),
             "on_holding": self._holding.add,
         }
         if self.store is None:

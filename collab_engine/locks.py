@@ -10,10 +10,17 @@ grows (a later lease always has a greater one, across restarts too: the numbers
 start from the clock), and ends when it expires unless renewed, when its holder
 releases it, when an owner forces it, or `grace` seconds after its connection ends.
 A write by anyone but the holder's user into a locked section is denied.
+
+What a lock may be is bounded (`LockLimits`): the length of each key of a section
+and of the whole section, and the leases one user and one document may hold. What
+other clients are shown of the leases (`Locks.summary`: sections and holders, no
+timings, at most `summary_size` bytes) changes only when a lease is taken or ends,
+never when one is renewed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -38,6 +45,30 @@ class LockNotHeld(CollabError):
     """A renew or release of a lease that is not (or no longer) the caller's."""
 
     close_code = 4409
+
+
+class TooManyLocks(CollabError):
+    """The user, or the document, holds as many leases as `LockLimits` allows."""
+
+    close_code = 4429  # never closes a connection: reported in the lock reply (HTTP 429)
+
+
+@dataclass(frozen=True, slots=True)
+class LockLimits:
+    """What a lock may be, and how many there may be. Each is a server flag."""
+
+    max_key_length: int = 128
+    """The longest key of a section, in UTF-8 bytes (`--lock-max-key-length`)."""
+    max_section_length: int = 512
+    """The most UTF-8 bytes of all of a section's keys together
+    (`--lock-max-section-length`)."""
+    per_user: int = 16
+    """The most leases one user may hold on one document (`--locks-per-user`)."""
+    per_document: int = 64
+    """The most leases one document may have (`--locks-per-document`)."""
+    summary_size: int = 4096
+    """The most bytes of JSON the leases take in the server's awareness entry
+    (`--lock-summary-size`): beyond, the summary says how many more there are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +101,15 @@ def overlaps(a: Section, b: Section) -> bool:
     return a[:shorter] == b[:shorter]
 
 
-def parse_section(value: Any) -> Section:
-    """A section from its JSON form: a list of at most `MAX_DEPTH` non-empty strings.
+def parse_section(value: Any, limits: LockLimits | None = None) -> Section:
+    """A section from its JSON form: a list of at most `MAX_DEPTH` non-empty strings,
+    each at most `limits.max_key_length` UTF-8 bytes, together at most
+    `limits.max_section_length`.
 
     Raises:
-        ValueError: not a section.
+        ValueError: not a section, or one over the limits; the reason says which.
     """
+    limits = limits or LockLimits()
     if (
         not isinstance(value, list)
         or len(value) > MAX_DEPTH
@@ -84,6 +118,11 @@ def parse_section(value: Any) -> Section:
         raise ValueError(
             f'a section is [], ["root"] or a key path ["root", "key", ...] of at most {MAX_DEPTH}'
         )
+    sizes = [len(part.encode("utf-8", "surrogatepass")) for part in value]
+    if any(size > limits.max_key_length for size in sizes):
+        raise ValueError(f"a section's key is at most {limits.max_key_length} bytes")
+    if sum(sizes) > limits.max_section_length:
+        raise ValueError(f"a section's keys are at most {limits.max_section_length} bytes in all")
     return tuple(value)
 
 
@@ -97,11 +136,15 @@ class Locks:
     Args:
         default_ttl: seconds a lease lasts unless renewed.
         grace: seconds a lease outlives its holder's connection.
+        limits: how many leases there may be, and how much of them is shown.
     """
 
-    def __init__(self, *, default_ttl: float = 30.0, grace: float = 5.0) -> None:
+    def __init__(
+        self, *, default_ttl: float = 30.0, grace: float = 5.0, limits: LockLimits | None = None
+    ) -> None:
         self.default_ttl = default_ttl
         self.grace = grace
+        self.limits = limits or LockLimits()
         self._leases: dict[Section, Lease] = {}
         self._fence = int(time.time() * 1000)
 
@@ -124,6 +167,8 @@ class Locks:
 
         Raises:
             LockConflict: an overlapping lease is held by another connection.
+            TooManyLocks: a new lease would be one more than the user, or the
+                document, may hold.
         """
         for lease in self._leases.values():
             if overlaps(lease.section, section) and (
@@ -131,6 +176,18 @@ class Locks:
             ):
                 raise LockConflict(
                     f"{list(lease.section)} is locked by {lease.name} (fence {lease.fence})"
+                )
+        if section not in self._leases:
+            limits = self.limits
+            if len(self._leases) >= limits.per_document:
+                raise TooManyLocks(
+                    f"the document has {limits.per_document} locks, the most it may have"
+                )
+            held = sum(1 for lease in self._leases.values() if lease.user_id == user_id)
+            if held >= limits.per_user:
+                raise TooManyLocks(
+                    f"{user_id} holds {limits.per_user} locks on the document, the most one "
+                    "user may hold"
                 )
         self._fence += 1
         lease = Lease(section, user_id, name, peer, self._fence, now + (ttl or self.default_ttl))
@@ -180,6 +237,30 @@ class Locks:
             del self._leases[lease.section]
         return ended
 
+    def summary(self) -> dict[str, Any]:
+        """What the other clients are shown of the leases: `{"locks": [{"section",
+        "holder": {"id", "name"}}, ...]}`, oldest first, at most
+        `limits.summary_size` bytes of JSON; leases left out are counted in
+        `"more"`. No timings: renewing a lease does not change it. Empty (`{}`)
+        without leases."""
+        if not self._leases:
+            return {}
+        budget = self.limits.summary_size
+        shown: list[dict[str, Any]] = []
+        size = len('{"locks":[],"more":0000}')
+        for lease in self._leases.values():
+            item = {
+                "section": list(lease.section),
+                "holder": {"id": _cut(lease.user_id), "name": _cut(lease.name)},
+            }
+            cost = len(json.dumps(item, separators=(",", ":"))) + 1
+            if size + cost > budget:
+                break
+            size += cost
+            shown.append(item)
+        more = len(self._leases) - len(shown)
+        return {"locks": shown, "more": more} if more else {"locks": shown}
+
     def blocking(self, sections: Iterable[Section], user_id: str) -> Lease | None:
         """The lease of another user over any of `sections`, if there is one."""
         for section in sections:
@@ -193,6 +274,11 @@ class Locks:
         if lease is None or lease.fence != fence:
             raise LockNotHeld(f"no lease on {list(section)} with fence {fence}")
         return lease
+
+
+def _cut(text: str, most: int = 64) -> str:
+    # Names and ids come from tokens (or a client, anonymously): shown, not trusted.
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
 
 
 class Shadow:

@@ -36,9 +36,14 @@ A state the server changed goes out at clock + 1 to everyone, its owner included
 which then adopts it (y-protocols takes a newer copy of its own state): identity,
 idle and typing corrections reach the client itself, and its next states carry them.
 
-The server has an awareness entry of its own, `{"server": {...}}` (no `user`, so
-editors draw no cursor for it), renewed before clients would time it out; later
-work puts locks and read-only flags in it.
+The server has an awareness entry of its own, `{"server": {"name", "document", ...}}`
+(no `user`, so editors draw no cursor for it), present **only while it has something
+to say** (the room's locks): frontends that count `awareness.getStates()` to show who
+is online count people, not the server. It appears when the first thing to say
+does, is removed (a null state, for everyone) when the last goes, is renewed before
+clients would time it out, and changes at most once per `server_interval`: a
+change within it waits, the latest wins, and `tick` sends it when the interval is
+over.
 
 Pure: time comes in as `now` (monotonic seconds), nothing here does I/O.
 """
@@ -80,6 +85,10 @@ class PresencePolicy:
     """Whether read-only connections' presence is shown to the others."""
     server_renew: float = 15.0
     """Seconds between renewals of the server's own entry (clients drop it after 30)."""
+    server_interval: float = 0.25
+    """The least seconds between two changes of the server's own entry sent to the
+    clients (`--lock-mirror-interval`): however often the locks change, each client
+    receives the entry at most this often."""
 
 
 @dataclass(slots=True)
@@ -192,16 +201,19 @@ class Presence:
         self._clients: dict[ClientId, _Client] = {}
         self.server_client_id = ClientId(random.getrandbits(32))
         self._server_state = server_state
-        # The first renewal comes at a random point of the second half of the
-        # interval: rooms opened together (a server's clients reconnecting after a
-        # restart) would otherwise all renew, and broadcast, in the same tick.
-        self._server_renewed = now - random.uniform(0.0, policy.server_renew / 2)
+        self._server_says: dict[str, Any] = {}
+        """What the server's entry says beyond `server_state`; empty: no entry."""
+        self._server_sent = -math.inf
+        """When the server's entry last changed for the clients."""
+        self._server_due = False
+        """A change of the server's entry waits for `server_interval` to pass."""
+        self._server_renewed = now
         self._horizon = min(policy.typing_timeout, policy.idle_timeout)
         self._scan_at = now + self._horizon
         """No idle or typing timer can fire before this: `tick` skips the scan."""
         self._waiting: set[PeerId] = set()
         """Connections with entries held back by the rate limit."""
-        self.awareness.add_own(self.server_client_id, self._server_text(), SERVER, now)
+        self.awareness.reserve(self.server_client_id, SERVER, now)
 
     # -- connections -------------------------------------------------------------------
 
@@ -310,8 +322,9 @@ class Presence:
 
     @property
     def holding(self) -> bool:
-        """Whether the rate limit holds back states: `tick` soon sends them."""
-        return bool(self._waiting)
+        """Whether the rate limit holds back states, or a change of the server's entry
+        waits: `tick` soon sends them."""
+        return bool(self._waiting) or self._server_due
 
     def tick(self, now: float) -> list[AwarenessEntry]:
         """Time passes: flush coalesced states, clear expired typing, mark idle
@@ -340,8 +353,10 @@ class Presence:
                             out.append(entry)
                 connection.pending.clear()
                 self._waiting.discard(peer)
-        if now - self._server_renewed >= self.policy.server_renew:
-            out.append(self._renew_server(now))
+        if self._server_due and now - self._server_sent >= self.policy.server_interval:
+            out.extend(self._send_server(now))
+        elif self._server_says and now - self._server_renewed >= self.policy.server_renew:
+            out.extend(self._send_server(now))
         return out
 
     def _scan(self, now: float) -> list[AwarenessEntry]:
@@ -395,20 +410,33 @@ class Presence:
 
     @property
     def server_state(self) -> dict[str, Any]:
-        """The content of the server's entry (a copy)."""
-        return dict(self._server_state)
+        """What the server's entry says, when present (a copy)."""
+        return {**self._server_state, **self._server_says}
 
-    def set_server_state(self, state: dict[str, Any], now: float) -> AwarenessEntry:
-        """Replace the content of the server's entry; return it, for everyone."""
-        self._server_state = dict(state)
-        return self._renew_server(now)
+    def server_says(self, fields: dict[str, Any], now: float) -> list[AwarenessEntry]:
+        """Set what the server's entry says beyond its name: `fields` with empty
+        values left out, and nothing at all removes the entry. Returns the entries
+        for everyone now: none when nothing changed, or when the entry changed less
+        than `server_interval` ago (the change is then held, and `tick` sends the
+        latest once the interval is over)."""
+        says = {key: value for key, value in fields.items() if value}
+        if says == self._server_says:
+            return []
+        self._server_says = says
+        if now - self._server_sent < self.policy.server_interval:
+            self._server_due = True
+            return []
+        return self._send_server(now)
 
-    def _renew_server(self, now: float) -> AwarenessEntry:
-        self._server_renewed = now
-        return self.awareness.add_own(self.server_client_id, self._server_text(), SERVER, now)
-
-    def _server_text(self) -> str:
-        return json.dumps({"server": self._server_state}, separators=(",", ":"))
+    def _send_server(self, now: float) -> list[AwarenessEntry]:
+        self._server_due = False
+        self._server_sent = self._server_renewed = now
+        cid = self.server_client_id
+        if self._server_says:
+            text = json.dumps({"server": self.server_state}, separators=(",", ":"))
+            return [self.awareness.add_own(cid, text, SERVER, now)]
+        removed = self.awareness.remove_own(cid, now)
+        return [] if removed is None else [removed]
 
     # -- for programs ------------------------------------------------------------------
 

@@ -275,13 +275,14 @@ class Room:
         """Acquire, renew, release or force-release (`op`) a lease on `section`.
 
         Returns the lease (for a release, the one that ended; None when a forced
-        release found none). The current leases are mirrored into the server's
-        awareness entry, for every Yjs client to see.
+        release found none). A summary of the leases (`Locks.summary`) is mirrored
+        into the server's awareness entry, for every Yjs client to see.
 
         Raises:
             Forbidden: a viewer locking, or a non-owner forcing.
             LockConflict: an overlapping lease is someone else's.
             LockNotHeld: renewing or releasing a lease that is not (any more).
+            TooManyLocks: the user, or the document, holds as many leases as allowed.
             ValueError: a bad request (unknown op, no fence, bad ttl).
         """
         now = self._clock()
@@ -316,7 +317,7 @@ class Room:
         request = json.loads(body)
         reply: dict[str, Any] = {"id": request.get("id")}
         try:
-            section = parse_section(request.get("section", []))
+            section = parse_section(request.get("section", []), self.locks.limits)
             fence, ttl = request.get("fence"), request.get("ttl")
             if ttl is not None and not isinstance(ttl, int | float):
                 raise ValueError("ttl must be a number of seconds")
@@ -338,11 +339,14 @@ class Room:
         }
 
     def _mirror_locks(self, now: float) -> None:
-        state = {
-            **self.presence.server_state,
-            "locks": [lease.to_json(now) for lease in self.locks.leases],
-        }
-        self.broadcast(encode_awareness([self.presence.set_server_state(state, now)]))
+        # The summary is bounded and changes only when a lease is taken or ends; the
+        # server's entry changes at most once per presence `server_interval`, so a
+        # flood of lock requests costs each reader a bounded number of bytes a second.
+        changed = self.presence.server_says(self.locks.summary(), now)
+        if changed:
+            self.broadcast(encode_awareness(changed))
+        if self._on_holding is not None and self.presence.holding:
+            self._on_holding(self)
 
     def _blocking_lease(self, peer: Peer, update: Update) -> Lease | None:
         if not self.locks.leases:

@@ -21,6 +21,7 @@ from collab_engine.engine import EngineConfig
 from collab_engine.errors import StorageError
 from collab_engine.history import HistoryPolicy
 from collab_engine.journal import describe_error
+from collab_engine.locks import LockLimits
 from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
@@ -161,6 +162,49 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=engine.lock_grace,
         help="seconds a lock outlives its holder's connection (default %(default)s)",
+    )
+    limits = engine.lock_limits
+    serve.add_argument(
+        "--lock-max-key-length",
+        type=int,
+        default=limits.max_key_length,
+        metavar="BYTES",
+        help="longest key of a locked section, in UTF-8 bytes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lock-max-section-length",
+        type=int,
+        default=limits.max_section_length,
+        metavar="BYTES",
+        help="most UTF-8 bytes of a locked section's keys together (default %(default)s)",
+    )
+    serve.add_argument(
+        "--locks-per-user",
+        type=int,
+        default=limits.per_user,
+        help="most locks one user may hold on one document (default %(default)s)",
+    )
+    serve.add_argument(
+        "--locks-per-document",
+        type=int,
+        default=limits.per_document,
+        help="most locks one document may have (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lock-summary-size",
+        type=int,
+        default=limits.summary_size,
+        metavar="BYTES",
+        help="most bytes of JSON the locks take in the server's awareness entry; beyond, "
+        "it counts how many more there are (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lock-mirror-interval",
+        type=float,
+        default=presence.server_interval,
+        metavar="SECONDS",
+        help="least time between two changes of the server's awareness entry (the locks) "
+        "sent to the clients; changes in between wait, the latest wins (default %(default)s)",
     )
     serve.add_argument(
         "--loop",
@@ -358,6 +402,13 @@ def _serve(args: argparse.Namespace) -> None:
             journal_linger=args.journal_linger,
             lock_ttl=args.lock_ttl,
             lock_grace=args.lock_grace,
+            lock_limits=LockLimits(
+                max_key_length=args.lock_max_key_length,
+                max_section_length=args.lock_max_section_length,
+                per_user=args.locks_per_user,
+                per_document=args.locks_per_document,
+                summary_size=args.lock_summary_size,
+            ),
             history=HistoryPolicy(
                 quiet=args.version_after_quiet,
                 min_interval=args.version_min_interval,
@@ -371,6 +422,7 @@ def _serve(args: argparse.Namespace) -> None:
                 typing_timeout=args.typing_timeout,
                 idle_timeout=args.idle_timeout,
                 show_read_only=not args.hide_read_only_presence,
+                server_interval=args.lock_mirror_interval,
             ),
         ),
     )

@@ -31,8 +31,9 @@ WebSocket frame limit (413 beyond); other JSON bodies at most `MAX_BODY`.
 
 Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
 secret configured (open development mode) every request is owner. Answers are
-JSON; errors are `{"error": reason}` with 400, 401, 403, 404, 405, 409 (lock held
-by someone else) or 500. Locks taken over HTTP belong to no connection: they end
+JSON; errors are `{"error": reason}` with 400 (a section over the lock limits too),
+401, 403, 404, 405, 409 (lock held by someone else), 429 (the user or the document
+holds as many locks as allowed) or 500. Locks taken over HTTP belong to no connection: they end
 when they expire or are released. A grant
 changed here takes effect on open connections at once.
 """
@@ -48,7 +49,7 @@ from collab_engine.engine import Engine
 from collab_engine.errors import Forbidden, ProtocolError, StorageError, Unauthenticated
 from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
-from collab_engine.locks import LockConflict, LockNotHeld, parse_section
+from collab_engine.locks import LockConflict, LockNotHeld, TooManyLocks, parse_section
 from collab_engine.permissions import Grant, Role
 from collab_engine.types import DocumentName
 
@@ -137,7 +138,7 @@ async def _route(
                     raise ValueError("ttl must be a number of seconds")
                 lease = room.lock(
                     str(body.get("op")),
-                    parse_section(body.get("section", [])),
+                    parse_section(body.get("section", []), room.locks.limits),
                     identity=identity,
                     role=role,
                     fence=body.get("fence"),
@@ -149,6 +150,8 @@ async def _route(
                 raise HTTPError(403, error.reason) from None
             except (LockConflict, LockNotHeld) as error:
                 raise HTTPError(409, error.reason) from None
+            except TooManyLocks as error:
+                raise HTTPError(429, error.reason) from None
             lock = None if lease is None else lease.to_json(room.clock())
             return 200, {"document": name, "lock": lock}
     if rest.endswith("/presence"):

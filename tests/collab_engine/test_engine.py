@@ -103,11 +103,9 @@ async def test_sweeper_expires_awareness() -> None:
             with anyio.fail_after(2):
                 while room.awareness.get(ClientId(9)) is not None:
                     await anyio.sleep(0.02)
-            # The server's own entry stays; client 9 is removed for the others, at the
-            # clock of its last state (1, or 2 once the server stamped its identity).
-            assert [entry.client_id for entry in room.awareness.entries()] == [
-                room.presence.server_client_id
-            ]
+            # Client 9 is removed for the others, at the clock of its last state (1, or
+            # 2 once the server stamped its identity); the server has no entry (no locks).
+            assert room.awareness.entries() == []
             removals = [protocol.decode(f) for f in b.drain()][-1]
             assert isinstance(removals, AwarenessUpdate)
             assert [(e.client_id, e.state) for e in removals.entries] == [(9, None)]

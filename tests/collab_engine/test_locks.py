@@ -14,14 +14,18 @@ from collab_engine.errors import Forbidden
 from collab_engine.identity import Identity
 from collab_engine.locks import (
     LockConflict,
+    LockLimits,
     LockNotHeld,
     Locks,
     Shadow,
+    TooManyLocks,
     overlaps,
+    parse_section,
     sections_touched,
 )
 from collab_engine.peer import Peer
 from collab_engine.permissions import Role
+from collab_engine.presence import PresencePolicy
 from collab_engine.protocol import (
     AwarenessUpdate,
     LockReply,
@@ -104,9 +108,13 @@ def request(room: Room, peer: Peer, **body: Any) -> dict[str, Any]:
 
 
 def server_locks(room: Room) -> list[dict[str, Any]]:
+    """The leases the server's awareness entry shows the clients (none: no entry)."""
     entry = room.awareness.get(room.presence.server_client_id)
-    assert entry is not None and entry.state is not None
-    locks: list[dict[str, Any]] = json.loads(entry.state)["server"].get("locks", [])
+    if entry is None:
+        return []
+    assert entry.state is not None
+    locks: list[dict[str, Any]] = json.loads(entry.state)["server"]["locks"]
+    assert locks, "the server's entry is there only while it has something to say"
     return locks
 
 
@@ -144,13 +152,16 @@ def test_a_write_into_a_section_locked_by_someone_else_is_rolled_back() -> None:
 
 
 def test_release_force_and_rights() -> None:
-    room = Room(DocumentName("r"))
+    now = [0.0]
+    room = Room(DocumentName("r"), clock=lambda: now[0])
     ann, viewer = joined(room, ANN), joined(room, Identity("v", "V"), Role.VIEWER)
     bob_owner = joined(room, BOB, Role.OWNER)
     assert not request(room, viewer, op="acquire", section=[])["ok"]
     lease = request(room, ann, op="acquire", section=["body"], ttl=10)["lock"]
     assert not request(room, bob_owner, op="release", section=["body"], fence=lease["fence"])["ok"]
     assert request(room, bob_owner, op="forceRelease", section=["body"])["ok"]
+    now[0] += 1.0  # the mirror's interval (its changes go out at most that often)
+    room.tick()
     assert server_locks(room) == []
     again = request(room, ann, op="acquire", section=["body"])["lock"]
     assert request(room, ann, op="renew", section=["body"], fence=again["fence"], ttl=60)["ok"]
@@ -249,3 +260,108 @@ def test_a_lock_deep_in_nested_maps_blocks_only_that_key() -> None:
     assert room.doc.get("sections", type=Map).to_py() == {
         "intro": {"title": "t", "body": "bob's body"}
     }
+
+
+# -- limits: what a lock may be, how many, and what the others are sent -----------------
+
+
+def test_sections_over_the_key_limits_are_refused() -> None:
+    limits = LockLimits(max_key_length=8, max_section_length=12)
+    assert parse_section(["a" * 8, "é" * 2], limits) == ("a" * 8, "éé")
+    with pytest.raises(ValueError, match="key is at most 8 bytes"):
+        parse_section(["é" * 5], limits)  # 5 characters, 10 UTF-8 bytes
+    with pytest.raises(ValueError, match="at most 12 bytes in all"):
+        parse_section(["a" * 8, "b" * 5], limits)
+    room = Room(DocumentName("r"), locks=Locks(limits=limits))
+    ann, watcher = joined(room, ANN), joined(room, BOB)
+    refused = request(room, ann, id=3, op="acquire", section=["x" * 1_000_000])
+    assert refused == {"id": 3, "ok": False, "error": "a section's key is at most 8 bytes"}
+    assert room.locks.leases == [] and watcher.drain() == []
+
+
+def test_leases_per_user_and_per_document_are_bounded() -> None:
+    room = Room(DocumentName("r"), locks=Locks(limits=LockLimits(per_user=2, per_document=3)))
+    ann, bob = joined(room, ANN), joined(room, BOB)
+    first = request(room, ann, op="acquire", section=["a"])["lock"]
+    assert request(room, ann, op="acquire", section=["b"])["ok"]
+    # Taking again a lease one holds is a renewal, not one more.
+    assert request(room, ann, op="acquire", section=["a"])["ok"]
+    over = request(room, ann, op="acquire", section=["c"])
+    assert not over["ok"] and over["error"] == (
+        "ann holds 2 locks on the document, the most one user may hold"
+    )
+    assert request(room, bob, op="acquire", section=["c"])["ok"]
+    full = request(room, bob, op="acquire", section=["d"])
+    assert not full["ok"] and full["error"] == "the document has 3 locks, the most it may have"
+    with pytest.raises(TooManyLocks):
+        room.lock("acquire", ("e",), identity=Identity("carol", "Carol"), role=Role.EDITOR)
+    # A released lease frees its place.
+    held = next(lease for lease in room.locks.leases if lease.section == ("a",))
+    assert held.fence > first["fence"]  # the renewal by acquire took a new fence
+    assert request(room, ann, op="release", section=["a"], fence=held.fence)["ok"]
+    assert request(room, ann, op="acquire", section=["c2"])["ok"]
+
+
+def test_the_summary_shows_sections_and_holders_within_its_size() -> None:
+    """What the clients are sent: no fences or timings (a renewal changes nothing),
+    names cut to 64 characters, at most `summary_size` bytes, the rest counted."""
+    locks = Locks(limits=LockLimits(summary_size=300))
+    assert locks.summary() == {}
+    long_name = "N" * 500
+    for n in range(10):
+        locks.acquire((f"s{n}",), user_id=f"u{n}", name=long_name, peer=None, now=0)
+    summary = locks.summary()
+    assert len(json.dumps(summary, separators=(",", ":"))) <= 300
+    shown = summary["locks"]
+    assert shown and summary["more"] == 10 - len(shown)
+    assert shown[0] == {"section": ["s0"], "holder": {"id": "u0", "name": "N" * 63 + "\u2026"}}
+    lease = locks.leases[0]
+    locks.renew(lease.section, lease.fence, 10, ttl=100)
+    assert locks.summary() == summary
+
+
+def test_a_flood_of_lock_requests_reaches_the_others_once_an_interval() -> None:
+    """However many locks one user takes and releases, each other client receives
+    the server's entry at most once per `server_interval` (the latest, at `tick`),
+    and renewals send nothing at all."""
+    now = [100.0]
+    room = Room(
+        DocumentName("r"),
+        clock=lambda: now[0],
+        presence=PresencePolicy(server_interval=0.25, server_renew=1000.0),
+    )
+    mallory, reader = joined(room, Identity("m", "Mallory")), joined(room, BOB)
+    sent = 0
+    for n in range(200):
+        body = json.dumps({"op": "acquire", "section": [f"k{n % 10}"]})
+        sent += len(body)
+        room.receive(mallory, LockRequest(body))
+        for reply in map(protocol.decode, mallory.drain()):
+            if isinstance(reply, LockReply) and json.loads(reply.body)["ok"]:
+                fence = json.loads(reply.body)["lock"]["fence"]
+                body = json.dumps({"op": "release", "section": [f"k{n % 10}"], "fence": fence})
+                sent += len(body)
+                room.receive(mallory, LockRequest(body))
+        mallory.drain()
+        now[0] += 0.001
+    frames = reader.drain()
+    assert len(frames) == 1, "only the first change goes out within the interval"
+    assert room.presence.holding
+    now[0] += 0.25
+    room.tick()
+    [latest] = map(protocol.decode, reader.drain())
+    assert isinstance(latest, AwarenessUpdate)
+    [entry] = latest.entries
+    assert entry.state is None, "every lock was released: the server's entry is removed"
+    received = sum(len(frame) for frame in frames) + 20
+    assert received * 20 < sent
+    # Renewing a lease changes nothing the others are shown: nothing is sent.
+    lease = request(room, mallory, op="acquire", section=["kept"])["lock"]
+    now[0] += 1.0
+    room.tick()
+    assert len(reader.drain()) == 1
+    for _ in range(5):
+        assert request(room, mallory, op="renew", section=["kept"], fence=lease["fence"])["ok"]
+        now[0] += 1.0
+        room.tick()
+    assert reader.drain() == []

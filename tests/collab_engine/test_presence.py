@@ -209,7 +209,7 @@ def test_read_only_presence_can_be_hidden() -> None:
     p.connect(A, ANON_A, True, 0.0)
     out = p.receive(A, (entry(7, 1, {}),), 0.0)
     assert (out.to_others, out.to_all) == ([], [])
-    assert [e.client_id for e in p.visible_entries()] == [p.server_client_id]
+    assert p.visible_entries() == []
     assert [info.read_only for info in p.describe(Doc(), 0.0)] == [True]
     assert p.disconnect(A) == []  # the others never saw it: nothing to remove
 
@@ -220,21 +220,54 @@ def test_read_only_presence_is_shown_by_default() -> None:
     assert p.receive(A, (entry(7, 1, own(ANON_A)),), 0.0).to_others != []
 
 
-def test_the_server_entry_is_renewed_and_never_expires() -> None:
+def test_the_server_entry_exists_only_while_it_has_something_to_say() -> None:
+    """Frontends count `awareness.getStates()` as who is online: no server entry
+    until there is something to say, and a removal for everyone once there is not."""
     p = presence(server_renew=15.0)
-    [server] = p.visible_entries()
-    assert json.loads(server.state or "null") == {"server": {}}
-    # The first renewal falls in the second half of the interval (rooms opened
-    # together do not all renew in the same tick), then one every interval.
-    assert p.tick(7.4) == []
-    [renewed] = p.tick(15.0)
-    assert (renewed.client_id, renewed.clock) == (server.client_id, server.clock + 1)
-    assert p.tick(29.9) == []
-    [again] = p.tick(30.0)
-    assert again.clock == server.clock + 2
+    assert p.visible_entries() == [] and p.tick(100.0) == []
+    assert p.server_says({"locks": []}, 1.0) == []  # an empty field says nothing
+    lock = {"section": ["body"], "holder": {"id": "ann", "name": "Ann"}}
+    [shown] = p.server_says({"locks": [lock]}, 1.0)
+    assert json.loads(shown.state or "null") == {"server": {"locks": [lock]}}
+    assert p.visible_entries() == [shown]
+    assert p.server_says({"locks": [lock]}, 2.0) == []  # unchanged: nothing to send
+    # Renewed before clients would time it out; never expired by the server itself.
+    assert p.tick(15.9) == []
+    [renewed] = p.tick(16.0)
+    assert (renewed.client_id, renewed.clock, renewed.state) == (
+        shown.client_id,
+        shown.clock + 1,
+        shown.state,
+    )
     assert p.expire(1000.0) == []
-    [changed] = [p.set_server_state({"locks": []}, 31.0)]
-    assert json.loads(changed.state or "null") == {"server": {"locks": []}}
+    [removed] = p.server_says({"locks": []}, 1000.0)
+    assert (removed.client_id, removed.clock, removed.state) == (
+        shown.client_id,
+        shown.clock + 2,
+        None,
+    )
+    assert p.visible_entries() == [] and p.tick(2000.0) == []
+    # The id stays the server's: no client may take it while it is absent.
+    p.connect(B, ANON_B, False, 0.0)
+    assert p.receive(B, (entry(shown.client_id, 99, {}),), 2000.0).refused == [shown.client_id]
+
+
+def test_the_server_entry_changes_at_most_once_an_interval() -> None:
+    """However often the locks change, the clients get the entry at most once per
+    `server_interval`: changes within it wait, and the latest goes out at `tick`."""
+    p = presence(server_interval=1.0)
+    locks = [{"section": [str(n)], "holder": {"id": "ann", "name": "Ann"}} for n in range(5)]
+    assert len(p.server_says({"locks": locks[:1]}, 10.0)) == 1
+    for n in range(2, 6):
+        assert p.server_says({"locks": locks[:n]}, 10.0 + n / 10) == []
+    assert p.holding and p.tick(10.9) == []
+    [latest] = p.tick(11.0)
+    assert json.loads(latest.state or "null") == {"server": {"locks": locks}}
+    assert not p.holding
+    # A removal waits its turn too.
+    assert p.server_says({}, 11.5) == [] and p.holding
+    [removed] = p.tick(12.0)
+    assert removed.state is None and p.visible_entries() == []
 
 
 def test_connections_without_a_state_are_listed() -> None:
@@ -372,17 +405,3 @@ def test_positions_follow_their_characters_under_concurrent_edits(data: st.DataO
 
 def _units(value: str) -> int:
     return len(value.encode("utf-16-le")) // 2
-
-
-def test_rooms_opened_together_renew_the_server_entry_at_different_times() -> None:
-    """Fifty rooms opened at once: their first renewals spread over the second half
-    of the interval, not one burst of broadcasts in a single tick."""
-    rooms = [presence(server_renew=15.0) for _ in range(50)]
-    first: list[float] = []
-    for room in rooms:
-        step = 0.0
-        while not room.tick(step):
-            step += 0.25
-        first.append(step)
-    assert 7.5 <= min(first) and max(first) <= 15.0
-    assert len(set(first)) > 10

@@ -56,20 +56,17 @@ def own_state(peer: Peer, **fields: object) -> str:
 
 
 def test_join_opens_with_sync_step1_then_awareness(new_peer: NewPeer) -> None:
-    """A joiner first gets the room's state vector, then every present awareness state."""
+    """A joiner first gets the room's state vector, then every present awareness state
+    (none in a new room: the server's own entry is there only while it has locks to
+    show)."""
     room = new_room()
     first, second = new_peer(), new_peer()
     room.join(first)
-    server = room.awareness.get(room.presence.server_client_id)
-    assert server is not None
-    assert messages(first) == [SyncStep1(room.doc.get_state()), AwarenessUpdate((server,))]
+    assert messages(first) == [SyncStep1(room.doc.get_state())]
     state = AwarenessEntry(ClientId(7), 1, own_state(first))
     room.receive(first, AwarenessUpdate((state,)))
     room.join(second)
-    assert messages(second) == [
-        SyncStep1(room.doc.get_state()),
-        AwarenessUpdate((server, state)),
-    ]
+    assert messages(second) == [SyncStep1(room.doc.get_state()), AwarenessUpdate((state,))]
 
 
 def test_update_is_applied_once_and_broadcast_as_one_frame(new_peer: NewPeer) -> None:
@@ -184,7 +181,7 @@ def test_full_outbox_evicts_that_peer_only(new_peer: NewPeer) -> None:
     assert isinstance(slow.error, PeerTooSlow)
     assert slow.error.close_code == 1013
     assert not fast.closed
-    assert len(fast.drain()) == 5  # step 1, the server's awareness, three updates
+    assert len(fast.drain()) == 4  # step 1, three updates
 
 
 def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer) -> None:
@@ -204,7 +201,7 @@ def test_awareness_is_forwarded_to_others_and_removed_on_leave(new_peer: NewPeer
     room.receive(b, protocol.QueryAwareness())
     [reply] = messages(b)
     assert isinstance(reply, AwarenessUpdate)
-    assert [entry.client_id for entry in reply.entries] == [room.presence.server_client_id]
+    assert reply.entries == ()  # nobody present: not even the server, which has no locks
 
 
 def test_oversized_awareness_state_is_refused(new_peer: NewPeer) -> None:
