@@ -93,9 +93,13 @@ const serverLocks = (c) => {
   }
   return []
 }
-/** A lease as {section, fence, holder: holder.id}: what `serverLocks` compares. */
-const leaseKey = (l) => ({ section: l?.section, fence: l?.fence, holder: l?.holder?.id })
-const byFence = (a, b) => (a.fence ?? 0) - (b.fence ?? 0)
+/** A lease as {section, holder: holder.id}: what `serverLocks` compares (the server's
+ * entry shows sections and holders, no fences or timings). */
+const leaseKey = (l) => ({ section: l?.section, holder: l?.holder?.id })
+const bySection = (a, b) => {
+  const [x, y] = [JSON.stringify(a.section), JSON.stringify(b.section)]
+  return x < y ? -1 : x > y ? 1 : 0
+}
 
 /** Awareness states as a plain object {clientID: state}. */
 const awarenessStates = (c) => Object.fromEntries(c.provider.awareness.getStates())
@@ -294,6 +298,8 @@ const checks = {
   users: (c, v) => canonical(userNames(c)) === canonical([...v].sort()),
   awarenessPresent: (c, v) => v.every((id) => c.provider.awareness.getStates().has(id)),
   awarenessAbsent: (c, v) => v.every((id) => !c.provider.awareness.getStates().has(id)),
+  /** awareness.getStates().size: what "N online" badges and Tiptap's caret `users` count. */
+  statesCount: (c, v) => c.provider.awareness.getStates().size === v,
   stampedUsers: (c, v) => v.every((id) => typeof c.provider.awareness.getStates().get(id)?.user?.id === 'string'),
   // {"<clientID>": {"dotted.path": value}}: each field of that client's state, as this
   // client sees it, equals value (null: the field is absent or null); the state exists.
@@ -311,9 +317,10 @@ const checks = {
   /** At least this many permission-denied messages received. */
   permissionDenied: (c, v) => c.permissionDenied.length >= v,
   /** The server's awareness entry lists exactly these leases, each given as
-   * {section, fence, holder (the holder's user id)}; order does not matter. */
+   * {section, holder (the holder's user id)}; order does not matter. */
   serverLocks: (c, v) =>
-    canonical(serverLocks(c).map(leaseKey).sort(byFence)) === canonical([...v].sort(byFence)),
+    canonical(serverLocks(c).map(leaseKey).sort(bySection)) ===
+    canonical([...v].sort(bySection)),
   /** At least this many lock replies received. */
   lockReplies: (c, v) => c.lockReplies.length >= v,
   /** At least this many connections closed with close code v[0]: [code, count]. */

@@ -5,8 +5,9 @@ A Node client (`client.mjs`, see `test_yjs_client.py`) sends a lock request as
 `varUint(100) varUint(2) varString(JSON)` on its provider's WebSocket and receives the
 reply `varUint(100) varUint(3) varString(JSON)` through a handler registered as
 `provider.messageHandlers[100]` (op `lock`); the server mirrors the current leases into
-its own awareness entry `{"server": {"locks": [...]}}`, which every Yjs client sees
-(wait condition `serverLocks`).
+its own awareness entry `{"server": {"locks": [{"section", "holder"}, ...]}}`, which
+every Yjs client sees (wait condition `serverLocks`), and removes that entry when no
+lease is left.
 
 Sections used here: `["map", "intro"]` (a key of the root Y.Map `map`) and `["text"]`
 (the whole root Y.Text `text`), the two roots `client.mjs` edits.
@@ -58,13 +59,14 @@ async def lock(
 
 def lease_key(lease: dict[str, Any]) -> dict[str, Any]:
     """What the wait condition `serverLocks` compares of a lease."""
-    return {"section": lease["section"], "fence": lease["fence"], "holder": lease["holder"]["id"]}
+    return {"section": lease["section"], "holder": lease["holder"]["id"]}
 
 
 def assert_lease(
     lease: dict[str, Any], section: list[str], user: str, name: str, ttl: float
 ) -> None:
-    """The shape of a lease in a reply (and in the server's awareness entry)."""
+    """The shape of a lease in a reply (the server's awareness entry shows only its
+    section and holder)."""
     assert set(lease) == {"section", "holder", "fence", "expiresIn", "expiresAt"}, lease
     assert lease["section"] == section
     assert lease["holder"] == {"id": user, "name": name}

@@ -32,6 +32,8 @@ from pycrdt import Map, Text, TransactionEvent
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from collab_engine.identity import Identity
+from collab_engine.permissions import Role
 from server.app import App
 from tests.conftest import running_server
 
@@ -386,9 +388,9 @@ async def test_clients_see_each_others_awareness() -> None:
                 # Each client's own state comes back stamped, so wait for that too.
                 await node.wait({"stampedUsers": [n.client_id for n in nodes]})
                 awareness = (await node.state())["awareness"]
-                # Three users, and the server's own entry (no `user`: no cursor drawn).
-                assert set(awareness) == {str(n.client_id) for n in nodes} | {str(server_id)}
-                assert set(awareness[str(server_id)]) == {"server"}
+                # Three users, and nothing else: the server has no entry while it has
+                # nothing to say (no locks), so `getStates()` counts the people online.
+                assert set(awareness) == {str(n.client_id) for n in nodes}
                 for i, other in enumerate(nodes):
                     user = awareness[str(other.client_id)]["user"]
                     # The chosen name and colour stay; the id is the connection's own.
@@ -397,9 +399,32 @@ async def test_clients_see_each_others_awareness() -> None:
                     user_ids.add(user["id"])
             assert len(user_ids) == 3
             entries = app.engine.rooms[room].awareness.entries()
-            assert {entry.client_id for entry in entries} == {n.client_id for n in nodes} | {
-                server_id
-            }
+            assert {entry.client_id for entry in entries} == {n.client_id for n in nodes}
+            # A lock makes the server say something: its entry appears for everyone
+            # (no `user`: no cursor drawn), and goes once the lock is released.
+            lease = app.engine.rooms[room].lock(
+                "acquire", ("text",), identity=Identity("ann", "Ann"), role=Role.EDITOR
+            )
+            assert lease is not None
+            for node in nodes:
+                await node.wait({"statesCount": 4, "awarenessPresent": [server_id]})
+                awareness = (await node.state())["awareness"]
+                assert awareness[str(server_id)] == {
+                    "server": {
+                        "name": "collab-engine",
+                        "document": room,
+                        "locks": [{"section": ["text"], "holder": {"id": "ann", "name": "Ann"}}],
+                    }
+                }
+            app.engine.rooms[room].lock(
+                "release",
+                ("text",),
+                identity=Identity("ann", "Ann"),
+                role=Role.EDITOR,
+                fence=lease.fence,
+            )
+            for node in nodes:
+                await node.wait({"statesCount": 3, "awarenessAbsent": [server_id]})
 
 
 async def test_late_joiner_gets_content_and_awareness() -> None:
@@ -425,13 +450,7 @@ async def test_late_joiner_gets_content_and_awareness() -> None:
                 assert state["text"] == expected["text"]
                 assert _normalise(state["map"]) == _normalise(expected["map"])
                 aw = state["awareness"]
-                server_id = str(app.engine.rooms[room].presence.server_client_id)
-                assert set(aw) == {
-                    str(late.client_id),
-                    str(a.client_id),
-                    str(b.client_id),
-                    server_id,
-                }
+                assert set(aw) == {str(late.client_id), str(a.client_id), str(b.client_id)}
                 assert aw[str(a.client_id)]["user"]["name"] == "a"
                 assert aw[str(b.client_id)]["user"]["name"] == "b"
                 # Its own: empty so far, or already stamped with its id by the server.

@@ -7,6 +7,7 @@ import secrets
 import socket
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -17,6 +18,8 @@ from websockets.exceptions import ConnectionClosedError
 
 from collab_engine import protocol
 from collab_engine.engine import EngineConfig
+from collab_engine.identity import Identity
+from collab_engine.permissions import Role
 from collab_engine.store import Entry
 from server.app import App
 from server.settings import Settings
@@ -102,20 +105,33 @@ async def test_joiner_gets_awareness_and_disconnect_removes_it(server: Server) -
 
 
 async def test_query_awareness_is_answered(server: Server) -> None:
-    """Query awareness returns every present state, the server's own included."""
+    """Query awareness returns every present state: the server's own only while it
+    has something to say (a lock)."""
     app, url = server
     async with yclient(url, "q") as a, yclient(url, "q") as b:
         await a.set_awareness({"status": "online"})
         await b.wait_for(lambda: a.doc.client_id in b.awareness)
-        b.received.clear()
-        await b.send(protocol.encode_query_awareness())
-        await b.wait_for(lambda: any(isinstance(m, protocol.AwarenessUpdate) for m in b.received))
-        [answer] = [m for m in b.received if isinstance(m, protocol.AwarenessUpdate)]
-        states = {e.client_id: json.loads(e.state or "null") for e in answer.entries}
-        server_id = app.engine.rooms["q"].presence.server_client_id
-        assert set(states) == {a.doc.client_id, server_id}
+
+        async def query() -> dict[int, Any]:
+            b.received.clear()
+            await b.send(protocol.encode_query_awareness())
+            await b.wait_for(
+                lambda: any(isinstance(m, protocol.AwarenessUpdate) for m in b.received)
+            )
+            [answer] = [m for m in b.received if isinstance(m, protocol.AwarenessUpdate)]
+            return {e.client_id: json.loads(e.state or "null") for e in answer.entries}
+
+        states = await query()
+        assert set(states) == {a.doc.client_id}
         assert states[a.doc.client_id]["status"] == "online"
-        assert "server" in states[server_id]
+        room = app.engine.rooms["q"]
+        room.lock("acquire", ("body",), identity=Identity("ann", "Ann"), role=Role.EDITOR)
+        await b.wait_for(lambda: room.presence.server_client_id in b.awareness)
+        states = await query()
+        assert set(states) == {a.doc.client_id, room.presence.server_client_id}
+        assert states[room.presence.server_client_id]["server"]["locks"] == [
+            {"section": ["body"], "holder": {"id": "ann", "name": "Ann"}}
+        ]
 
 
 @pytest.mark.parametrize(
