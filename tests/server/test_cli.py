@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from pycrdt import Text
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from collab_engine import protocol
@@ -114,6 +116,58 @@ async def test_cli_limits_are_applied() -> None:
         with anyio.fail_after(10):
             await process.wait()
         await process.aclose()
+
+
+async def test_cli_lock_limits_are_applied() -> None:
+    """The lock flags reach the rooms: key and section lengths, leases per user and per
+    document, the summary's size (a lease that does not fit is counted in "more")."""
+    process, url = await start_server(
+        "--memory",
+        *("--lock-max-key-length", "4", "--lock-max-section-length", "6"),
+        *("--locks-per-user", "2", "--locks-per-document", "3"),
+        *("--lock-summary-size", "120", "--lock-mirror-interval", "0"),
+        "--log-level",
+        "WARNING",
+    )
+
+    async def request(ws: ClientConnection, **body: object) -> dict[str, Any]:
+        await ws.send(protocol.encode_lock_request(json.dumps(body)))
+        async for frame in ws:
+            assert isinstance(frame, bytes)
+            message = protocol.decode(frame)
+            if isinstance(message, protocol.LockReply):
+                reply: dict[str, Any] = json.loads(message.body)
+                return reply
+        raise AssertionError("closed without a reply")
+
+    try:
+        with anyio.fail_after(20):
+            async with connect(f"{url}/flags") as ann, connect(f"{url}/flags") as bob:
+                key = await request(ann, op="acquire", section=["abcde"])
+                assert key["error"] == "a section's key is at most 4 bytes"
+                whole = await request(ann, op="acquire", section=["abcd", "efg"])
+                assert whole["error"] == "a section's keys are at most 6 bytes in all"
+                assert (await request(ann, op="acquire", section=["a"]))["ok"]
+                assert (await request(ann, op="acquire", section=["b"]))["ok"]
+                user = await request(ann, op="acquire", section=["c"])
+                assert user["ok"] is False and "holds 2 locks" in user["error"]
+                assert (await request(bob, op="acquire", section=["c"]))["ok"]
+                full = await request(bob, op="acquire", section=["d"])
+                assert full["error"] == "the document has 3 locks, the most it may have"
+            async with connect(f"{url}/flags") as joiner:
+                async for frame in joiner:
+                    assert isinstance(frame, bytes)
+                    message = protocol.decode(frame)
+                    if isinstance(message, protocol.AwarenessUpdate):
+                        break
+                [server] = [
+                    json.loads(e.state)["server"]
+                    for e in message.entries
+                    if e.state is not None and "server" in json.loads(e.state)
+                ]
+                assert len(server["locks"]) < 3 and len(server["locks"]) + server["more"] == 3
+    finally:
+        await stop(process)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
