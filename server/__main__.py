@@ -25,7 +25,7 @@ from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
 
 from . import history, secret
-from .app import run
+from .app import CannotListen, run
 from .auth import mint
 from .settings import MAX_BUFFERED, Settings
 
@@ -386,6 +386,9 @@ def _serve(args: argparse.Namespace) -> None:
         sys.exit(130)
     except StorageError as error:
         print(f"collab-engine: {error.reason}", file=sys.stderr)
+        sys.exit(1)
+    except CannotListen as error:
+        print(f"collab-engine: {error}", file=sys.stderr)
         sys.exit(1)
 
 
