@@ -13,7 +13,12 @@ narrow what the grants allow, never widen it:
 - a document with no stored grants follows the token (the application that mints
   tokens is the authority, as with y-sweet and Liveblocks tokens);
 - once grants are stored, the role is the lesser of the token's role and the best
-  grant that matches the identity; no matching grant means no access.
+  grant that matches the identity; no matching grant means no access;
+- an admin token (what a holder of the server's secret mints for itself, as the
+  command line does) is owner of every document its pattern covers, whatever the
+  grants: whoever holds the secret could mint a token for any granted user anyway.
+
+`refusal` says why a decision fell short, in words a user can act on.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ class Credentials:
     """The documents the token is for, as a glob pattern (`notes/*`)."""
     expires_at: float | None = None
     """Unix time after which the token is no longer good (None: never)."""
+    admin: bool = False
+    """Owner of every document it covers, whatever the grants."""
 
     def covers(self, document: str) -> bool:
         """Whether the token is for `document`."""
@@ -97,6 +104,8 @@ def decide(credentials: Credentials, document: str, grants: Iterable[Grant]) -> 
     """The role `credentials` have on `document` given its stored `grants`; None: none."""
     if not credentials.covers(document):
         return None
+    if credentials.admin:
+        return Role.OWNER
     stored = list(grants)
     if not stored:
         return credentials.role
@@ -104,3 +113,40 @@ def decide(credentials: Credentials, document: str, grants: Iterable[Grant]) -> 
     if not granted:
         return None
     return min(credentials.role, max(granted))
+
+
+_ACTIONS = {Role.VIEWER: "read", Role.EDITOR: "write", Role.OWNER: "administer"}
+
+
+def refusal(
+    credentials: Credentials, document: str, grants: Iterable[Grant], needed: Role = Role.VIEWER
+) -> str:
+    """Why `credentials` lack the `needed` role on `document` given its `grants`: who,
+    what is missing, and how an owner can fix it.
+
+    Meant for when `decide` gives None or less than `needed`. The user, the document
+    and the missing grant come first, so that a reason cut short (a WebSocket close
+    reason holds 123 bytes) still says them.
+    """
+    identity = credentials.identity
+    user = identity.user_id
+    refused = f"{user} may not {_ACTIONS[needed]} {document!r}"
+    if not credentials.covers(document):
+        return f"{refused}: the token is only for documents matching {credentials.documents!r}"
+    if credentials.role < needed:
+        return f"{refused}: the token gives {credentials.role}, {needed} is needed"
+    principal = f"user:{user}"
+    put = f"PUT /api/documents/{document}/grants/{principal}"
+    matching = [grant for grant in grants if grant.matches(identity)]
+    if not matching:
+        groups = ", ".join(f"group:{group}" for group in identity.groups)
+        theirs = f" or the token's groups ({groups})" if groups else ""
+        return (
+            f"{refused}: it has grants, and none for {principal}{theirs}; "
+            f"an owner can add one with {put}"
+        )
+    best = max(matching, key=lambda grant: grant.role)
+    return (
+        f"{refused}: {needed} is needed, and the best grant for {user} is {best.role} "
+        f"({best.principal}); an owner can give more with {put}"
+    )

@@ -252,7 +252,9 @@ class Room:
         if refusal.changed:
             peer.send(encode_permission_denied(reason))
         if refusal.merged is not None:
-            self.apply(refusal.merged, origin=peer.id, author=peer.author)
+            # Stored with no author: nothing of it was kept, so the denied peer is no
+            # version's editor and no diff credits it with the compensation.
+            self.apply(refusal.merged, origin=peer.id, author=None)
         self._received_update(peer)
 
     # -- locks -------------------------------------------------------------------------

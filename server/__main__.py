@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +25,9 @@ from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
 
-from . import history
-from .app import run
-from .auth import MIN_SECRET_BYTES, mint
+from . import history, secret
+from .app import CannotListen, run
+from .auth import mint
 from .settings import MAX_BUFFERED, Settings
 
 DEFAULT_DB = "collab.db"
@@ -265,10 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-automatic-versions", action="store_true", help="make no automatic versions"
     )
-    serve.add_argument(
-        "--secret",
-        help="the HS256 key tokens are signed with (default: $COLLAB_SECRET; none: open mode)",
-    )
+    secret.add_options(serve, "the HS256 key tokens are signed with (none: open mode)")
     serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
     token = commands.add_parser("token", help="print a signed token")
@@ -278,7 +274,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--role", default="editor", help="viewer, editor or owner (default editor)")
     token.add_argument("--doc", default="*", help="glob of the documents it is for (default *)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is good for")
-    token.add_argument("--secret", help="signing key (default: $COLLAB_SECRET)")
+    token.add_argument(
+        "--admin",
+        action="store_true",
+        help="owner of every document --doc covers, whatever its grants (the `admin` claim)",
+    )
+    secret.add_options(token, "the signing key")
 
     grants = commands.add_parser(
         "grants",
@@ -299,6 +300,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `collab-engine` console script."""
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        # `serve` sets up its own logging; the others print warnings (a secret given
+        # on the command line) as one line each.
+        logging.basicConfig(format="collab-engine: %(levelname)s: %(message)s")
     if args.command == "token":
         _token(args)
     elif args.command == "grants":
@@ -314,10 +319,10 @@ def _has_uvloop() -> bool:
 
 
 def _secret(args: argparse.Namespace) -> str | None:
-    secret: str | None = args.secret or os.environ.get("COLLAB_SECRET") or None
-    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        _fail(f"the secret must be at least {MIN_SECRET_BYTES} bytes long")
-    return secret
+    try:
+        return secret.read(args)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str) -> NoReturn:
@@ -328,7 +333,7 @@ def _fail(message: str) -> NoReturn:
 def _token(args: argparse.Namespace) -> None:
     secret = _secret(args)
     if secret is None:
-        _fail("no secret: pass --secret or set COLLAB_SECRET")
+        _fail("no secret: set COLLAB_SECRET or pass --secret-file (or --secret)")
     try:
         role = Role.parse(args.role)
     except ValueError as exc:
@@ -342,6 +347,7 @@ def _token(args: argparse.Namespace) -> None:
             role=role,
             documents=args.doc,
             ttl=args.ttl,
+            admin=args.admin,
         )
     )
 
@@ -432,6 +438,9 @@ def _serve(args: argparse.Namespace) -> None:
         sys.exit(130)
     except StorageError as error:
         print(f"collab-engine: {error.reason}", file=sys.stderr)
+        sys.exit(1)
+    except CannotListen as error:
+        print(f"collab-engine: {error}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -118,13 +118,27 @@ def _safe_url(url: str) -> str:
         return url.split(":", 1)[0] + "://..."
 
 
+class CannotListen(Exception):
+    """The server's address cannot be listened on (in use, not this machine's, ...);
+    the message says which address and why, in one line."""
+
+
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on `host:port` (port 0 picks a free one)."""
+    """A listening TCP socket on `host:port` (port 0 picks a free one).
+
+    Raises:
+        CannotListen: the address is in use, or cannot be bound.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        why = (exc.strerror or str(exc)).lower()
+        raise CannotListen(f"cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(True)
     return sock
 
@@ -162,15 +176,21 @@ async def serve(
     app: App,
     *,
     shutdown: anyio.Event,
+    sock: socket.socket | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` with hypercorn until `shutdown` is set; report the bound port.
 
-    On shutdown, every peer is closed with 1001 first, so that hypercorn's
-    graceful wait does not wait on open WebSockets.
+    Serves on `sock`, a listening socket (`bind`), which it takes over; without one,
+    binds the settings' host and port. On shutdown, every peer is closed with 1001
+    first, so that hypercorn's graceful wait does not wait on open WebSockets.
+
+    Raises:
+        CannotListen: without `sock`, the address cannot be listened on.
     """
     settings = app.settings
-    sock = bind(settings.host, settings.port)
+    if sock is None:
+        sock = bind(settings.host, settings.port)
     port: int = sock.getsockname()[1]
 
     async def trigger() -> None:
@@ -227,10 +247,17 @@ async def run(settings: Settings) -> None:
     close the store; print the address once listening.
 
     Raises:
+        CannotListen: the address cannot be listened on; nothing was opened.
         StorageError: the database cannot be opened.
     """
     asyncio.get_running_loop().set_exception_handler(_drop_cancelled)
-    store = await open_store(settings)
+    # The socket first: a port in use must not leave a new, empty database behind.
+    sock = bind(settings.host, settings.port)
+    try:
+        store = await open_store(settings)
+    except BaseException:
+        sock.close()
+        raise
     if settings.secret is None:
         log.warning(
             "OPEN DEVELOPMENT MODE: no secret is configured (--secret or COLLAB_SECRET), "
@@ -246,7 +273,7 @@ async def run(settings: Settings) -> None:
         app = App(settings, store)
         shutdown = anyio.Event()
         async with anyio.create_task_group() as tg:
-            port = await tg.start(partial(serve, app, shutdown=shutdown))
+            port = await tg.start(partial(serve, app, shutdown=shutdown, sock=sock))
             _tune_collector()
             print(f"collab-engine listening on ws://{settings.host}:{port}", flush=True)
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

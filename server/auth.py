@@ -7,12 +7,17 @@ Claims:
     groups  list of group names                (default: none)
     role    viewer | editor | owner            (default: editor)
     doc     glob of the documents it is for    (default: *)
+    admin   true: owner of every document its  (default: false)
+            `doc` covers, whatever the grants
     exp     expiry, Unix time                  (required)
 
 A token arrives as `?token=` on the WebSocket URL (what y-websocket's `params`
 sends) or as `Authorization: Bearer <token>` over HTTP. With no secret configured,
 the server runs in the open development mode: no token is asked for, every
 connection is anonymous and owner of every document.
+
+An admin token is what a holder of the secret mints for itself (the command line's
+`--secret` does, with `doc` `*`): it could mint a token for any granted user anyway.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ def mint(
     documents: str = "*",
     ttl: float = 3600.0,
     now: float | None = None,
+    admin: bool = False,
 ) -> str:
-    """A token for `user`, good for `ttl` seconds."""
+    """A token for `user`, good for `ttl` seconds; with `admin`, owner of every
+    document `documents` covers, whatever its grants."""
     issued = time.time() if now is None else now
     claims = {
         "sub": user,
@@ -56,6 +63,8 @@ def mint(
         "iat": int(issued),
         "exp": int(issued + ttl),
     }
+    if admin:
+        claims["admin"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -79,8 +88,10 @@ def verify(secret: str, token: str) -> Credentials:
         name = claims.get("name", user)
         groups = claims.get("groups", [])
         documents = claims.get("doc", "*")
+        admin = claims.get("admin", False)
         if not (
             isinstance(user, str)
+            and isinstance(admin, bool)
             and isinstance(name, str)
             and isinstance(documents, str)
             and isinstance(groups, list)
@@ -91,7 +102,7 @@ def verify(secret: str, token: str) -> Credentials:
         expires = float(claims["exp"])
     except (ValueError, TypeError) as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
-    return Credentials(Identity(user, name, tuple(groups)), role, documents, expires)
+    return Credentials(Identity(user, name, tuple(groups)), role, documents, expires, admin)
 
 
 def token_of(scope: Scope) -> str | None:

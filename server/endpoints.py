@@ -50,7 +50,7 @@ from collab_engine.errors import Forbidden, ProtocolError, StorageError, Unauthe
 from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, TooManyLocks, parse_section
-from collab_engine.permissions import Grant, Role
+from collab_engine.permissions import Grant, Role, refusal
 from collab_engine.types import DocumentName
 
 from .auth import credentials_for
@@ -285,7 +285,7 @@ async def _authorize(
         return OPEN_MODE, Role.OWNER
     role = await engine.role(name, credentials)
     if role is None or role < needed:
-        raise HTTPError(403, f"{needed} right on {name!r} needed")
+        raise HTTPError(403, refusal(credentials, name, await engine.grants(name), needed))
     return credentials.identity, role
 
 

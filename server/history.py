@@ -12,8 +12,9 @@ Each works in one of two places:
 
 - `--url http://HOST:PORT`: through a running server's HTTP API, so that a restore
   or an import reaches connected clients at once, like any edit. With a secret,
-  give `--token` (or `--secret`/`$COLLAB_SECRET`, which mints an owner token for
-  the user "cli").
+  give `--token`, or the server's secret (`$COLLAB_SECRET`, `--secret-file` or
+  `--secret`), from which an admin token is minted for the user "cli": owner of
+  every document, whatever its grants.
 - otherwise, on the database itself (`--db PATH`, default ./collab.db, or
   `--database-url`), with the server stopped: an engine is run in this process for
   the one command. Changes made so while a server runs reach its clients only when
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -44,6 +44,7 @@ from collab_engine.journal import describe_error
 from collab_engine.permissions import Role
 from storage import SQLStore, sqlite_url
 
+from . import secret
 from .auth import mint
 
 DEFAULT_DB = "collab.db"
@@ -90,9 +91,7 @@ def add_commands(commands: Any) -> None:
         where.add_argument("--database-url", metavar="URL")
         where.add_argument("--url", metavar="URL", help="a running server: http://host:port")
         parser.add_argument("--token", help="with --url: the bearer token")
-        parser.add_argument(
-            "--secret", help="with --url: mint an owner token (default $COLLAB_SECRET)"
-        )
+        secret.add_options(parser, "with --url: mint an admin token with this key")
         parser.add_argument(
             "--author",
             default=f"cli:{getpass.getuser()}",
@@ -102,8 +101,8 @@ def add_commands(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run a `history`, `export` or `import` command; exit 1 with the reason on failure."""
-    target: _Target = _HTTP(args) if args.url else _Database(args)
     try:
+        target: _Target = _HTTP(args) if args.url else _Database(args)
         if args.command == "history":
             _history(target, args)
         elif args.command == "export":
@@ -203,9 +202,13 @@ class _HTTP(_Target):
     def __init__(self, args: argparse.Namespace) -> None:
         self.base = args.url.rstrip("/") + "/api/documents/"
         token = args.token
-        secret = args.secret or os.environ.get("COLLAB_SECRET")
-        if token is None and secret:
-            token = mint(secret, user="cli", role=Role.OWNER, ttl=300)
+        if token is None:
+            try:
+                key = secret.read(args)
+            except ValueError as exc:
+                raise _Failure(str(exc)) from None
+            if key is not None:
+                token = mint(key, user="cli", role=Role.OWNER, documents="*", ttl=300, admin=True)
         self.headers = {} if token is None else {"authorization": f"Bearer {token}"}
 
     def _send(self, method: str, path: str, data: bytes | None, kind: str) -> bytes:

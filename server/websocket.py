@@ -41,6 +41,7 @@ from collab_engine.errors import (
 from collab_engine.history import History
 from collab_engine.journal import Journal
 from collab_engine.peer import Peer
+from collab_engine.permissions import refusal
 from collab_engine.protocol import (
     Message,
     SyncStep2,
@@ -146,7 +147,7 @@ async def _admit(engine: Engine, settings: Settings, scope: Scope, name: str, la
         return Peer(outbox_size=size, label=label)  # open mode: anonymous, owner
     role = await engine.role(name, credentials)
     if role is None:
-        raise Forbidden(f"{credentials.identity.user_id} may not read {name!r}")
+        raise Forbidden(refusal(credentials, name, await engine.grants(name)))
     return Peer(
         outbox_size=size,
         label=f"{label} {credentials.identity.user_id}",

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -210,3 +211,24 @@ async def test_serve_in_memory_keeps_documents_while_used_and_stores_nothing(
         if process.returncode is None:
             process.kill()
         await process.aclose()
+
+
+async def test_a_port_in_use_fails_in_one_line_and_creates_no_database(tmp_path: Path) -> None:
+    """`serve` on a port another socket listens on: exit status 1, one line on stderr
+    that names the address, and no database file left behind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        db = tmp_path / "x.db"
+        with anyio.fail_after(20):
+            result = await anyio.run_process(
+                [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+                 "--port", str(port), "--db", str(db)],
+                check=False,
+            )  # fmt: skip
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1, result.stderr.decode()
+    assert lines == [f"collab-engine: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert not db.exists()
+    assert os.listdir(tmp_path) == []

@@ -96,11 +96,21 @@ def denials(client: YClient) -> list[str]:
     return [m.reason for m in client.received if isinstance(m, protocol.PermissionDenied)]
 
 
+SECRET_WARNING = "the secret was given as --secret: every local user can read it"
+
+
 async def mint_with_cli(*args: str, env: Mapping[str, str] | None = None) -> str:
-    """A token printed by `collab-engine token ARGS`: one line, nothing on stderr."""
+    """A token printed by `collab-engine token ARGS`: one line; nothing on stderr but,
+    with `--secret`, the one-line warning that it shows in the process list."""
     result = await cli("token", *args, env=env)
     assert result.returncode == 0, err(result)
-    assert err(result) == ""
+    if "--secret" in args:
+        assert err(result).splitlines() == [
+            f"collab-engine: WARNING: {SECRET_WARNING} "
+            "in the process list; set COLLAB_SECRET or use --secret-file instead"
+        ], err(result)
+    else:
+        assert err(result) == ""
     lines = out(result).splitlines()
     assert len(lines) == 1, out(result)
     return lines[0]
@@ -194,7 +204,7 @@ async def test_serve_without_a_secret_warns_of_the_open_mode(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--user", "alice"), "no secret: pass --secret or set COLLAB_SECRET"),
+        (("--user", "alice"), "no secret: set COLLAB_SECRET or pass --secret-file"),
         (("--user", "alice", "--secret", "too-short"), "the secret must be at least 32 bytes long"),
         (("--user", "alice", "--secret", SECRET, "--role", "boss"), "unknown role 'boss'"),
     ],
@@ -207,16 +217,57 @@ async def test_token_without_a_good_secret_or_role_fails_in_one_line(
     result = await cli("token", *args)
     assert result.returncode == 2, (out(result), err(result))
     assert out(result) == ""
-    lines = err(result).splitlines()
+    lines = [line for line in err(result).splitlines() if SECRET_WARNING not in line]
     assert len(lines) == 1, err(result)
     assert lines[0].startswith("collab-engine: ") and message in lines[0], lines
 
 
 async def test_serve_refuses_a_short_secret_before_listening(tmp_path: Path) -> None:
-    result = await cli("serve", "--port", "0", "--db", str(tmp_path / "c.db"), "--secret", "short")
+    env = environment(COLLAB_SECRET="short")
+    result = await cli("serve", "--port", "0", "--db", str(tmp_path / "c.db"), env=env)
     assert result.returncode == 2
     assert err(result).strip() == "collab-engine: the secret must be at least 32 bytes long"
     assert "listening" not in out(result)
+
+
+async def test_a_secret_on_the_command_line_is_warned_of_and_a_secret_file_works(
+    tmp_path: Path,
+) -> None:
+    """`serve --secret` logs a WARNING that the key shows in the process list;
+    COLLAB_SECRET and `--secret-file` (one trailing newline dropped) give none, and
+    a server started with the file accepts tokens signed with its key only."""
+    key = tmp_path / "secret"
+    key.write_text(SECRET + "\n")
+    token = await mint_with_cli("--user", "ann", "--secret-file", str(key))
+    assert jwt.decode(token, SECRET, algorithms=["HS256"])["sub"] == "ann"
+    db = ("--db", str(tmp_path / "c.db"), "--log-level", "INFO")
+    ways = {
+        "argument": (("--secret", SECRET), environment()),
+        "environment": ((), environment(COLLAB_SECRET=SECRET)),
+        "file": (("--secret-file", str(key)), environment()),
+    }
+    for way, (args, env) in ways.items():
+        process, url, startup = await serve(*db, *args, env=env)
+        try:
+            warned = [line for line in startup.splitlines() if SECRET_WARNING in line]
+            if way == "argument":
+                assert len(warned) == 1 and "WARNING" in warned[0], startup
+            else:
+                assert warned == [], (way, startup)
+            assert OPEN_MODE not in startup, (way, startup)
+            async with yclient(url, f"doc?token={token}") as client:
+                client.doc.get("t", type=Text).insert(0, way)
+                await client.flush()
+            none = await refused(url, "doc")
+            assert none.close_code == 4401, way
+        finally:
+            assert await stop(process) == 0
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    for path, message in ((empty, "at least 32 bytes"), (tmp_path / "missing", "cannot read")):
+        result = await cli("serve", *db, "--secret-file", str(path))
+        assert result.returncode == 2 and message in err(result), err(result)
+        assert len(err(result).splitlines()) == 1, err(result)
 
 
 async def test_grants_set_list_revoke_then_a_server_enforces_them(tmp_path: Path) -> None:

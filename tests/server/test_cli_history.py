@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from pycrdt import Doc, Map, Text
 
@@ -135,6 +136,59 @@ async def test_history_against_a_running_server_reaches_connected_clients(tmp_pa
             assert named == [None, f"Restored version {made['version']['id']}"]
             refused = await cli("history", "list", "live", "--url", http, check=False)
             assert refused.returncode == 1 and b"401" in refused.stderr
+    finally:
+        process.terminate()
+        with anyio.fail_after(10):
+            await process.wait()
+
+
+async def test_the_secret_administers_a_document_whose_grants_name_someone_else(
+    tmp_path: Path,
+) -> None:
+    """The token the CLI mints from `--secret` is an admin token: history, export and
+    import work on a document whose grants are for another user only. A token with no
+    grant there gets 403, with a reason that names the user and the missing grant."""
+    process, url = await start_server(
+        "--db", str(tmp_path / "granted.db"), "--secret", SECRET, "--log-level", "WARNING",
+        "--no-automatic-versions",
+    )  # fmt: skip
+    http = url.replace("ws://", "http://")
+    where = ("--url", http, "--secret", SECRET)
+    ann = mint(SECRET, user="ann", role=Role.OWNER)
+    try:
+        async with yclient(url, f"kept?token={ann}") as client:
+            body = client.doc.get("body", type=Text)
+            body.insert(0, "ann's")
+            await client.flush()
+            await client.request_persisted()
+            await client.wait_persisted()
+            async with httpx.AsyncClient(
+                base_url=f"{http}/api/documents", headers={"authorization": f"Bearer {ann}"}
+            ) as api:
+                granted = await api.put("/kept/grants/user:ann", json={"role": "owner"})
+                assert granted.status_code == 200, granted.text
+                grants = (await api.get("/kept/grants")).json()["grants"]
+                assert grants == [{"principal": "user:ann", "role": "owner"}]
+            made = json.loads((await cli("history", "create", "kept", "--json", *where)).stdout)
+            listed = json.loads((await cli("history", "list", "kept", "--json", *where)).stdout)
+            assert [v["id"] for v in listed["versions"]] == [made["version"]["id"]]
+            shown = (await cli("history", "show", "kept", "now", *where)).stdout.decode()
+            assert "ann's" in shown
+            exported = json.loads((await cli("export", "kept", *where)).stdout)
+            assert exported["roots"]["body"]["text"] == "ann's"
+            content = tmp_path / "more.json"
+            content.write_text(json.dumps({"roots": {"meta": {"type": "map", "value": {"k": 1}}}}))
+            await cli("import", "kept", str(content), *where)
+            meta = client.doc.get("meta", type=Map)
+            await client.wait_for(lambda: meta.to_py() == {"k": 1.0})
+
+        bob = mint(SECRET, user="bob", role=Role.OWNER)
+        refused = await cli("history", "list", "kept", "--url", http, "--token", bob, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.decode().strip() == (
+            "collab-engine: 403: bob may not read 'kept': it has grants, and none for "
+            "user:bob; an owner can add one with PUT /api/documents/kept/grants/user:bob"
+        )
     finally:
         process.terminate()
         with anyio.fail_after(10):

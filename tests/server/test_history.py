@@ -258,3 +258,38 @@ async def test_the_restored_state_survives_a_restart(tmp_path: Path) -> None:
         async with api(url) as http_client:
             listed = (await http_client.get("/doc/versions")).json()["versions"]
     assert [v["label"] for v in listed] == [None, f"Restored version {version['id']}"]
+
+
+async def test_a_denied_writer_is_no_editor_of_the_next_version(secured: Server) -> None:
+    """A viewer's write is denied and rolled back: the version made afterwards, and the
+    diff up to it, list only the editor whose changes were kept."""
+    _, url = secured
+    async with (
+        yclient(url, f"doc?token={token('ann', Role.EDITOR)}") as ann,
+        yclient(url, f"doc?token={token('val', Role.VIEWER)}") as val,
+        api(url, "own", Role.OWNER) as owner,
+    ):
+        ann.doc.get("t", type=Text).insert(0, "kept")
+        await ann.flush()
+        await ann.request_persisted()
+        await ann.wait_persisted()
+        first = (await owner.post("/doc/versions", json={})).json()["version"]
+        await val.wait_for(lambda: str(val.doc.get("t", type=Text)) == "kept")
+        val.doc.get("t", type=Text).insert(0, "DENIED ")
+        await val.flush()
+        await val.wait_for(
+            lambda: any(isinstance(m, protocol.PermissionDenied) for m in val.received)
+        )
+        await val.wait_for(lambda: str(val.doc.get("t", type=Text)) == "kept")
+        ann.doc.get("t", type=Text).insert(4, " too")
+        await ann.flush()
+        await settle(ann, val)
+        made = await owner.post("/doc/versions", json={"label": "after the denial"})
+        assert made.status_code == 200, made.text
+        second = made.json()["version"]
+        assert second["seq"] > first["seq"] + 1, "the denied write was not stored"
+        assert second["editors"] == ["ann"]
+        changes = (await owner.get(f"/doc/versions/{first['id']}/diff/{second['id']}")).json()
+        assert changes["editors"] == ["ann"]
+        authors = {change.get("author") for change in changes["roots"]["t"]["changes"]}
+        assert "val" not in authors and "ann" in authors, changes
