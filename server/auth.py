@@ -6,7 +6,8 @@ Claims:
     name    display name                       (default: the id)
     groups  list of group names                (default: none)
     role    viewer | editor | owner            (default: editor)
-    doc     glob of the documents it is for    (default: *)
+    doc     pattern of the documents it is for (default: **, every document;
+            see `collab_engine.names`: `*` stays within one `/` segment)
     exp     expiry, Unix time                  (required)
 
 A token arrives as `?token=` on the WebSocket URL (what y-websocket's `params`
@@ -41,7 +42,7 @@ def mint(
     name: str | None = None,
     groups: Sequence[str] = (),
     role: Role = Role.EDITOR,
-    documents: str = "*",
+    documents: str = "**",
     ttl: float = 3600.0,
     now: float | None = None,
 ) -> str:
@@ -78,7 +79,7 @@ def verify(secret: str, token: str) -> Credentials:
         user = claims["sub"]
         name = claims.get("name", user)
         groups = claims.get("groups", [])
-        documents = claims.get("doc", "*")
+        documents = claims.get("doc", "**")
         if not (
             isinstance(user, str)
             and isinstance(name, str)
