@@ -46,6 +46,7 @@ from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
 from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
 from .locks import LockLimits, Locks
+from .names import normalized
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
@@ -205,11 +206,12 @@ class Engine:
         """Use the room of document `name`, loading it if it is cold.
 
         Every concurrent user of one name gets the same room. The room stays loaded
-        while it is in use and for `unload_grace` seconds after.
+        while it is in use and for `unload_grace` seconds after. `name` is taken in
+        NFC (`names.normalized`): its NFC and NFD spellings open one room.
         """
         if self._task_group is None:
             raise RuntimeError("the engine is not running: use `async with Engine()`")
-        doc_name = DocumentName(name)
+        doc_name = DocumentName(normalized(name))
         slot = self._slots.get(doc_name)
         if slot is not None and slot.room is not None and slot.room.failed is not None:
             # A room whose storage failed is done; this opening loads what is stored.
@@ -297,6 +299,7 @@ class Engine:
         Raises:
             StorageError: they cannot be read.
         """
+        name = normalized(name)
         doc_name = DocumentName(name)
         cached = self._grants.get(doc_name)
         if cached is not None:
@@ -319,6 +322,7 @@ class Engine:
 
     async def grant(self, name: str, grant: Grant) -> None:
         """Store `grant` on document `name`; open connections get their new rights now."""
+        name = normalized(name)
         if self.store is not None:
             await self.store.grant(name, grant)
         current = [g for g in await self.grants(name) if g.principal != grant.principal]
@@ -327,6 +331,7 @@ class Engine:
 
     async def revoke(self, name: str, principal: str) -> bool:
         """Remove `principal`'s grant on `name`; open connections lose rights now."""
+        name = normalized(name)
         removed = True
         if self.store is not None:
             removed = await self.store.revoke(name, principal)

@@ -30,7 +30,6 @@ editor to name, owner to restore).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -39,10 +38,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pycrdt import Doc
 
+from . import json_text
 from .blocks import root_kinds
 from .content import content_of, kinds_of
 from .diff import diff
-from .errors import StorageError
+from .errors import ProtocolError, StorageError
 from .journal import describe_error
 from .permissions import Role
 from .rollback import revert
@@ -264,9 +264,16 @@ class History:
             {"id": 3, "op": "restore", "version": 7}     -> {"id": 3, "ok": true, "version": {...}}
 
         A version created here holds every update the peer sent before the request.
-        Errors are replies ({"ok": false, "error": ...}), never a closed connection.
+        Errors are replies ({"ok": false, "error": ...}), never a closed connection,
+        but for a body that is no JSON object (the codec refuses those first).
+
+        Raises:
+            ProtocolError: `body` is not a JSON object nested at most
+                `json_text.MAX_DEPTH` deep (4400).
         """
-        request = json.loads(body)
+        request = json_text.parse(body)  # ProtocolError (4400), as the codec would raise
+        if not isinstance(request, dict):
+            raise ProtocolError("a version request must be a JSON object")
         reply: dict[str, Any] = {"id": request.get("id")}
         op = request.get("op")
         try:

@@ -24,11 +24,11 @@ narrow what the grants allow, never widen it:
 from __future__ import annotations
 
 import enum
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .identity import Identity
+from .names import pattern_matches
 
 
 class Role(enum.IntEnum):
@@ -88,16 +88,19 @@ class Credentials:
     identity: Identity
     role: Role
     """The most the token allows."""
-    documents: str = "*"
-    """The documents the token is for, as a glob pattern (`notes/*`)."""
+    documents: str = "**"
+    """The documents the token is for, as a name pattern (`names.pattern_matches`):
+    `notes/*` is every name directly under `notes/`, `notes/**` every name below it,
+    `**` every name."""
     expires_at: float | None = None
     """Unix time after which the token is no longer good (None: never)."""
     admin: bool = False
     """Owner of every document it covers, whatever the grants."""
 
     def covers(self, document: str) -> bool:
-        """Whether the token is for `document`."""
-        return fnmatch.fnmatchcase(document, self.documents)
+        """Whether the token is for `document`: `*` and `?` stay within one
+        `/`-separated segment, `**` crosses them, `[` is literal; both sides in NFC."""
+        return pattern_matches(self.documents, document)
 
 
 def decide(credentials: Credentials, document: str, grants: Iterable[Grant]) -> Role | None:

@@ -58,6 +58,7 @@ from typing import Any
 
 from pycrdt import Doc, StickyIndex, Text
 
+from . import json_text
 from .awareness import SERVER_OWNER, Awareness
 from .blocks import client_blocks
 from .errors import ProtocolError
@@ -591,8 +592,10 @@ class Presence:
 
 
 def _parse(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    assert isinstance(value, dict)  # the codec accepts objects (or null) only
+    # The codec accepted `text` (an object, nested at most json_text.MAX_DEPTH deep):
+    # reading it again this way cannot fail, nor recurse deeply.
+    value = json_text.parse(text)
+    assert isinstance(value, dict)
     return value
 
 

@@ -31,15 +31,17 @@ these messages: y-websocket logs an error for every message type it does not kno
 `decode` accepts exactly these and nothing else: any other input raises
 `ProtocolError`, and no other exception escapes it (property-tested). The CRDT
 payloads (state vectors, updates) are returned as opaque bytes; whether they are
-valid Yjs is for the document to decide when it applies them.
+valid Yjs is for the document to decide when it applies them. The JSON ones (awareness
+states, lock and version bodies) are read by `json_text.parse`: strict JSON nested at
+most `json_text.MAX_DEPTH` (100) deep, or `ProtocolError`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from . import json_text
 from .errors import ProtocolError
 from .types import ClientId, Frame, StateVector, Update
 
@@ -372,22 +374,13 @@ class Decoder:
             raise ProtocolError(f"{len(self.data) - self.pos} unexpected bytes after the message")
 
 
-def _refuse_constant(name: str) -> None:
-    # JSON.parse in the browsers cannot read NaN or Infinity: never forward them.
-    raise ValueError(f"{name} is not JSON")
-
-
-_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
-"""One decoder for every message (`json.loads` with an option builds a new one per call)."""
-
-
 def _awareness_state(text: str) -> tuple[str | None, dict[str, Any] | None]:
     if text == "null":
         return None, None
     try:
-        value = _JSON.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("awareness state is not valid JSON") from exc
+        value = json_text.parse(text)
+    except ProtocolError as error:
+        raise ProtocolError(f"awareness state is not valid JSON: {error.reason}") from None
     if value is None:
         return None, None
     if not isinstance(value, dict):
@@ -397,9 +390,9 @@ def _awareness_state(text: str) -> tuple[str | None, dict[str, Any] | None]:
 
 def _json_object(text: str) -> None:
     try:
-        value = _JSON.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError("lock or version message is not valid JSON") from exc
+        value = json_text.parse(text)
+    except ProtocolError as error:
+        raise ProtocolError(f"lock or version message is not valid JSON: {error.reason}") from None
     if not isinstance(value, dict):
         raise ProtocolError("lock or version message must be a JSON object")
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from pycrdt import Doc, Subscription, TransactionEvent
 
+from . import json_text
 from .awareness import Awareness
 from .errors import CollabError, Forbidden, ProtocolError, StorageError
 from .identity import Identity
@@ -316,7 +317,7 @@ class Room:
         return lease
 
     def _lock_request(self, peer: Peer, body: str) -> dict[str, Any]:
-        request = json.loads(body)
+        request = json_text.parse(body)  # ProtocolError (4400), as the codec would raise
         reply: dict[str, Any] = {"id": request.get("id")}
         try:
             section = parse_section(request.get("section", []), self.locks.limits)

@@ -17,10 +17,11 @@ from typing import NoReturn
 import anyio
 
 from collab_engine.engine import EngineConfig
-from collab_engine.errors import StorageError
+from collab_engine.errors import InvalidDocumentName, StorageError
 from collab_engine.history import HistoryPolicy
 from collab_engine.journal import describe_error
 from collab_engine.locks import LockLimits
+from collab_engine.names import document_name
 from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
@@ -272,7 +273,12 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--name", help="display name (default: the id)")
     token.add_argument("--group", action="append", default=[], help="a group (repeatable)")
     token.add_argument("--role", default="editor", help="viewer, editor or owner (default editor)")
-    token.add_argument("--doc", default="*", help="glob of the documents it is for (default *)")
+    token.add_argument(
+        "--doc",
+        default="**",
+        help="pattern of the documents it is for: * within one /-separated segment, ** across "
+        "them (default **: every document)",
+    )
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds it is good for")
     token.add_argument(
         "--admin",
@@ -353,6 +359,10 @@ def _token(args: argparse.Namespace) -> None:
 
 
 def _grants(args: argparse.Namespace) -> None:
+    try:
+        args.document = document_name(args.document)  # as the server takes it: NFC
+    except InvalidDocumentName as error:
+        _fail(error.reason)
     url = args.database_url or sqlite_url(args.db)
     if args.action != "set" and args.database_url is None and not Path(args.db).is_file():
         # Reading or revoking never creates an empty database out of a mistyped path.

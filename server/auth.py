@@ -6,7 +6,8 @@ Claims:
     name    display name                       (default: the id)
     groups  list of group names                (default: none)
     role    viewer | editor | owner            (default: editor)
-    doc     glob of the documents it is for    (default: *)
+    doc     pattern of the documents it is for (default: **, every document;
+            see `collab_engine.names`: `*` stays within one `/` segment)
     admin   true: owner of every document its  (default: false)
             `doc` covers, whatever the grants
     exp     expiry, Unix time                  (required)
@@ -46,7 +47,7 @@ def mint(
     name: str | None = None,
     groups: Sequence[str] = (),
     role: Role = Role.EDITOR,
-    documents: str = "*",
+    documents: str = "**",
     ttl: float = 3600.0,
     now: float | None = None,
     admin: bool = False,
@@ -87,7 +88,7 @@ def verify(secret: str, token: str) -> Credentials:
         user = claims["sub"]
         name = claims.get("name", user)
         groups = claims.get("groups", [])
-        documents = claims.get("doc", "*")
+        documents = claims.get("doc", "**")
         admin = claims.get("admin", False)
         if not (
             isinstance(user, str)

@@ -33,7 +33,11 @@ Credentials come as `Authorization: Bearer <token>` (or `?token=`); without a
 secret configured (open development mode) every request is owner. Answers are
 JSON; errors are `{"error": reason}` with 400 (a section over the lock limits too),
 401, 403, 404, 405, 409 (lock held by someone else), 429 (the user or the document
-holds as many locks as allowed) or 500. Locks taken over HTTP belong to no connection: they end
+holds as many locks as allowed) or 500 (storage failed; or a bug, logged with its
+traceback, as `{"error": "internal error"}`). A document name in a path is read as
+`collab_engine.names` says (strict UTF-8, NFC, no control characters: else 400);
+JSON bodies are read by `collab_engine.json_text` (nested at most 100 deep: else
+400). Locks taken over HTTP belong to no connection: they end
 when they expire or are released. A grant
 changed here takes effect on open connections at once.
 """
@@ -41,21 +45,26 @@ changed here takes effect on open connections at once.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
+from collab_engine import json_text
 from collab_engine.content import fill
 from collab_engine.engine import Engine
 from collab_engine.errors import Forbidden, ProtocolError, StorageError, Unauthenticated
 from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, TooManyLocks, parse_section
+from collab_engine.names import document_name
 from collab_engine.permissions import Grant, Role, refusal
 from collab_engine.types import DocumentName
 
 from .auth import credentials_for
 from .settings import Settings
-from .types import Receive, Scope, Send
+from .types import Receive, Scope, Send, path_of
+
+log = logging.getLogger("server.endpoints")
 
 DOCUMENTS = "/api/documents/"
 OPEN_MODE = Identity("anonymous:http", "Anonymous (HTTP)", anonymous=True)
@@ -84,20 +93,28 @@ async def documents_api(
         return
     except HTTPError as error:
         status, body = error.status, {"error": error.reason}
+    except ProtocolError as error:  # a bad path or name, a body that is not JSON
+        status, body = 400, {"error": error.reason}
     except StorageError as error:
         status, body = 500, {"error": error.reason}
+    except Exception:
+        # A bug: report it (the traceback) and answer, rather than let the server
+        # send an empty 500.
+        log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+        status, body = 500, {"error": "internal error"}
     await respond(send, status, body)
 
 
 _VERSIONS = re.compile(
-    r"^(?P<name>.+)/versions(?:/(?P<id>\d+|now)(?:/(?P<action>restore|diff/(?P<to>\d+|now)))?)?$"
+    r"^(?P<name>.+)/versions(?:/(?P<id>\d+|now)(?:/(?P<action>restore|diff/(?P<to>\d+|now)))?)?$",
+    re.DOTALL,  # a name with a control character reaches the name check, and a 400
 )
 
 
 async def _route(
     engine: Engine, settings: Settings, scope: Scope, receive: Receive
 ) -> tuple[int, dict[str, Any]]:
-    rest: str = scope["path"][len(DOCUMENTS) :]
+    rest = path_of(scope)[len(DOCUMENTS) :]
     method = "GET" if scope["method"] == "HEAD" else scope["method"]
     versions = _VERSIONS.match(rest)
     if versions is not None:
@@ -123,8 +140,7 @@ async def _route(
         raise HTTPError(404, "not found")
     if method not in allowed:
         raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
-    if not name or len(name.encode()) > settings.max_name_length:
-        raise HTTPError(400, "bad document name")
+    name = document_name(name, settings.max_name_length)
     identity, role = await _authorize(engine, settings, scope, name, needed)
     if rest.endswith("/locks"):
         async with engine.room(name) as room:
@@ -195,8 +211,7 @@ async def _versions(
         op, allowed = "diff", ("GET",)
     if method not in allowed:
         raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
-    if len(name.encode()) > settings.max_name_length:
-        raise HTTPError(400, "bad document name")
+    name = document_name(name, settings.max_name_length)
     if engine.store is None:
         raise HTTPError(404, "this server keeps no history (it has no store)")
     identity, _ = await _authorize(engine, settings, scope, name, NEEDED[op])
@@ -233,8 +248,7 @@ async def _transfer(
     allowed = ("GET", "POST") if what == "update" else ("PUT",)
     if method not in allowed:
         raise HTTPError(405, f"method not allowed: use {' or '.join(allowed)}")
-    if not name or len(name.encode()) > settings.max_name_length:
-        raise HTTPError(400, "bad document name")
+    name = document_name(name, settings.max_name_length)
     needed = Role.VIEWER if method == "GET" else Role.EDITOR
     identity, _ = await _authorize(engine, settings, scope, name, needed)
     if method == "GET":
@@ -307,11 +321,17 @@ async def _read_body(receive: Receive, limit: int) -> bytearray:
 
 
 async def _read_json(receive: Receive, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's body as a JSON object (none: `{}`).
+
+    Raises:
+        HTTPError: 413 over `limit` bytes; 400 not a JSON object, or nested deeper
+            than `json_text.MAX_DEPTH`.
+    """
     data = await _read_body(receive, limit)
     try:
-        value = json.loads(data or b"{}")
-    except ValueError:
-        raise HTTPError(400, "body is not JSON") from None
+        value = json_text.parse(bytes(data) or b"{}")
+    except ProtocolError as error:
+        raise HTTPError(400, f"body is not JSON: {error.reason}") from None
     if not isinstance(value, dict):
         raise HTTPError(400, "body must be a JSON object")
     return value

@@ -38,9 +38,10 @@ import anyio
 
 from collab_engine.content import fill
 from collab_engine.engine import Engine, EngineConfig
-from collab_engine.errors import CollabError, StorageError
+from collab_engine.errors import CollabError, InvalidDocumentName, StorageError
 from collab_engine.history import HistoryPolicy, VersionNotFound
 from collab_engine.journal import describe_error
+from collab_engine.names import document_name
 from collab_engine.permissions import Role
 from storage import SQLStore, sqlite_url
 
@@ -100,7 +101,13 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run a `history`, `export` or `import` command; exit 1 with the reason on failure."""
+    """Run a `history`, `export` or `import` command; exit 1 with the reason on failure.
+    The document name is taken as the server takes it (`names.document_name`: NFC)."""
+    try:
+        args.document = document_name(args.document)
+    except InvalidDocumentName as error:
+        print(f"collab-engine: {error.reason}", file=sys.stderr)
+        sys.exit(1)
     try:
         target: _Target = _HTTP(args) if args.url else _Database(args)
         if args.command == "history":

@@ -28,11 +28,11 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from collab_engine import names
 from collab_engine.engine import Engine
 from collab_engine.errors import (
     CollabError,
     Forbidden,
-    InvalidDocumentName,
     MessageTooBig,
     ProtocolError,
     StorageError,
@@ -54,7 +54,7 @@ from collab_engine.room import Room
 
 from .auth import credentials_for
 from .settings import Settings
-from .types import Receive, Scope, Send
+from .types import Receive, Scope, Send, path_of
 from .wire import Wire
 
 log = logging.getLogger("server.websocket")
@@ -64,17 +64,15 @@ CLOSE_TIMEOUT = 1.0
 
 
 def document_name(scope: Scope, max_length: int) -> str:
-    """The document a WebSocket addresses: the whole path after the first `/`.
+    """The document a WebSocket addresses: the whole path after the first `/`, read
+    and checked as `collab_engine.names.document_name` says (strict UTF-8, NFC, no
+    control characters).
 
     Raises:
-        InvalidDocumentName: the name is empty or longer than `max_length` UTF-8 bytes.
+        InvalidDocumentName: the path is not UTF-8, or the name is empty, holds a
+            control character, or is longer than `max_length` UTF-8 bytes (4400).
     """
-    name: str = scope["path"][1:]
-    if not name:
-        raise InvalidDocumentName("no document name in the URL: use ws://host:port/<name>")
-    if len(name.encode()) > max_length:
-        raise InvalidDocumentName(f"document name longer than {max_length} bytes")
-    return name
+    return names.document_name(path_of(scope)[1:], max_length)
 
 
 async def serve_websocket(

@@ -12,7 +12,7 @@ ALICE = Identity("alice", "Alice", ("eng",))
 BOB = Identity("bob", "Bob")
 
 
-def creds(identity: Identity, role: Role, documents: str = "*") -> Credentials:
+def creds(identity: Identity, role: Role, documents: str = "**") -> Credentials:
     return Credentials(identity, role, documents)
 
 

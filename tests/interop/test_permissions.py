@@ -60,7 +60,7 @@ def token(
     user: str,
     role: Role,
     *,
-    documents: str = "*",
+    documents: str = "**",
     groups: tuple[str, ...] = (),
     ttl: float = 600.0,
     secret: str = SECRET,

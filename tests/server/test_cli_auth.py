@@ -365,3 +365,16 @@ async def test_grants_on_an_unusable_database_fails_in_one_line(tmp_path: Path) 
         result = await cli("grants", "list", "team/plan", "--db", db)
         assert "Traceback" not in err(result), err(result)
         assert result.returncode == 2 and len(err(result).splitlines()) == 1, err(result)
+
+
+async def test_grants_take_the_name_in_nfc_and_refuse_control_characters(tmp_path: Path) -> None:
+    """The CLI takes a document name as the server does: set on `café` spelled in NFD,
+    listed through NFC; a control character in the name is refused."""
+    db = str(tmp_path / "grants.db")
+    result = await cli("grants", "set", "cafe\u0301", "user:alice", "owner", "--db", db)
+    assert result.returncode == 0, err(result)
+    result = await cli("grants", "list", "caf\u00e9", "--db", db)
+    assert out(result).splitlines() == ["user:alice\towner"]
+    result = await cli("grants", "set", "tab\tname", "user:alice", "owner", "--db", db)
+    assert result.returncode == 2
+    assert "control character U+0009" in err(result)

@@ -263,3 +263,24 @@ async def test_locks_over_http_and_websocket(secured: Server) -> None:
         await bob.wait_for(
             lambda: app.engine.rooms["lk"].doc.get("sections", type=Map)["intro"] == "now free"
         )
+
+
+async def test_a_star_in_a_tokens_pattern_stays_within_one_segment(secured: Server) -> None:
+    """`notes/*` opens `notes/a` but not `notes/a/b` (4403); `notes/**` opens both."""
+    _, url = secured
+    one = token("ann", documents="notes/*")
+    async with yclient(url, f"notes/a?token={one}") as client:
+        assert not client.closed.is_set()
+    deeper = await refused(url, f"notes/a/b?token={one}")
+    assert deeper.close_code == 4403 and deeper.received == []
+    every = token("ann", documents="notes/**")
+    for name in ("notes/a", "notes/a/b"):
+        async with yclient(url, f"{name}?token={every}") as client:
+            assert client.synced.is_set() and not client.closed.is_set()
+
+
+async def test_a_tokens_pattern_and_the_name_are_compared_in_nfc(secured: Server) -> None:
+    _, url = secured
+    nfd_pattern = token("ann", documents="cafe\u0301/*")
+    async with yclient(url, f"caf%C3%A9/menu?token={nfd_pattern}") as client:
+        assert client.synced.is_set()

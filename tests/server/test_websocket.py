@@ -415,3 +415,129 @@ async def test_websocket_compression_is_off_unless_configured(enabled: bool) -> 
             await client.flush()
             async with yclient(url, "doc") as other:
                 assert str(other.doc.get("t", type=Text)) == "x" * 1000
+
+
+DEEP_JSON = '{"a":' + "[" * 30_000 + "]" * 30_000 + "}"
+"""A JSON object nested 30,001 deep: 60 KB, under the 64 KiB awareness state cap."""
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(protocol.encode_lock_request(DEEP_JSON), id="lock-request"),
+        pytest.param(protocol.encode_version_request(DEEP_JSON), id="version-request"),
+        pytest.param(
+            protocol.encode_lock_request(
+                '{"id": 1, "op": "acquire", "x": ' + "[" * 101 + "]" * 101 + "}"
+            ),
+            id="lock-request-just-over-the-limit",
+        ),
+    ],
+)
+async def test_deep_lock_and_version_requests_close_with_4400(server: Server, frame: bytes) -> None:
+    """A lock or version request nested too deep is refused as a non-JSON one is: that
+    connection is closed with 4400 and a reason; the room serves on."""
+    app, url = server
+    async with yclient(url, "deep-requests") as good, yclient(url, "deep-requests") as bad:
+        await bad.send(frame)
+        with anyio.fail_after(5):
+            await bad.closed.wait()
+        assert bad.close_code == 4400
+        assert bad.close_reason is not None and "nested deeper than 100 levels" in bad.close_reason
+        good.doc.get("t", type=Text).insert(0, "fine")
+        await good.flush()
+        async with yclient(url, "deep-requests") as fresh:
+            await fresh.wait_for(lambda: str(fresh.doc.get("t", type=Text)) == "fine")
+        assert not good.closed.is_set()
+
+
+@pytest.mark.parametrize("levels", [101, 900, 30_000])
+async def test_a_deep_awareness_state_closes_only_that_connection(
+    server: Server, levels: int
+) -> None:
+    """A deeply nested awareness state (within the size cap) closes its connection with
+    4400 and a reason; nobody sees it, and the others in the room sync and edit on."""
+    app, url = server
+    state = '{"user": {"name": "x"}, "deep": ' + "[" * levels + "]" * levels + "}"
+    assert len(state) < app.engine.config.max_awareness_state_size
+    async with yclient(url, "deep-aw") as watcher, yclient(url, "deep-aw") as sender:
+        await watcher.set_awareness({"user": {"name": "Watcher"}})
+        client_id = sender.doc.client_id
+        await sender.send(protocol.encode_awareness([protocol.AwarenessEntry(client_id, 1, state)]))  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            await sender.closed.wait()
+        assert sender.close_code == 4400
+        assert sender.close_reason is not None and "nested deeper than 100" in sender.close_reason
+        watcher.doc.get("t", type=Text).insert(0, "after")
+        await watcher.flush()
+        async with yclient(url, "deep-aw") as late:
+            await late.wait_for(lambda: str(late.doc.get("t", type=Text)) == "after")
+            late.doc.get("t", type=Text).insert(5, "!")
+            await late.flush()
+            await watcher.wait_for(lambda: str(watcher.doc.get("t", type=Text)) == "after!")
+            await late.wait_for(lambda: watcher.doc.client_id in late.awareness)
+            assert client_id not in late.awareness
+        assert client_id not in watcher.awareness
+        assert not watcher.closed.is_set()
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("bin/%FF", "not UTF-8"),
+        ("bin/%FE", "not UTF-8"),
+        ("bin/%C3", "not UTF-8"),  # a truncated sequence
+        ("bin/%ED%A0%80", "not UTF-8"),  # an encoded surrogate
+        ("nul%00name", "control character U+0000"),
+        ("unit%1Fsep", "control character U+001F"),
+        ("del%7F", "control character U+007F"),
+        ("next%C2%85line", "control character U+0085"),  # C1
+    ],
+)
+async def test_names_that_are_not_clean_utf8_text_are_refused_with_4400(
+    server: Server, path: str, reason: str
+) -> None:
+    """Bytes that are not UTF-8 are refused, not replaced by U+FFFD (which made
+    `%FF`, `%FE` and `%EF%BF%BD` one document); so are control characters."""
+    app, url = server
+    async with connect(f"{url}/{path}") as ws:
+        with anyio.fail_after(5), pytest.raises(ConnectionClosedError):
+            async for _ in ws:
+                pass
+    assert ws.close_code == 4400
+    assert ws.close_reason is not None and reason in ws.close_reason
+    assert not app.engine.rooms
+
+
+async def test_the_replacement_character_itself_is_a_name_of_its_own(server: Server) -> None:
+    app, url = server
+    async with yclient(url, "bin/%EF%BF%BD") as client:
+        client.doc.get("t", type=Text).insert(0, "mine")
+        await client.flush()
+        await client.wait_for(
+            lambda: "mine" in str(app.engine.rooms["bin/\ufffd"].doc.get("t", type=Text))
+        )
+    assert list(app.engine.rooms) == ["bin/\ufffd"]
+
+
+async def test_nfc_and_nfd_spellings_reach_one_document(server: Server) -> None:
+    """Names are normalized to NFC: `café` as one code point or as `e` and a combining
+    accent is one document, over the WebSocket and over HTTP alike."""
+    app, url = server
+    nfc, nfd = "caf%C3%A9", "cafe%CC%81"
+    async with yclient(url, f"menu/{nfd}") as writer:
+        writer.doc.get("t", type=Text).insert(0, "crème")
+        await writer.flush()
+        async with yclient(url, f"menu/{nfc}") as reader:
+            await reader.wait_for(lambda: str(reader.doc.get("t", type=Text)) == "crème")
+    assert list(app.engine.rooms) == ["menu/caf\u00e9"]
+    async with httpx.AsyncClient(base_url=url.replace("ws://", "http://")) as http:
+        reply = await http.put(
+            f"/api/documents/menu/{nfc}/content",
+            json={"roots": {"t": {"type": "text", "text": "soupe"}}},
+        )
+        assert reply.status_code == 200, reply.text
+        async with yclient(url, f"menu/{nfd}") as reader:
+            await reader.wait_for(lambda: str(reader.doc.get("t", type=Text)) == "soupe")
+        reply = await http.get(f"/api/documents/menu/{nfd}/versions/now")
+        assert reply.status_code == 200 and reply.json()["document"] == "menu/caf\u00e9"
