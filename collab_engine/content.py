@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
+from . import json_text
 from .blocks import root_kinds
 
 TYPES: dict[str, type[Any]] = {"text": Text, "map": Map, "array": Array, "xml": XmlFragment}
@@ -224,11 +225,34 @@ def _parsed(name: str, value: Any) -> tuple[str, Any]:
         if not isinstance(value.get("value"), list):
             raise ValueError(f"root {name!r}: an array's value is a JSON list")
         return kind, value["value"]
+    xml = value.get("xml", "")
+    if not isinstance(xml, str):
+        raise ValueError(f"root {name!r}: an xml root's value is a string of XML")
     try:
-        tree = ElementTree.fromstring(f"<root>{value.get('xml', '')}</root>")
+        tree = ElementTree.fromstring(f"<root>{xml}</root>")
     except ElementTree.ParseError as exc:
         raise ValueError(f"root {name!r}: the XML does not parse ({exc})") from exc
+    if _xml_depth(tree) > MAX_XML_DEPTH:
+        raise ValueError(f"root {name!r}: the XML is nested deeper than {MAX_XML_DEPTH} elements")
     return kind, _xml_nodes(tree)
+
+
+MAX_XML_DEPTH = json_text.MAX_DEPTH
+"""The deepest nesting of elements an imported XML root may have: building it
+recurses once per level, as reading it back (`xml_of`) does."""
+
+
+def _xml_depth(tree: ElementTree.Element) -> int:
+    # Without recursion: the tree is what is being measured before recursing into it.
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        element, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_XML_DEPTH:
+                break
+        stack.extend((child, level + 1) for child in element)
+    return deepest
 
 
 def _xml_nodes(element: ElementTree.Element) -> list[Any]:

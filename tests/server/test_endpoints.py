@@ -48,6 +48,28 @@ async def test_a_deeply_nested_body_is_a_400_with_a_reason(
         assert reply.status_code == 200, reply.text
 
 
+async def test_deeply_nested_xml_in_content_is_a_400_and_changes_nothing(server: Server) -> None:
+    """An XML root nested 30,000 elements deep (210 KB, inside the import's cap) is
+    refused before anything recurses into it; the document is untouched."""
+    app, url = server
+    deep = "<p>" * 30_000 + "x" + "</p>" * 30_000
+    async with httpx.AsyncClient(base_url=http_base(url)) as http:
+        reply = await http.put(
+            "/api/documents/xml/content", json={"roots": {"pm": {"type": "xml", "xml": deep}}}
+        )
+        assert reply.status_code == 400
+        assert reply.json() == {
+            "error": f"root 'pm': the XML is nested deeper than {MAX_DEPTH} elements"
+        }
+        within = "<p>" * MAX_DEPTH + "x" + "</p>" * MAX_DEPTH
+        reply = await http.put(
+            "/api/documents/xml/content", json={"roots": {"pm": {"type": "xml", "xml": within}}}
+        )
+        assert reply.status_code == 200, reply.text
+        content = await http.get("/api/documents/xml/versions/now")
+        assert content.json()["roots"]["pm"]["xml"] == within
+
+
 async def test_a_body_that_is_not_json_or_not_an_object_is_a_400(server: Server) -> None:
     _, url = server
     async with httpx.AsyncClient(base_url=http_base(url)) as http:
