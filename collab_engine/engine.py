@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .clock import SYSTEM, Clock
 from .errors import Forbidden, GoingAway, StorageError, Unauthenticated
 from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
@@ -123,11 +123,20 @@ class Engine:
     Args:
         config: limits and timings.
         store: where documents are kept; None keeps them in memory only.
+        clock: where time comes from, for the engine and everything it runs (rooms,
+            presence, locks, the journal's linger, history, the sweeper).
     """
 
-    def __init__(self, config: EngineConfig | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        store: Store | None = None,
+        *,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.config = config or EngineConfig()
         self.store = store
+        self.clock = clock
         self.journal: Journal | None = None
         if store is not None:
             self.journal = Journal(
@@ -136,6 +145,7 @@ class Engine:
                 max_pending_bytes=self.config.journal_max_pending_bytes,
                 max_batch=self.config.journal_max_batch,
                 linger=self.config.journal_linger,
+                clock=clock,
             )
         self._slots: dict[DocumentName, _Slot] = {}
         self._holding: set[Room] = set()
@@ -233,7 +243,7 @@ class Engine:
         finally:
             slot.users -= 1
             if slot.users == 0:
-                slot.idle_since = time.monotonic()
+                slot.idle_since = self.clock.monotonic()
 
     async def _fill(self, name: DocumentName, slot: _Slot) -> None:
         try:
@@ -260,7 +270,9 @@ class Engine:
                 default_ttl=self.config.lock_ttl,
                 grace=self.config.lock_grace,
                 limits=self.config.lock_limits,
+                first_fence=int(self.clock.wall() * 1000),
             ),
+            "clock": self.clock,
             "on_holding": self._holding.add,
         }
         if self.store is None:
@@ -378,7 +390,7 @@ class Engine:
         """Visit every room now (see `_visit`), then let the history find the
         automatic versions due. The engine's own sweeper does the same over one
         `sweep_interval`, a slice of the rooms at a time."""
-        now, wall = time.monotonic(), time.time()
+        now, wall = self.clock.monotonic(), self.clock.wall()
         for name in list(self._slots):
             self._visit(name, now, wall)
         self.history.sweep(now)
@@ -471,7 +483,8 @@ class Engine:
                     await self.compact(name)
             except StorageError as error:
                 log.error("compaction skipped: %s", error.reason)
-                self._compaction_not_before[name] = time.monotonic() + self.config.compaction_retry
+                retry_at = self.clock.monotonic() + self.config.compaction_retry
+                self._compaction_not_before[name] = retry_at
             finally:
                 del self._compaction_due[name]
 
@@ -487,12 +500,12 @@ class Engine:
         pending: list[DocumentName] = []
         per_step = 1
         for count in itertools.count():
-            await anyio.sleep(step)
+            await self.clock.sleep(step)
             for room in list(self._holding):
                 room.tick()
                 if not room.presence.holding:
                     self._holding.discard(room)
-            now, wall = time.monotonic(), time.time()
+            now, wall = self.clock.monotonic(), self.clock.wall()
             if count % steps == 0:  # a new pass over the rooms
                 pending = list(self._slots)
                 per_step = -(-len(pending) // steps)  # (rounded up: done in `steps`)

@@ -31,26 +31,25 @@ editor to name, owner to restore).
 from __future__ import annotations
 
 import logging
-import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from pycrdt import Doc
 
 from . import json_text
 from .blocks import root_kinds
+from .clock import Clock
 from .content import content_of, kinds_of
 from .diff import diff
 from .errors import ProtocolError, StorageError
 from .journal import describe_error
 from .permissions import Role
 from .rollback import revert
+from .room import Room
 from .store import Store, Stored, Version, rebuild
 from .types import DocumentName, Update
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger("collab_engine.history")
 
@@ -88,10 +87,26 @@ class HistoryPolicy:
     """False: no automatic versions at all."""
 
 
+class Documents(Protocol):
+    """What history needs of the engine (which is one): where documents are stored,
+    the rooms open now, a way to open one, and the clock."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def rooms(self) -> dict[DocumentName, Room]: ...
+
+    def room(self, name: str) -> AbstractAsyncContextManager[Room]: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+
 class History:
     """The versions of an engine's documents. The engine makes one: `engine.history`."""
 
-    def __init__(self, engine: Engine, policy: HistoryPolicy) -> None:
+    def __init__(self, engine: Documents, policy: HistoryPolicy) -> None:
         self.engine = engine
         self.policy = policy
         # Automatic versions: documents due, the stored seq each was last checked
@@ -159,6 +174,7 @@ class History:
                     label=label,
                     author=author,
                     automatic=automatic,
+                    created_at=self.engine.clock.wall(),
                 )
         except ValueError as exc:
             raise VersionNotFound(f"{name!r} has nothing stored to version") from exc
@@ -322,7 +338,7 @@ class History:
                 # Edited without a quiet period for `min_interval`: a long session
                 # gets a version per interval rather than none until it ends.
                 self._mark(name, None)
-        wall = time.time()
+        wall = self.engine.clock.wall()
         for name, at in list(self._retry_at.items()):
             if wall >= at:
                 del self._retry_at[name]
@@ -371,7 +387,7 @@ class History:
         automatic = [v for v in versions if v.automatic]
         if automatic:
             allowed = max(v.created_at for v in automatic) + self.policy.min_interval
-            if time.time() < allowed:
+            if self.engine.clock.wall() < allowed:
                 self._retry_at[name] = allowed
                 return
         await self.create(name, automatic=True)
@@ -386,7 +402,9 @@ class History:
             reverse=True,
         )
         cutoff = (
-            None if self.policy.keep_days is None else time.time() - self.policy.keep_days * 86400
+            None
+            if self.policy.keep_days is None
+            else self.engine.clock.wall() - self.policy.keep_days * 86400
         )
         doomed = [
             v.id

@@ -38,6 +38,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import TaskStatus
 
+from .clock import SYSTEM, Clock
 from .errors import StorageError
 from .store import Entry, Store
 from .types import Update
@@ -96,6 +97,7 @@ class Journal:
             wait: a writer that sends its next update only once the last is
             stored is not held for the whole linger. Nobody waiting (y-websocket
             clients never do), the writer sleeps through the linger in one wait.
+        clock: where the linger's time comes from.
     """
 
     def __init__(
@@ -106,12 +108,14 @@ class Journal:
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_batch: int = 2_000,
         linger: float = 0.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         if max_pending < 1 or max_pending_bytes < 1 or max_batch < 1:
             raise ValueError("journal limits must be positive")
         if linger < 0:
             raise ValueError("the journal's linger cannot be negative")
         self.linger = linger
+        self._clock = clock
         self.store = store
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
@@ -231,9 +235,9 @@ class Journal:
         # the rest of the journal's work (in process, 500 updates/s over 100 rooms
         # on an in-memory store, medians of 5: the loop's CPU 32 % over no journal
         # when polling, 8 % in one sleep).
-        deadline = anyio.current_time() + self.linger
+        deadline = self._clock.monotonic() + self.linger
         while True:
-            left = deadline - anyio.current_time()
+            left = deadline - self._clock.monotonic()
             if left <= 0 or self._batch_ready():
                 return
             if not (self._waiters or self._awaited_ticket > self.written):
@@ -243,12 +247,12 @@ class Journal:
                 # 85 wake-ups per 50 ms deadline).
                 try:
                     with anyio.CancelScope() as self._sleep:
-                        await anyio.sleep(left)
+                        await self._clock.sleep(left)
                 finally:
                     self._sleep = None
                 continue
             count = len(self._pending)
-            await anyio.sleep(min(LINGER_GAP, left))
+            await self._clock.sleep(min(LINGER_GAP, left))
             if len(self._pending) == count:
                 return  # a pause
 

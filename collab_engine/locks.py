@@ -21,7 +21,6 @@ never when one is renewed.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from .blocks import root_names
+from .clock import SYSTEM
 from .errors import CollabError, ProtocolError
 from .types import PeerId
 
@@ -83,15 +83,16 @@ class Lease:
     fence: int
     expires_at: float
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        """The JSON shape of replies, the HTTP API and the server's awareness entry."""
+    def to_json(self, now: float, wall: float) -> dict[str, Any]:
+        """The JSON shape of replies and the HTTP API, as of monotonic time `now`,
+        which is Unix time `wall`."""
         return {
             "section": list(self.section),
             "holder": {"id": self.user_id, "name": self.name},
             "fence": self.fence,
             "expiresIn": round(max(0.0, self.expires_at - now), 3),
             # Wall-clock time, for clients to count down (expiresIn is as of `now`).
-            "expiresAt": round((time.time() + max(0.0, self.expires_at - now)) * 1000),
+            "expiresAt": round((wall + max(0.0, self.expires_at - now)) * 1000),
         }
 
 
@@ -137,16 +138,23 @@ class Locks:
         default_ttl: seconds a lease lasts unless renewed.
         grace: seconds a lease outlives its holder's connection.
         limits: how many leases there may be, and how much of them is shown.
+        first_fence: the fencing number the first lease follows; by default the Unix
+            time in milliseconds, so that numbers keep growing across restarts.
     """
 
     def __init__(
-        self, *, default_ttl: float = 30.0, grace: float = 5.0, limits: LockLimits | None = None
+        self,
+        *,
+        default_ttl: float = 30.0,
+        grace: float = 5.0,
+        limits: LockLimits | None = None,
+        first_fence: int | None = None,
     ) -> None:
         self.default_ttl = default_ttl
         self.grace = grace
         self.limits = limits or LockLimits()
         self._leases: dict[Section, Lease] = {}
-        self._fence = int(time.time() * 1000)
+        self._fence = int(SYSTEM.wall() * 1000) if first_fence is None else first_fence
 
     @property
     def leases(self) -> list[Lease]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pycrdt import Doc, Subscription, TransactionEvent
 
 from . import json_text
 from .awareness import Awareness
+from .clock import SYSTEM, Clock
 from .errors import CollabError, Forbidden, ProtocolError, StorageError
 from .identity import Identity
 from .journal import Journal
@@ -85,7 +85,8 @@ class Room:
         max_awareness_state_size: the largest awareness state accepted, in bytes.
         awareness_timeout: seconds after which an awareness state that was not
             renewed is removed for everyone.
-        clock: the time source for awareness (monotonic seconds).
+        clock: where time comes from (presence, awareness and lock timings,
+            denials; wall time for lease expiries shown to clients).
         presence: the presence policy (identity, rate, typing, idle).
         locks: the room's lock table (its ttl and grace).
         journal: where the document's updates are written; None keeps them in
@@ -104,7 +105,7 @@ class Room:
         doc: Doc[Any] | None = None,
         max_awareness_state_size: int = 64 * 1024,
         awareness_timeout: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         presence: PresencePolicy | None = None,
         locks: Locks | None = None,
         journal: Journal | None = None,
@@ -123,7 +124,8 @@ class Room:
             max_state_size=max_awareness_state_size, outdated_timeout=awareness_timeout
         )
         self.peers: dict[PeerId, Peer] = {}
-        self._clock = clock
+        self._clock = clock.monotonic
+        self._wall = clock.wall
         self.locks = locks or Locks()
         self._shadow: Shadow | None = None
         """While there are leases: the copy that tells what an update touches."""
@@ -131,7 +133,7 @@ class Room:
             self.awareness,
             presence or PresencePolicy(),
             server_state={"name": "collab-engine", "document": name},
-            now=clock(),
+            now=clock.monotonic(),
         )
         self.journal = journal
         self.last_ticket = 0
@@ -264,6 +266,10 @@ class Room:
         """The room's time (monotonic seconds): what lease expiries are measured in."""
         return self._clock()
 
+    def wall(self) -> float:
+        """The room's clock's Unix time (for lease expiries shown to clients)."""
+        return self._wall()
+
     def lock(
         self,
         op: str,
@@ -338,7 +344,7 @@ class Room:
         return {
             **reply,
             "ok": True,
-            "lock": None if lease is None else lease.to_json(self._clock()),
+            "lock": None if lease is None else lease.to_json(self._clock(), self._wall()),
         }
 
     def _mirror_locks(self, now: float) -> None:

@@ -142,6 +142,7 @@ class Store(Protocol):
         label: str | None = None,
         author: str | None = None,
         automatic: bool = False,
+        created_at: float | None = None,
     ) -> Version:
         """Record a version of a stored `document` at update `seq` (0: before any;
         None: its newest update, read in the same transaction).
@@ -149,6 +150,7 @@ class Store(Protocol):
         Versions only name points of the log, which is never deleted: compaction
         cannot take away what a version needs. The version's `editors` are the
         authors of the log entries after the newest version at or before `seq`.
+        `created_at` is its Unix time (None: now, by the store's clock).
 
         Raises:
             ValueError: `document` is not stored, or has no update `seq`.

@@ -145,8 +145,9 @@ async def _route(
     if rest.endswith("/locks"):
         async with engine.room(name) as room:
             if method == "GET":
-                now = room.clock()
-                return 200, {"document": name, "locks": [x.to_json(now) for x in room.locks.leases]}
+                now, wall = room.clock(), room.wall()
+                leases = [lease.to_json(now, wall) for lease in room.locks.leases]
+                return 200, {"document": name, "locks": leases}
             body = await _read_json(receive)
             ttl = body.get("ttl")
             try:
@@ -168,7 +169,7 @@ async def _route(
                 raise HTTPError(409, error.reason) from None
             except TooManyLocks as error:
                 raise HTTPError(429, error.reason) from None
-            lock = None if lease is None else lease.to_json(room.clock())
+            lock = None if lease is None else lease.to_json(room.clock(), room.wall())
             return 200, {"document": name, "lock": lock}
     if rest.endswith("/presence"):
         # A document nobody has open has nobody present: don't load it to say so.

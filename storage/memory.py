@@ -74,6 +74,7 @@ class MemoryStore:
         label: str | None = None,
         author: str | None = None,
         automatic: bool = False,
+        created_at: float | None = None,
     ) -> Version:
         log = self._log.get(document)
         if log and seq is None:
@@ -88,7 +89,14 @@ class MemoryStore:
         )
         self._last_id += 1
         version = Version(
-            self._last_id, document, seq, label, author, automatic, time.time(), tuple(editors)
+            self._last_id,
+            document,
+            seq,
+            label,
+            author,
+            automatic,
+            time.time() if created_at is None else created_at,
+            tuple(editors),
         )
         self._versions.append(version)
         return version

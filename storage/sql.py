@@ -331,8 +331,9 @@ class SQLStore:
         label: str | None = None,
         author: str | None = None,
         automatic: bool = False,
+        created_at: float | None = None,
     ) -> Version:
-        now = time.time()
+        now = time.time() if created_at is None else created_at
         if await self._held_connection("other") is not None:
             return await self._on_thread(
                 "other", _add_version_in_thread, document, seq, label, author, automatic, now

@@ -10,6 +10,7 @@ import pytest
 from pycrdt import Doc, Map, Text
 
 from collab_engine import protocol
+from collab_engine.clock import ManualClock
 from collab_engine.errors import Forbidden
 from collab_engine.identity import Identity
 from collab_engine.locks import (
@@ -152,15 +153,15 @@ def test_a_write_into_a_section_locked_by_someone_else_is_rolled_back() -> None:
 
 
 def test_release_force_and_rights() -> None:
-    now = [0.0]
-    room = Room(DocumentName("r"), clock=lambda: now[0])
+    clock = ManualClock(start=0.0)
+    room = Room(DocumentName("r"), clock=clock)
     ann, viewer = joined(room, ANN), joined(room, Identity("v", "V"), Role.VIEWER)
     bob_owner = joined(room, BOB, Role.OWNER)
     assert not request(room, viewer, op="acquire", section=[])["ok"]
     lease = request(room, ann, op="acquire", section=["body"], ttl=10)["lock"]
     assert not request(room, bob_owner, op="release", section=["body"], fence=lease["fence"])["ok"]
     assert request(room, bob_owner, op="forceRelease", section=["body"])["ok"]
-    now[0] += 1.0  # the mirror's interval (its changes go out at most that often)
+    clock.advance(1.0)  # the mirror's interval (its changes go out at most that often)
     room.tick()
     assert server_locks(room) == []
     again = request(room, ann, op="acquire", section=["body"])["lock"]
@@ -216,8 +217,8 @@ def test_a_peer_denied_too_often_is_closed() -> None:
 def test_denials_older_than_the_window_no_longer_count() -> None:
     """The limit is a rate: 30 denials, 10 s of quiet, 30 more, and the peer is still
     served; the 31st within 10 s of the last 30 closes it."""
-    now = [0.0]
-    room = Room(DocumentName("r"), clock=lambda: now[0])
+    clock = ManualClock(start=0.0)
+    room = Room(DocumentName("r"), clock=clock)
     viewer = joined(room, Identity("v", "V"), Role.VIEWER)
     replica: Doc = Doc()
 
@@ -228,11 +229,11 @@ def test_denials_older_than_the_window_no_longer_count() -> None:
 
     for _ in range(30):
         deny()
-        now[0] += 0.01
-    now[0] += 10.0
+        clock.advance(0.01)
+    clock.advance(10.0)
     for _ in range(30):
         deny()
-        now[0] += 0.01
+        clock.advance(0.01)
     assert not viewer.closed and len(viewer.denials) == 30
     deny()
     assert viewer.closed and viewer.error is not None and viewer.error.close_code == 4403
@@ -324,10 +325,10 @@ def test_a_flood_of_lock_requests_reaches_the_others_once_an_interval() -> None:
     """However many locks one user takes and releases, each other client receives
     the server's entry at most once per `server_interval` (the latest, at `tick`),
     and renewals send nothing at all."""
-    now = [100.0]
+    clock = ManualClock(start=100.0)
     room = Room(
         DocumentName("r"),
-        clock=lambda: now[0],
+        clock=clock,
         presence=PresencePolicy(server_interval=0.25, server_renew=1000.0),
     )
     mallory, reader = joined(room, Identity("m", "Mallory")), joined(room, BOB)
@@ -343,11 +344,11 @@ def test_a_flood_of_lock_requests_reaches_the_others_once_an_interval() -> None:
                 sent += len(body)
                 room.receive(mallory, LockRequest(body))
         mallory.drain()
-        now[0] += 0.001
+        clock.advance(0.001)
     frames = reader.drain()
     assert len(frames) == 1, "only the first change goes out within the interval"
     assert room.presence.holding
-    now[0] += 0.25
+    clock.advance(0.25)
     room.tick()
     [latest] = map(protocol.decode, reader.drain())
     assert isinstance(latest, AwarenessUpdate)
@@ -357,11 +358,11 @@ def test_a_flood_of_lock_requests_reaches_the_others_once_an_interval() -> None:
     assert received * 20 < sent
     # Renewing a lease changes nothing the others are shown: nothing is sent.
     lease = request(room, mallory, op="acquire", section=["kept"])["lock"]
-    now[0] += 1.0
+    clock.advance(1.0)
     room.tick()
     assert len(reader.drain()) == 1
     for _ in range(5):
         assert request(room, mallory, op="renew", section=["kept"], fence=lease["fence"])["ok"]
-        now[0] += 1.0
+        clock.advance(1.0)
         room.tick()
     assert reader.drain() == []

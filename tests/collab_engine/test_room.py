@@ -9,6 +9,7 @@ import pytest
 from pycrdt import Doc, Map, Text
 
 from collab_engine import protocol
+from collab_engine.clock import ManualClock
 from collab_engine.errors import MessageTooBig, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
 from collab_engine.protocol import (
@@ -218,16 +219,16 @@ def test_oversized_awareness_state_is_refused(new_peer: NewPeer) -> None:
 
 def test_awareness_expires_after_the_timeout(new_peer: NewPeer) -> None:
     """States not renewed within the timeout are removed for everyone at the next sweep."""
-    now = [0.0]
-    room = new_room(awareness_timeout=30.0, clock=lambda: now[0])
+    clock = ManualClock(start=0.0)
+    room = new_room(awareness_timeout=30.0, clock=clock)
     a, b = new_peer(), new_peer()
     room.join(a)
     room.join(b)
     room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(5), 1, own_state(a)),)))
     b.drain()
-    now[0] = 29.0
+    clock.advance(29.0)
     assert room.sweep() == []
-    now[0] = 30.0
+    clock.advance(1.0)
     assert room.sweep() == [AwarenessEntry(ClientId(5), 1, None)]
     assert messages(b) == [AwarenessUpdate((AwarenessEntry(ClientId(5), 1, None),))]
 
