@@ -15,6 +15,7 @@ from pycrdt import Doc, Text
 from sqlalchemy import select
 
 from collab_engine import protocol
+from collab_engine.clock import ManualClock
 from collab_engine.engine import Engine, EngineConfig, rebuild
 from collab_engine.errors import GoingAway, StorageError
 from collab_engine.peer import Peer
@@ -25,6 +26,7 @@ from collab_engine.store import Entry
 from collab_engine.types import ClientId
 from storage import SQLStore, sqlite_url
 from storage.schema import updates
+from tests.timing import advance, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -50,15 +52,17 @@ async def test_concurrent_users_of_a_cold_room_share_one_room() -> None:
 
 async def test_room_unloads_after_the_grace_and_not_while_in_use() -> None:
     """A room stays while used and for the grace after; then it is unloaded."""
-    async with Engine(FAST) as engine:
+    clock = ManualClock()
+    async with Engine(FAST, clock=clock) as engine:
         async with engine.room("doc") as room:
             room.doc.get("t", type=Text).insert(0, "x")
-            await anyio.sleep(0.3)
+            await advance(clock, 1.0)  # ten graces, while in use
             assert "doc" in engine.rooms
         assert "doc" in engine.rooms
-        with anyio.fail_after(2):
-            while "doc" in engine.rooms:
-                await anyio.sleep(0.02)
+        await advance(clock, 0.08)
+        assert "doc" in engine.rooms  # within the grace
+        await advance(clock, 0.04)
+        assert "doc" not in engine.rooms
         # Without a store, reopening gives a fresh, empty room.
         async with engine.room("doc") as again:
             assert again is not room
@@ -66,10 +70,11 @@ async def test_room_unloads_after_the_grace_and_not_while_in_use() -> None:
 
 async def test_reuse_within_the_grace_keeps_the_room() -> None:
     """Coming back before the grace ends finds the same room, content included."""
-    async with Engine(EngineConfig(unload_grace=5.0, sweep_interval=0.02)) as engine:
+    clock = ManualClock()
+    async with Engine(EngineConfig(unload_grace=5.0, sweep_interval=0.02), clock=clock) as engine:
         async with engine.room("doc") as room:
             room.doc.get("t", type=Text).insert(0, "kept")
-        await anyio.sleep(0.1)
+        await advance(clock, 4.9)
         async with engine.room("doc") as again:
             assert again is room
             assert str(again.doc.get("t", type=Text)) == "kept"
@@ -94,15 +99,17 @@ async def test_embedded_change_reaches_connected_peers() -> None:
 async def test_sweeper_expires_awareness() -> None:
     """The engine's sweeper removes awareness states that were not renewed in time."""
     config = EngineConfig(awareness_timeout=0.1, sweep_interval=0.02, unload_grace=5)
-    async with Engine(config) as engine:
+    clock = ManualClock()
+    async with Engine(config, clock=clock) as engine:
         async with engine.room("presence") as room:
             a, b = Peer(), Peer()
             room.join(a)
             room.join(b)
             room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(9), 1, "{}"),)))
-            with anyio.fail_after(2):
-                while room.awareness.get(ClientId(9)) is not None:
-                    await anyio.sleep(0.02)
+            await advance(clock, 0.09)
+            assert room.awareness.get(ClientId(9)) is not None
+            await advance(clock, 0.04)
+            assert room.awareness.get(ClientId(9)) is None
             # Client 9 is removed for the others, at the clock of its last state (1, or
             # 2 once the server stamped its identity); the server has no entry (no locks).
             assert room.awareness.entries() == []
@@ -119,17 +126,16 @@ async def test_the_sweeper_visits_every_room_a_slice_at_a_time() -> None:
     config = EngineConfig(
         awareness_timeout=0.1, sweep_interval=0.25, presence_interval=0.05, unload_grace=5
     )
-    async with Engine(config) as engine, contextlib.AsyncExitStack() as stack:
+    clock = ManualClock()
+    async with Engine(config, clock=clock) as engine, contextlib.AsyncExitStack() as stack:
         rooms = [await stack.enter_async_context(engine.room(f"r{i}")) for i in range(12)]
         peers = [Peer() for _ in rooms]
         for i, (room, peer) in enumerate(zip(rooms, peers, strict=True)):
             room.join(peer)
             room.receive(peer, AwarenessUpdate((AwarenessEntry(ClientId(100 + i), 1, "{}"),)))
-        with anyio.fail_after(3):
-            while any(
-                room.awareness.get(ClientId(100 + i)) is not None for i, room in enumerate(rooms)
-            ):
-                await anyio.sleep(0.02)
+        # Due after 0.1 s; every room is visited once in each 0.25 s pass.
+        await advance(clock, 0.1 + 0.25 + 0.05, step=0.05)
+        assert all(room.awareness.get(ClientId(100 + i)) is None for i, room in enumerate(rooms))
         for peer in peers:
             peer.close()
 
@@ -143,24 +149,31 @@ async def test_states_held_by_the_rate_limit_go_out_at_the_presence_rhythm() -> 
         presence=PresencePolicy(rate=20.0, burst=1),
         unload_grace=5,
     )
-    async with Engine(config) as engine:
+    clock = ManualClock()
+    async with Engine(config, clock=clock) as engine:
         async with engine.room("busy") as room:
             a, b = Peer(), Peer()
             room.join(a)
             room.join(b)
             b.drain()
-            for clock in (1, 2, 3):
-                state = json.dumps({"cursor": clock})
-                room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(7), clock, state),)))
+            for n in (1, 2, 3):
+                state = json.dumps({"cursor": n})
+                room.receive(a, AwarenessUpdate((AwarenessEntry(ClientId(7), n, state),)))
             assert room.presence.holding
-            seen: list[str | None] = []
-            with anyio.fail_after(1):
-                while not seen or json.loads(seen[-1] or "{}").get("cursor") != 3:
-                    await anyio.sleep(0.01)
-                    for frame in b.drain():
-                        message = protocol.decode(frame)
-                        if isinstance(message, AwarenessUpdate):
-                            seen += [e.state for e in message.entries if e.client_id == 7]
+
+            def cursors() -> list[int]:
+                seen = []
+                for frame in b.drain():
+                    message = protocol.decode(frame)
+                    if isinstance(message, AwarenessUpdate):
+                        seen += [e.state for e in message.entries if e.client_id == 7]
+                return [json.loads(state or "{}").get("cursor") for state in seen]
+
+            assert cursors() == [1]  # the burst; 2 and 3 wait
+            # A token comes back after 1/rate = 0.05 s: the latest state goes out at
+            # the next presence step, not at the next sweep.
+            await advance(clock, 0.06, step=0.02)
+            assert cursors() == [3]
             assert not room.presence.holding
             a.close()
             b.close()
@@ -202,13 +215,16 @@ def write(room: Room, text: str) -> None:
 
 async def test_an_unloaded_room_reloads_from_the_store(store: SQLStore) -> None:
     """Idle rooms leave memory once stored; reopening loads the same content."""
-    async with Engine(FAST, store) as engine:
+    clock = ManualClock()
+    async with Engine(FAST, store, clock=clock) as engine:
         async with engine.room("doc") as room:
             write(room, "survives ")
             write(room, "unloading")
-        with anyio.fail_after(2):
-            while "doc" in engine.rooms:
-                await anyio.sleep(0.02)
+        await advance(clock, 0.06)  # the journal's linger (50 ms): it writes now
+        await eventually(lambda: room.stored, what="the writes stored")
+        assert "doc" in engine.rooms
+        await advance(clock, 0.12)  # the grace (0.1 s)
+        assert "doc" not in engine.rooms
         async with engine.room("doc") as again:
             assert again is not room
             assert str(again.doc.get("t", type=Text)) == "survives unloading"
@@ -222,16 +238,17 @@ async def test_a_room_is_not_unloaded_before_its_changes_are_stored(
     would lose the changes still queued for the disk."""
     blocker = sqlite3.connect(tmp_path / "engine.db", isolation_level=None)
     try:
-        async with Engine(FAST, store) as engine:
+        clock = ManualClock()
+        async with Engine(FAST, store, clock=clock) as engine:
             async with engine.room("doc") as room:
                 blocker.execute("BEGIN IMMEDIATE")
                 write(room, "queued")
-            await anyio.sleep(0.5)  # well past the grace of 0.1 s
+            await advance(clock, 1.0)  # ten graces, and the journal's linger
             assert "doc" in engine.rooms and not room.stored
             blocker.execute("ROLLBACK")
-            with anyio.fail_after(5):
-                while "doc" in engine.rooms:
-                    await anyio.sleep(0.02)
+            await eventually(lambda: room.stored, what="the queued write stored")
+            await advance(clock, 0.12)
+            assert "doc" not in engine.rooms
             async with engine.room("doc") as again:
                 assert str(again.doc.get("t", type=Text)) == "queued"
     finally:
@@ -276,9 +293,7 @@ async def test_compaction_snapshots_on_schedule_and_keeps_the_log(store: SQLStor
             for i in range(25):
                 write(room, f"{i},")
             await room.flush()
-            with anyio.fail_after(5):
-                while room.snapshot_seq < 20:
-                    await anyio.sleep(0.02)
+            await eventually(lambda: room.snapshot_seq >= 20, what="a snapshot at 20")
             expected = str(room.doc.get("t", type=Text))
     stored = await store.load("doc")
     assert stored.snapshot is not None and stored.snapshot_seq >= 20
@@ -300,8 +315,6 @@ async def test_compact_by_bytes_and_nothing_to_do(store: SQLStore) -> None:
     async with Engine(config, store) as engine, engine.room("doc") as room:
         write(room, "x" * 3000)
         await room.flush()
-        with anyio.fail_after(5):
-            while room.snapshot_seq < 1:
-                await anyio.sleep(0.02)
+        await eventually(lambda: room.snapshot_seq >= 1, what="a snapshot")
         assert room.since_snapshot_bytes == 0
         assert await engine.compact("doc") is None
