@@ -13,12 +13,15 @@ import pytest
 from pycrdt import Doc, Text
 from sqlalchemy import event
 
+from collab_engine.clock import ManualClock
 from collab_engine.engine import Engine, EngineConfig, rebuild
 from collab_engine.errors import StorageError
+from collab_engine.journal import LINGER_GAP
 from collab_engine.peer import Peer
 from collab_engine.protocol import Persisted, RequestPersisted, SyncUpdate, decode
 from collab_engine.room import Room
 from storage import SQLStore, sqlite_url
+from tests.timing import advance, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -76,57 +79,81 @@ async def test_without_lingering_each_update_is_written_without_waiting_for_more
     """With no linger the writer commits what it has at once: an update that is
     alone in the queue gets a commit of its own, though nobody awaits it. Each is
     awaited by watching the journal, not with `wait_written` (which would end a
-    linger early); with a linger, the same watch sees nothing written meanwhile."""
+    linger early); with a linger, nothing is written before it ends."""
     config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=0.0)
     async with Engine(config, store) as engine, engine.room("doc") as room:
         journal = engine.journal
         assert journal is not None
         for update in updates(20):
             room.apply(update)
-            with anyio.fail_after(10):
-                while journal.written < room.last_ticket:
-                    await anyio.sleep(0.001)
+            await eventually(lambda: journal.written >= room.last_ticket, what="written")
         commits = journal.commits
     assert [seq for seq, _ in (await store.load("doc")).updates] == list(range(1, 21))
     assert commits == 20
 
-    lingering = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=60.0)
-    async with Engine(lingering, store) as engine, engine.room("other") as room:
+    clock = ManualClock()
+    lingering = EngineConfig(unload_grace=100, sweep_interval=1.0, journal_linger=60.0)
+    async with Engine(lingering, store, clock=clock) as engine, engine.room("other") as room:
         journal = engine.journal
         assert journal is not None
         room.apply(updates(1)[0])
-        await anyio.sleep(0.3)
+        await advance(clock, 59.0, step=1.0)
         assert journal.written < room.last_ticket  # held by the linger, not lost:
-    assert len((await store.load("other")).updates) == 1  # written when the engine stops
+        await advance(clock, 2.0, step=1.0)
+        await eventually(lambda: journal.written >= room.last_ticket, what="written")
+    assert len((await store.load("other")).updates) == 1
 
 
 async def test_lingering_gathers_updates_that_trickle_in(store: SQLStore) -> None:
-    """With a linger, updates arriving 1 ms apart (closer than the linger) share
-    commits."""
-    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=0.2)
-    async with Engine(config, store) as engine, engine.room("doc") as room:
-        assert engine.journal is not None
+    """With a linger, updates arriving 1 ms apart (closer than the linger) share one
+    commit."""
+    clock = ManualClock()
+    config = EngineConfig(unload_grace=100, sweep_interval=1.0, journal_linger=0.2)
+    async with Engine(config, store, clock=clock) as engine, engine.room("doc") as room:
+        journal = engine.journal
+        assert journal is not None
         for update in updates(20):
             room.apply(update)
-            await anyio.sleep(0.001)
-        await room.flush()
-        commits = engine.journal.commits
+            await advance(clock, 0.001, step=0.001)
+        assert journal.commits == 0
+        await advance(clock, 0.2)
+        await eventually(lambda: journal.written >= room.last_ticket, what="written")
+        assert journal.commits == 1
     assert [seq for seq, _ in (await store.load("doc")).updates] == list(range(1, 21))
-    assert commits <= 6, f"{commits} commits for 20 updates in 20 ms: no lingering"
+
+
+async def flush_stepping(room: Room, clock: ManualClock) -> float:
+    """Await `room.flush()` while moving `clock` on a millisecond at a time; return
+    how much of the clock's time it took."""
+    started = clock.monotonic()
+    async with anyio.create_task_group() as tg:
+        done = anyio.Event()
+
+        async def flush() -> None:
+            await room.flush()
+            done.set()
+
+        tg.start_soon(flush)
+        while not done.is_set():
+            await advance(clock, 0.001, step=0.001)
+            await anyio.sleep(0.001)  # the store's thread, outside the clock
+    return clock.monotonic() - started
 
 
 async def test_a_pause_in_the_updates_ends_the_linger_of_an_awaited_update(
     store: SQLStore,
 ) -> None:
     """A lone update someone waits for is not held for the whole linger: once no
-    other update comes for `LINGER_GAP`, it is written (a linger of 10 s, over in far
-    less), whether the wait began before the linger or during it."""
-    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0)
-    async with Engine(config, store) as engine, engine.room("doc") as room:
+    other update comes for `LINGER_GAP`, it is written (a linger of 10 s, over in a
+    few milliseconds), whether the wait began before the linger or during it."""
+    clock = ManualClock()
+    config = EngineConfig(unload_grace=100, sweep_interval=1.0, journal_linger=10.0)
+    async with Engine(config, store, clock=clock) as engine, engine.room("doc") as room:
         room.apply(updates(1)[0])
-        await anyio.sleep(0.1)  # the writer is in its linger, nobody waiting yet
-        with anyio.fail_after(5):
-            await room.flush()
+        await advance(clock, 0.1)  # the writer is in its linger, nobody waiting yet
+        assert engine.journal is not None and engine.journal.commits == 0
+        took = await flush_stepping(room, clock)
+        assert LINGER_GAP <= took < 10 * LINGER_GAP
     assert [seq for seq, _ in (await store.load("doc")).updates] == [1]
 
 
@@ -135,16 +162,19 @@ async def test_a_peer_that_asked_for_acknowledgements_ends_the_linger_at_a_pause
 ) -> None:
     """A client waiting for `persisted` (one update in flight) gets it at the first
     pause, not after the whole linger of 10 s."""
-    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0)
-    async with Engine(config, store) as engine, engine.room("doc") as room:
+    clock = ManualClock()
+    config = EngineConfig(unload_grace=100, sweep_interval=1.0, journal_linger=10.0)
+    async with Engine(config, store, clock=clock) as engine, engine.room("doc") as room:
         peer = Peer()
         room.join(peer)
         room.receive(peer, RequestPersisted())
         for count, update in enumerate(updates(3), start=1):
             room.receive(peer, SyncUpdate(update))
-            with anyio.fail_after(5):
-                while peer.acked < count:
-                    await anyio.sleep(0.01)
+            started = clock.monotonic()
+            while peer.acked < count:
+                await advance(clock, 0.001, step=0.001)
+                await anyio.sleep(0.001)  # the store's thread, outside the clock
+            assert clock.monotonic() - started < 10 * LINGER_GAP
         assert engine.journal is not None and engine.journal.commits == 3
 
 
@@ -152,36 +182,35 @@ async def test_with_nobody_waiting_the_linger_runs_to_its_deadline(store: SQLSto
     """Updates nobody awaits (y-websocket clients never ask) are written at the end
     of the linger, pause or not: the writer sleeps through it in one wait instead of
     waking every `LINGER_GAP` to look for a pause."""
-    config = EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=2.0)
-    async with Engine(config, store) as engine, engine.room("doc") as room:
+    clock = ManualClock()
+    config = EngineConfig(unload_grace=100, sweep_interval=1.0, journal_linger=2.0)
+    async with Engine(config, store, clock=clock) as engine, engine.room("doc") as room:
         journal = engine.journal
         assert journal is not None
         quiet = Peer()  # did not ask for acknowledgements
         room.join(quiet)
         room.receive(quiet, SyncUpdate(updates(1)[0]))
-        await anyio.sleep(0.3)  # a hundred times the gap: still lingering
+        await advance(clock, 1.9, step=0.1)  # hundreds of gaps: still lingering
         assert journal.commits == 0
-        with anyio.fail_after(10):
-            while journal.commits == 0:
-                await anyio.sleep(0.05)  # watching `commits` awaits nothing
+        await advance(clock, 0.2, step=0.1)
+        await eventually(lambda: journal.commits == 1, what="one commit")
         assert quiet.acked == 1
     assert [seq for seq, _ in (await store.load("doc")).updates] == [1]
 
 
 async def test_a_full_transaction_ends_the_linger(store: SQLStore) -> None:
     """Once `journal_max_batch` updates wait, lingering cannot add to the transaction:
-    it is written at once (a linger of 10 s, nobody waiting)."""
+    it is written at once (a linger of 10 s, nobody waiting, the clock stopped)."""
+    clock = ManualClock()
     config = EngineConfig(
-        unload_grace=0.1, sweep_interval=0.02, journal_linger=10.0, journal_max_batch=5
+        unload_grace=100, sweep_interval=1.0, journal_linger=10.0, journal_max_batch=5
     )
-    async with Engine(config, store) as engine, engine.room("doc") as room:
+    async with Engine(config, store, clock=clock) as engine, engine.room("doc") as room:
         journal = engine.journal
         assert journal is not None
         for update in updates(5):
             room.apply(update)
-        with anyio.fail_after(5):
-            while journal.commits == 0:
-                await anyio.sleep(0.01)
+        await eventually(lambda: journal.commits == 1, what="one commit")
     assert [seq for seq, _ in (await store.load("doc")).updates] == [1, 2, 3, 4, 5]
 
 
@@ -199,9 +228,7 @@ async def test_a_peer_is_acknowledged_only_once_its_updates_are_stored(store: SQ
             room.receive(peer, SyncUpdate(update))
         room.receive(peer, SyncUpdate(stream[0]))  # a duplicate: changes nothing
         assert acks(peer) == [], "acknowledged before anything was written"
-        with anyio.fail_after(5):
-            while peer.acked < 21:
-                await anyio.sleep(0.01)
+        await eventually(lambda: peer.acked >= 21, what="21 acknowledged")
         received = acks(peer)
         assert received == sorted(received) and received[-1] == 21
         stored = await store.load("doc")
@@ -244,10 +271,8 @@ async def test_senders_wait_while_the_journal_is_full(store: SQLStore, tmp_path:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sender)
-                with anyio.fail_after(3):
-                    while not journal.full():
-                        await anyio.sleep(0.01)
-                await anyio.sleep(0.2)
+                await eventually(journal.full, what="the journal full")
+                await anyio.wait_all_tasks_blocked()
                 # One batch is in the writer's hands, the queue is at its bound, and
                 # the sender is parked in room_for_more.
                 assert journal.pending() == 5
