@@ -321,6 +321,11 @@ class History:
 
     # -- automatic versions ------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Whether automatic versions are due or being made now."""
+        return bool(self._due)
+
     def sweep(self, now: float) -> None:
         """Find the documents due for an automatic version (called by the engine's
         sweeper with the monotonic time)."""

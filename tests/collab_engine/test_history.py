@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 
+from collab_engine.clock import SYSTEM, Clock, ManualClock
 from collab_engine.content import content_of
 from collab_engine.engine import Engine, EngineConfig
 from collab_engine.history import HistoryPolicy, VersionNotFound
 from collab_engine.room import Room
 from storage import SQLStore, sqlite_url
+from tests.timing import advance, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +25,8 @@ MANUAL = HistoryPolicy(enabled=False)
 
 def config(**history: Any) -> EngineConfig:
     policy = HistoryPolicy(**history) if history else MANUAL
-    return EngineConfig(unload_grace=0.1, sweep_interval=0.02, history=policy)
+    # No linger: tests that step a manual clock need not step the journal's too.
+    return EngineConfig(unload_grace=0.1, sweep_interval=0.02, journal_linger=0, history=policy)
 
 
 @pytest.fixture
@@ -32,13 +34,20 @@ def db(tmp_path: Path) -> str:
     return sqlite_url(str(tmp_path / "history.db"))
 
 
-async def open_engine(db: str, cfg: EngineConfig | None = None) -> AsyncIterator[Engine]:
+async def open_engine(
+    db: str, cfg: EngineConfig | None = None, clock: Clock = SYSTEM
+) -> AsyncIterator[Engine]:
     store = await SQLStore.connect(db)
     try:
-        async with Engine(cfg or config(), store) as engine:
+        async with Engine(cfg or config(), store, clock=clock) as engine:
             yield engine
     finally:
         await store.aclose()
+
+
+def idle(engine: Engine) -> Callable[[], bool]:
+    """Whether `engine`'s history has no automatic version due or being made."""
+    return lambda: not engine.history.busy
 
 
 def edit(room: Room, author: str, change: Callable[[Doc[Any]], None]) -> None:
@@ -250,7 +259,8 @@ async def test_automatic_versions_follow_quiet_periods_and_retention(db: str) ->
     none without new edits); past `keep` the oldest automatic versions go, named
     ones stay."""
     cfg = config(quiet=0.15, min_interval=0.0, keep=2, keep_days=None)
-    async for engine in open_engine(db, cfg):
+    clock = ManualClock()
+    async for engine in open_engine(db, cfg, clock):
         async with engine.room("doc") as room:
             text = room.doc.get("t", type=Text)
             text.insert(0, "first;")
@@ -260,14 +270,15 @@ async def test_automatic_versions_follow_quiet_periods_and_retention(db: str) ->
             for burst in range(4):
                 text.insert(0, f"burst {burst};")
                 await room.flush()
-                with anyio.fail_after(5):
-                    while (
-                        newest := (await engine.history.versions("doc"))[-1]
-                    ).seq < room.stored_seq:
-                        await anyio.sleep(0.02)
-                assert newest.automatic
+                await advance(clock, 0.1)
+                assert not engine.history.busy  # not quiet for long enough yet
+                await advance(clock, 0.1)
+                await eventually(idle(engine), what="the version made")
+                newest = (await engine.history.versions("doc"))[-1]
+                assert newest.automatic and newest.seq == room.stored_seq
                 made.append(newest.id)
-            await anyio.sleep(0.4)  # quiet, but nothing new: no more versions
+            await advance(clock, 1.0)  # quiet, but nothing new: no more versions
+            await eventually(idle(engine), what="history idle")
             versions = await engine.history.versions("doc")
     assert [v.label for v in versions if not v.automatic] == ["named"]
     assert [v.id for v in versions if v.automatic] == made[-2:]  # retention: newest two
@@ -278,22 +289,24 @@ async def test_an_automatic_version_waits_for_the_minimum_interval(db: str) -> N
     """A second burst within `min_interval` of the last automatic version gets its
     version only once the interval has passed."""
     cfg = config(quiet=0.05, min_interval=1.0, keep=10, keep_days=None)
-    async for engine in open_engine(db, cfg):
+    clock = ManualClock()
+    async for engine in open_engine(db, cfg, clock):
         async with engine.room("doc") as room:
             text = room.doc.get("t", type=Text)
             text.insert(0, "one")
-            with anyio.fail_after(5):
-                while not await engine.history.versions("doc"):
-                    await anyio.sleep(0.02)
-            first = (await engine.history.versions("doc"))[0]
+            await room.flush()
+            await advance(clock, 0.1)
+            await eventually(idle(engine), what="the first version")
+            [first] = await engine.history.versions("doc")
             text.insert(0, "two")
-            await anyio.sleep(0.5)
+            await room.flush()
+            await advance(clock, 0.5)
+            await eventually(idle(engine), what="history idle")
             assert len(await engine.history.versions("doc")) == 1  # too soon
-            with anyio.fail_after(5):
-                while len(await engine.history.versions("doc")) < 2:
-                    await anyio.sleep(0.05)
+            await advance(clock, 0.5)
+            await eventually(idle(engine), what="the second version")
             second = (await engine.history.versions("doc"))[1]
-    assert second.created_at - first.created_at >= 1.0
+    assert 1.0 <= second.created_at - first.created_at <= 1.1
     assert second.automatic and second.seq == 2
 
 
@@ -301,12 +314,14 @@ async def test_leaving_a_room_versions_the_session(db: str) -> None:
     """When everybody leaves and the room unloads, the session's edits get an
     automatic version recording who made them."""
     cfg = config(quiet=3600.0, min_interval=0.0)
-    async for engine in open_engine(db, cfg):
+    clock = ManualClock()
+    async for engine in open_engine(db, cfg, clock):
         async with engine.room("doc") as room:
             room.apply(_text_update("hello"), author="user:ann")
-        with anyio.fail_after(5):
-            while not await engine.history.versions("doc"):
-                await anyio.sleep(0.02)
+            await room.flush()
+        await advance(clock, 0.12)  # the unload grace
+        assert "doc" not in engine.rooms
+        await eventually(idle(engine), what="the session's version")
         (version,) = await engine.history.versions("doc")
     assert version.automatic and version.editors == ("user:ann",) and version.seq == 1
 
@@ -343,9 +358,7 @@ async def test_a_root_empty_at_a_version_gets_its_kind_from_now(db: str) -> None
             content = await engine.history.content("doc", empty.id)
             assert content["roots"]["t"] == {"type": "text", "text": "", "delta": []}
         # Not loaded: nothing tells, and it says so rather than guess.
-        with anyio.fail_after(5):
-            while "doc" in engine.rooms:
-                await anyio.sleep(0.02)
+        await eventually(lambda e=engine: "doc" not in e.rooms, what="the room unloaded")
         unknown = await engine.history.content("doc", empty.id)
         assert unknown["roots"]["t"] == {"type": None}
 
@@ -376,15 +389,17 @@ async def test_a_long_session_without_a_pause_gets_a_version_per_interval(db: st
     """Edits that never pause for `quiet` seconds still get an automatic version once
     `min_interval` has passed, and not more often."""
     cfg = config(quiet=60.0, min_interval=0.5, keep=10, keep_days=None)
-    async for engine in open_engine(db, cfg):
+    clock = ManualClock()
+    async for engine in open_engine(db, cfg, clock):
         async with engine.room("doc") as room:
             text = room.doc.get("t", type=Text)
-            started = anyio.current_time()
-            while anyio.current_time() - started < 1.8:
+            for _ in range(60):  # 1.8 s of edits 30 ms apart
                 text.insert(0, "x")
-                await anyio.sleep(0.03)
+                await room.flush()
+                await advance(clock, 0.03)
+                await eventually(idle(engine), what="history idle")
             versions = await engine.history.versions("doc")
-    assert 1 <= len(versions) <= 3, versions
+    assert len(versions) == 3, versions  # at 0.5, 1.0 and 1.5 s
     assert all(v.automatic for v in versions)
     gaps = [b.created_at - a.created_at for a, b in zip(versions, versions[1:], strict=False)]
     assert all(gap >= 0.5 for gap in gaps), gaps
