@@ -117,7 +117,17 @@ class YClient:
             self.closed.set()
             self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def round_trip(self) -> None:
+        """A barrier: send sync step 1 and wait for the server's step 2 answer. The
+        server answers in order, so whatever it sent this client before it read the
+        step 1 has arrived: after it, what did not come is not coming."""
+        answers = sum(isinstance(m, protocol.SyncStep2) for m in self.received)
+        await self.ws.send(protocol.encode_sync_step1(self.doc.get_state()))
+        await self.wait_for(
+            lambda: sum(isinstance(m, protocol.SyncStep2) for m in self.received) > answers
+        )
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         """Wait until `predicate()` holds; fail the test after `timeout` seconds."""
         with anyio.fail_after(timeout):
             while not predicate():

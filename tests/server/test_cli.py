@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from pycrdt import Text
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from collab_engine import protocol
+from tests.timing import eventually
 from tests.yclient import yclient
 
 pytestmark = pytest.mark.anyio
@@ -201,9 +203,15 @@ async def test_serve_in_memory_keeps_documents_while_used_and_stores_nothing(
             await a.flush()
             async with yclient(url, "mem") as b:
                 await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == "in memory")
-        await anyio.sleep(1.0)  # the grace (0.2 s) and a few sweeps
+        health = url.replace("ws://", "http://") + "/healthz"
+
+        async def unloaded() -> bool:
+            async with httpx.AsyncClient() as http:
+                return bool((await http.get(health)).json()["rooms"] == 0)
+
+        await eventually(unloaded, what="the room unloaded after its grace")
         async with yclient(url, "mem") as c:
-            await anyio.sleep(0.2)
+            await c.round_trip()
             assert str(c.doc.get("t", type=Text)) == ""
         assert os.listdir(tmp_path) == []
         assert await stop(process) == 0

@@ -25,6 +25,7 @@ from server.auth import mint
 from server.settings import Settings
 from storage import sqlite_url
 from tests.conftest import TEST_ENGINE, running_server
+from tests.timing import eventually
 from tests.yclient import YClient, yclient
 
 pytestmark = pytest.mark.anyio
@@ -101,9 +102,12 @@ async def test_versions_over_http_follow_roles(secured: Server) -> None:
             assert [v["id"] for v in listed] == [version["id"]]
             content = (await val.get(f"/doc/versions/{version['id']}")).json()
             assert content["roots"] == saw_then
-            await anyio.sleep(0.2)
-            now = (await val.get("/doc/versions/now")).json()
-            assert now["roots"]["body"]["text"] == "Grüße 👋 from Ann and Bob"
+
+            async def bob_arrived() -> bool:
+                now = (await val.get("/doc/versions/now")).json()
+                return bool(now["roots"]["body"]["text"] == "Grüße 👋 from Ann and Bob")
+
+            await eventually(bob_arrived, what="Ann's second edit on the server")
             changes = (await val.get(f"/doc/versions/{version['id']}/diff/now")).json()
             assert changes["roots"]["body"]["changes"] == [
                 {"op": "insert", "index": 17, "length": 8, "text": " and Bob", "author": "ann"}
@@ -133,7 +137,6 @@ async def test_restore_while_others_keep_editing_converges(open_server: Server) 
         await ann.flush()
         await settle(ann, bob)
         async with api(url) as client:
-            await anyio.sleep(0.1)
             version = (await client.post("/doc/versions", json={"label": "v"})).json()["version"]
             expected = content_of(ann.doc)
             ann.doc.get("body", type=Text).insert(0, "Ann's later edit. ")
@@ -158,7 +161,7 @@ async def test_restore_while_others_keep_editing_converges(open_server: Server) 
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(type_along)
-                await anyio.sleep(0.1)
+                await eventually(lambda: len(typed) >= 3, what="typing under way")
                 answer = await client.post(f"/doc/versions/{version['id']}/restore")
                 assert answer.status_code == 200, answer.text
                 done.set()

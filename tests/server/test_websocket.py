@@ -68,7 +68,7 @@ async def test_names_address_separate_documents_and_ignore_the_query(server: Ser
         a.doc.get("t", type=Text).insert(0, "x")
         await a.flush()
         await same.wait_for(lambda: str(same.doc.get("t", type=Text)) == "x")
-        await anyio.sleep(0.1)
+        await other.round_trip()
         assert str(other.doc.get("t", type=Text)) == ""
 
 

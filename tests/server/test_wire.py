@@ -43,6 +43,7 @@ from server.settings import Settings
 from server.wire import Wire
 from storage import sqlite_url
 from tests.conftest import TEST_ENGINE, running_server
+from tests.timing import eventually
 from tests.yclient import yclient
 
 pytestmark = pytest.mark.anyio
@@ -156,9 +157,7 @@ async def test_a_closed_connection_is_freed_at_once_with_pings_on() -> None:
         for index in range(3):
             async with yclient(url, f"freed-{index}"):
                 pass
-        with anyio.fail_after(5):
-            while hypercorn_connections() > before:
-                await anyio.sleep(0.05)
+        await eventually(lambda: hypercorn_connections() <= before, what="connections gone")
 
 
 @paths
@@ -283,9 +282,10 @@ async def test_the_clients_close_is_answered_and_the_peer_leaves(wire: bool) -> 
             close = await raw.next_event(CloseConnection)
             assert isinstance(close, CloseConnection) and close.code == 1000
             assert await raw.closed()
-        with anyio.fail_after(5):
-            while app.engine.rooms.get("bye") and app.engine.rooms["bye"].peers:
-                await anyio.sleep(0.01)
+        await eventually(
+            lambda: not (app.engine.rooms.get("bye") and app.engine.rooms["bye"].peers),
+            what="the peer gone",
+        )
         async with yclient(url, "bye") as fresh:
             assert str(fresh.doc.get("t", type=Text)) == "before"
 
@@ -318,10 +318,8 @@ async def test_updates_wait_while_the_journal_is_full_and_none_is_lost(wire: boo
                         await writer.flush()
                     journal = app.engine.journal
                     assert journal is not None
-                    with anyio.fail_after(5):
-                        while not journal.full():
-                            await anyio.sleep(0.01)
-                    await anyio.sleep(0.2)
+                    await eventually(journal.full, what="the journal full")
+                    await anyio.wait_all_tasks_blocked()
                     room = app.engine.rooms["held"]
                     held = str(room.doc.get("t", type=Text))
                     assert held != str(text)  # some updates wait, unread
@@ -352,9 +350,10 @@ async def test_a_reads_frames_for_few_connections_are_written_before_the_turn_en
             others = [
                 await stack.enter_async_context(raw_client(url, "prompt")) for _ in range(receivers)
             ]
-            with anyio.fail_after(5):
-                while len(wires()) < receivers + 1 or any(w.peer is None for w in wires()):
-                    await anyio.sleep(0.01)
+            await eventually(
+                lambda: len(wires()) >= receivers + 1 and all(w.peer is not None for w in wires()),
+                what="every connection on the wire",
+            )
             address = sender.stream.extra(SocketAttribute.local_address)
             (wire,) = [w for w in wires() if w.transport.get_extra_info("peername") == address]
             socks = [duplicate(other.stream.extra(SocketAttribute.raw_socket)) for other in others]
