@@ -59,12 +59,13 @@ class ManualClock:
 
     Args:
         start: the monotonic time to start at.
-        wall: the Unix time at `start`.
+        wall: the Unix time at `start` (default: the real time now, so that times
+            shown to clients are plausible).
     """
 
-    def __init__(self, start: float = 1000.0, wall: float = 1_800_000_000.0) -> None:
+    def __init__(self, start: float = 1000.0, wall: float | None = None) -> None:
         self._now = start
-        self._offset = wall - start
+        self._offset = (time.time() if wall is None else wall) - start
         self._sleepers: list[tuple[float, anyio.Event]] = []
 
     def monotonic(self) -> float:

@@ -27,6 +27,7 @@ from hypercorn.protocol import ws_stream
 from sqlalchemy.engine import make_url
 from wsproto.extensions import PerMessageDeflate
 
+from collab_engine.clock import SYSTEM, Clock
 from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
 from collab_engine.journal import describe_error
@@ -47,12 +48,14 @@ class App:
     `app.engine` is the engine the server runs on: the embedding API of the same
     process (open a room, change its document, and connected clients see it).
     `store` is where its documents are kept (None: in memory only); the app uses it
-    and does not close it.
+    and does not close it. `clock` is the engine's (tests pass a manual one).
     """
 
-    def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, store: Store | None = None, *, clock: Clock = SYSTEM
+    ) -> None:
         self.settings = settings or Settings()
-        self.engine = Engine(self.settings.engine, store)
+        self.engine = Engine(self.settings.engine, store, clock=clock)
         self.started = anyio.Event()
         """Set once the engine runs (the ASGI lifespan has started)."""
 

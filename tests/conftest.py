@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from collab_engine.clock import SYSTEM, Clock
 from collab_engine.engine import EngineConfig
 from server.app import App, open_store, serve
 from server.settings import Settings
@@ -28,11 +29,14 @@ TEST_ENGINE = EngineConfig(unload_grace=0.2, sweep_interval=0.05)
 
 
 @asynccontextmanager
-async def running_server(settings: Settings | None = None) -> AsyncIterator[tuple[App, str]]:
+async def running_server(
+    settings: Settings | None = None, *, clock: Clock = SYSTEM
+) -> AsyncIterator[tuple[App, str]]:
     """A real hypercorn serving a fresh `App` on 127.0.0.1:<free port>; yields the app
     and its base URL `ws://127.0.0.1:PORT`.
 
-    Documents go to `settings.database_url`; without one, to a new SQLite file in a
+    The engine reads time from `clock` (a `ManualClock` lets the test decide when
+    timeouts fire). Documents go to `settings.database_url`; without one, to a new SQLite file in a
     temporary directory removed afterwards. The store is closed after the server
     has stopped (and its journal drained).
     """
@@ -49,7 +53,7 @@ async def running_server(settings: Settings | None = None) -> AsyncIterator[tupl
         store = await open_store(settings)
         assert store is not None
         stack.push_async_callback(store.aclose)
-        app = App(settings, store)
+        app = App(settings, store, clock=clock)
         shutdown = anyio.Event()
         async with anyio.create_task_group() as tg:
             port = await tg.start(_serve, app, shutdown)
