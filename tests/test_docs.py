@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pkgutil
 import re
 from pathlib import Path
@@ -27,14 +28,17 @@ import server
 import storage
 from collab_engine.errors import CollabError
 from server.__main__ import _parser
-from tests.test_readme import run_javascript_example
+from tests.test_readme import README, run_javascript_example
 
-DOCS = Path(__file__).parent.parent / "docs"
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+MKDOCS = ROOT / "mkdocs.yml"
 PAGES = sorted(DOCS.glob("*.md"))
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", flags=re.S | re.M)
 RUN = {"python", "js"}
 NOT_RUN = {"text", "console", "json"}
-"""Languages of blocks shown but not run: shell lines, payloads, drawings."""
+"""Languages of blocks shown but not run: shell lines, payloads (which must parse),
+drawings."""
 
 
 def blocks(language: str) -> list[tuple[str, int, str]]:
@@ -72,6 +76,20 @@ def test_python_examples_run(example: tuple[str, int, str]) -> None:
 @pytest.mark.parametrize("example", blocks("js"), ids=example_id)
 async def test_javascript_examples_run_in_node(example: tuple[str, int, str]) -> None:
     await run_javascript_example(example[2])
+
+
+@pytest.mark.parametrize("example", blocks("json"), ids=example_id)
+def test_json_examples_parse(example: tuple[str, int, str]) -> None:
+    json.loads(example[2])
+
+
+def test_every_page_is_in_the_nav_and_every_readme_link_resolves() -> None:
+    nav = set(re.findall(r"^\s*- [^:]+: (\S+\.md)$", MKDOCS.read_text(), flags=re.M))
+    assert nav == {page.name for page in PAGES}, "mkdocs.yml's nav and docs/*.md differ"
+    links = re.findall(r"\]\((docs/[^)#]+)", README.read_text())
+    assert links, "the README links to no documentation page"
+    for link in links:
+        assert (ROOT / link).is_file(), f"the README links to {link}, which does not exist"
 
 
 def table(page: str, header: str) -> list[list[str]]:
