@@ -32,34 +32,39 @@ def test_readme_python_examples_run() -> None:
 @pytest.mark.interop
 @pytest.mark.timeout(120)
 async def test_readme_javascript_examples_run_in_node() -> None:
-    """Every ```js block of the README runs in Node (with tests/interop's
-    node_modules) against a real server, the port its only change: it exits 0, and
-    the server's document then holds the text it printed."""
-    node = node_executable()  # fails, saying what to install, without Node or npm packages
+    """Every ```js block of the README runs in Node against a real server."""
     blocks = re.findall(r"```js\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README has no JavaScript example"
     for block in blocks:
-        assert README_URL in block, block
-        async with running_server() as (app, url):
-            port = url.rsplit(":", 1)[1]
-            script = block.replace(README_URL, f"ws://127.0.0.1:{port}")
-            # Inside tests/interop, so that its imports resolve against its node_modules.
-            with tempfile.NamedTemporaryFile(
-                "w", dir=INTEROP_DIR, prefix="readme-", suffix=".mjs"
-            ) as file:
-                file.write(script)
-                file.flush()
-                with anyio.fail_after(60):
-                    result = await anyio.run_process(
-                        [node, file.name], cwd=INTEROP_DIR, check=False, stderr=subprocess.PIPE
-                    )
-            assert result.returncode == 0, result.stderr.decode()
-            printed = result.stdout.decode().strip()
-            assert printed, "the example printed nothing"
-            with anyio.fail_after(10):
-                while True:
-                    async with app.engine.room("notes/today") as room:
-                        held = str(room.doc.get("body", type=Text)).strip()
-                    if held == printed:
-                        break
-                    await anyio.sleep(0.05)
+        await run_javascript_example(block)
+
+
+async def run_javascript_example(block: str) -> None:
+    """Run `block` in Node (with tests/interop's node_modules) against a real server,
+    the port its only change: it exits 0, and the server's document `notes/today`
+    then holds (in its `body` text) what it printed."""
+    node = node_executable()  # fails, saying what to install, without Node or npm packages
+    assert README_URL in block, block
+    async with running_server() as (app, url):
+        port = url.rsplit(":", 1)[1]
+        script = block.replace(README_URL, f"ws://127.0.0.1:{port}")
+        # Inside tests/interop, so that its imports resolve against its node_modules.
+        with tempfile.NamedTemporaryFile(
+            "w", dir=INTEROP_DIR, prefix="readme-", suffix=".mjs"
+        ) as file:
+            file.write(script)
+            file.flush()
+            with anyio.fail_after(60):
+                result = await anyio.run_process(
+                    [node, file.name], cwd=INTEROP_DIR, check=False, stderr=subprocess.PIPE
+                )
+        assert result.returncode == 0, result.stderr.decode()
+        printed = result.stdout.decode().strip()
+        assert printed, "the example printed nothing"
+        with anyio.fail_after(10):
+            while True:
+                async with app.engine.room("notes/today") as room:
+                    held = str(room.doc.get("body", type=Text)).strip()
+                if held == printed:
+                    break
+                await anyio.sleep(0.05)
