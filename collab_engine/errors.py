@@ -2,14 +2,19 @@
 
     CollabError                     base of everything the engine raises on purpose
     ├── ProtocolError        4400   a frame that is not a well-formed message
-    │   ├── InvalidDocumentName 4400  empty or over-long document name
+    │   ├── InvalidDocumentName 4400  a document name that is empty, too long, not
+    │   │                             UTF-8, or holds control characters
     │   └── BadFrame         1002   a WebSocket frame that breaks RFC 6455 itself
     ├── MessageTooBig        1009   a frame or an awareness state over its limit
-    ├── PeerTooSlow          1013   a peer whose outbox filled up ("try again later")
+    ├── PeerTooSlow          1013   a peer that does not read fast enough ("try again later")
     ├── GoingAway            1001   the server is shutting down
     ├── Unauthenticated      4401   no token, a bad one, or one that expired
     ├── Forbidden            4403   no right to read this document (or not any more)
-    └── StorageError         1011   the document cannot be read from or written to storage
+    ├── StorageError         1011   the document cannot be read from or written to storage
+    └── (in `locks`, reported in the lock reply, never a close)
+        ├── LockConflict     4409   the section is held by someone else
+        ├── LockNotHeld      4409   renewing or releasing a lease one does not hold
+        └── TooManyLocks     4429   the user or the document holds as many leases as allowed
 
 An error ends exactly one connection: the server closes that WebSocket with
 `close_code` and `reason`; the room, its other peers and the document are
@@ -38,7 +43,8 @@ class ProtocolError(CollabError):
 
 
 class InvalidDocumentName(ProtocolError):
-    """A document name that is empty or longer than the configured limit."""
+    """A document name that is empty, longer than the configured limit, not UTF-8, or
+    holds control characters (see `names`)."""
 
 
 class BadFrame(ProtocolError):
@@ -56,7 +62,8 @@ class MessageTooBig(CollabError):
 
 
 class PeerTooSlow(CollabError):
-    """A peer that did not read its frames fast enough: its outbox filled up.
+    """A peer that did not read its frames fast enough: its outbox filled up, or more
+    than `--max-buffered` bytes sent to it were left unread.
 
     Nothing is lost: on reconnect, sync step 1/2 by state vector heals the peer.
     """
