@@ -130,6 +130,8 @@ class Journal:
         """How many transactions the writer has committed (for the benchmarks)."""
         self._wakeup = anyio.Event()
         self._progress = anyio.Event()
+        self._draining = False
+        """`drain` is waiting: no linger."""
         self._sleep: anyio.CancelScope | None = None
         """The linger's one long sleep, while it lasts: cancelled (`_hurry`) when an
         acknowledgement starts being awaited, or the transaction or queue fills."""
@@ -189,8 +191,14 @@ class Journal:
             self._waiters -= 1
 
     async def drain(self) -> None:
-        """Wait until everything submitted so far is written."""
-        await self.wait_written(self.submitted)
+        """Wait until everything submitted so far is written, without lingering: the
+        engine drains when it stops, when nothing more is coming to share a commit."""
+        self._draining = True
+        self._hurry()
+        try:
+            await self.wait_written(self.submitted)
+        finally:
+            self._draining = False
 
     # -- the writer --------------------------------------------------------------------
 
@@ -238,7 +246,7 @@ class Journal:
         deadline = self._clock.monotonic() + self.linger
         while True:
             left = deadline - self._clock.monotonic()
-            if left <= 0 or self._batch_ready():
+            if left <= 0 or self._batch_ready() or self._draining:
                 return
             if not (self._waiters or self._awaited_ticket > self.written):
                 # A cancel scope without a deadline, cancelled by `_hurry`: anyio's
@@ -252,9 +260,13 @@ class Journal:
                     self._sleep = None
                 continue
             count = len(self._pending)
-            await self._clock.sleep(min(LINGER_GAP, left))
+            try:
+                with anyio.CancelScope() as self._sleep:
+                    await self._clock.sleep(min(LINGER_GAP, left))
+            finally:
+                self._sleep = None
             if len(self._pending) == count:
-                return  # a pause
+                return  # a pause (or a drain, which `_hurry` woke it for)
 
     def _hurry(self) -> None:
         # End the linger's long sleep, if it is in one (see `_linger`).

@@ -4,7 +4,6 @@ it, and nothing but `ProtocolError` for any text at all."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -108,9 +107,8 @@ def test_nan_and_infinity_are_refused(text: str) -> None:
 def test_unterminated_strings_full_of_escaped_quotes_scan_in_linear_time() -> None:
     # Were an unterminated string not consumed once, each escaped quote in it would
     # start a rescan to the end: about ten minutes for this text, milliseconds here.
+    # No time is asserted: the suite's per-test timeout (120 s) fails a rescan.
     text = '"' + '\\"' * 100_000 + "[" * (MAX_DEPTH + 1)
-    start = time.perf_counter()
     assert depth(text) == 0  # the brackets are inside the (unterminated) string
     with pytest.raises(ProtocolError, match="Unterminated string"):
         parse(text)
-    assert time.perf_counter() - start < 5.0
