@@ -17,7 +17,6 @@ import itertools
 import json
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -32,6 +31,7 @@ from pycrdt import Map, Text, TransactionEvent
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from collab_engine.clock import ManualClock
 from collab_engine.identity import Identity
 from collab_engine.permissions import Role
 from server.app import App
@@ -558,11 +558,15 @@ async def test_one_mib_update_propagates() -> None:
                 assert disconnections(receiver) == []
 
 
-async def test_killed_client_awareness_removed_within_a_second() -> None:
+async def test_killed_client_awareness_removed_when_its_connection_drops() -> None:
+    """A client killed with SIGKILL has its awareness state removed for every other
+    client when its connection drops, not by a timeout: the server's clock is stopped
+    here, and the Node clients' own timeout (30 s) is far beyond the test's deadline."""
     node_executable()  # fail here, clearly, without Node or node_modules
     room = "interop/kill"
-    with anyio.fail_after(30):
-        async with running_server() as (app, url):
+    clock = ManualClock()
+    with anyio.fail_after(25):
+        async with running_server(clock=clock) as (app, url):
             async with (
                 node_client(url, room, label="victim", user={"name": "victim"}) as victim,
                 node_client(url, room, label="watchers", clients=2) as watchers,
@@ -572,16 +576,11 @@ async def test_killed_client_awareness_removed_within_a_second() -> None:
                 await watchers.wait({"users": ["victim", "w0", "w1"]})
                 await victim.wait({"users": ["victim", "w0", "w1"]})
 
-                killed_at = time.monotonic()
-                killed_at_wall_ms = time.time() * 1000
+                started = clock.monotonic()
                 victim.kill9()
                 # Event-driven in Node: replies as soon as both see the state removed.
-                await watchers.wait({"awarenessAbsent": [victim.client_id]}, timeout=5)
-                elapsed = time.monotonic() - killed_at
-                print(f"awareness removed {elapsed * 1000:.0f} ms after kill -9")
-                assert elapsed < 1.0, (
-                    f"awareness of the killed client removed after {elapsed:.3f} s"
-                )
+                await watchers.wait({"awarenessAbsent": [victim.client_id]})
+                assert clock.monotonic() == started  # no timer of the server's did it
 
                 removals = [
                     event
@@ -590,9 +589,7 @@ async def test_killed_client_awareness_removed_within_a_second() -> None:
                 ]
                 assert sorted(event["client"] for event in removals) == [0, 1]
                 for event in removals:
-                    assert not event["local"]
-                    # Node's clock and ours are the same machine's wall clock.
-                    assert event["t"] - killed_at_wall_ms < 1000
+                    assert not event["local"]  # a change from the server, not one of its own
                 await victim.process.wait()
                 assert victim.process.returncode == -signal.SIGKILL
                 assert all(
