@@ -69,8 +69,10 @@ def mint(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(secret: str, token: str) -> Credentials:
-    """The credentials `token` carries.
+def verify(secret: str, token: str, now: float | None = None) -> Credentials:
+    """The credentials `token` carries, if it has not expired at Unix time `now` (by
+    default the real time; the server passes its engine's clock, which also closes
+    connections whose token expires).
 
     Raises:
         Unauthenticated: the token is malformed, not signed with `secret`, expired,
@@ -78,12 +80,20 @@ def verify(secret: str, token: str) -> Credentials:
     """
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]}
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            # Expiry is checked below, against `now`: one clock for admission and
+            # for closing expired connections.
+            options={"require": ["sub", "exp"], "verify_exp": False},
         )
-    except jwt.ExpiredSignatureError:
-        raise Unauthenticated("token expired") from None
     except jwt.InvalidTokenError as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
+    try:
+        if float(claims["exp"]) <= (time.time() if now is None else now):
+            raise Unauthenticated("token expired")
+    except (TypeError, ValueError):
+        raise Unauthenticated("invalid token: exp is not a time") from None
     try:
         user = claims["sub"]
         name = claims.get("name", user)
@@ -121,8 +131,9 @@ def token_of(scope: Scope) -> str | None:
     return None
 
 
-def credentials_for(secret: str | None, scope: Scope) -> Credentials | None:
-    """Who a request is from; None in the open development mode (no secret).
+def credentials_for(secret: str | None, scope: Scope, now: float) -> Credentials | None:
+    """Who a request is from at Unix time `now`; None in the open development mode
+    (no secret).
 
     Raises:
         Unauthenticated: a secret is configured and the request has no good token.
@@ -132,4 +143,4 @@ def credentials_for(secret: str | None, scope: Scope) -> Credentials | None:
     token = token_of(scope)
     if token is None:
         raise Unauthenticated("no token: pass ?token= or Authorization: Bearer")
-    return verify(secret, token)
+    return verify(secret, token, now)

@@ -293,7 +293,7 @@ async def _authorize(
     engine: Engine, settings: Settings, scope: Scope, name: str, needed: Role
 ) -> tuple[Identity, Role]:
     try:
-        credentials = credentials_for(settings.secret, scope)
+        credentials = credentials_for(settings.secret, scope, engine.clock.wall())
     except Unauthenticated as error:
         raise HTTPError(401, error.reason) from None
     if credentials is None:

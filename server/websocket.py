@@ -140,7 +140,7 @@ async def _admit(engine: Engine, settings: Settings, scope: Scope, name: str, la
         StorageError: the grants cannot be read (1011).
     """
     size = engine.config.outbox_size
-    credentials = credentials_for(settings.secret, scope)
+    credentials = credentials_for(settings.secret, scope, engine.clock.wall())
     if credentials is None:
         return Peer(outbox_size=size, label=label)  # open mode: anonymous, owner
     role = await engine.role(name, credentials)

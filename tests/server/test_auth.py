@@ -68,6 +68,15 @@ def test_the_token_comes_from_the_query_or_the_bearer_header() -> None:
     assert token_of({"query_string": b"a=1&token=abc"}) == "abc"
     assert token_of({"headers": [(b"authorization", b"Bearer xyz")]}) == "xyz"
     assert token_of({"headers": [(b"authorization", b"Basic xyz")]}) is None
-    assert credentials_for(None, {}) is None  # open development mode
+    assert credentials_for(None, {}, time.time()) is None  # open development mode
     with pytest.raises(Unauthenticated, match="no token"):
-        credentials_for(SECRET, {})
+        credentials_for(SECRET, {}, time.time())
+
+
+def test_expiry_is_judged_at_the_time_given() -> None:
+    """The server passes its engine's clock: a token is good until its `exp` on
+    that clock, whatever the real time."""
+    token = mint(SECRET, user="a", ttl=60, now=1_000_000.0)
+    assert verify(SECRET, token, now=1_000_059.0).identity.user_id == "a"
+    with pytest.raises(Unauthenticated, match="token expired"):
+        verify(SECRET, token, now=1_000_060.0)
