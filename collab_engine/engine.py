@@ -274,6 +274,7 @@ class Engine:
             ),
             "clock": self.clock,
             "on_holding": self._holding.add,
+            "versions": self.history if self.store is not None else None,
         }
         if self.store is None:
             return Room(name, **options)

@@ -25,9 +25,11 @@ import logging
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Doc, Subscription, TransactionEvent
 
@@ -63,6 +65,7 @@ from .protocol import (
     encode_sync_step1,
     encode_sync_step2,
     encode_sync_update,
+    encode_version_reply,
 )
 from .rollback import Rollback, rollback
 from .types import DocumentName, Frame, PeerId, StateVector, Update
@@ -70,6 +73,23 @@ from .types import DocumentName, Frame, PeerId, StateVector, Update
 log = logging.getLogger("collab_engine.room")
 
 _EMPTY_UPDATE = b"\x00\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A message's handling that must await something first (room in the journal, a
+    version being stored): the connection awaits `run()` before it reads on."""
+
+    run: Callable[[], Awaitable[None]]
+
+
+class Versions(Protocol):
+    """What answers version requests (the engine's history, with a store)."""
+
+    async def answer(self, name: str, body: str, *, author: str, role: Role) -> dict[str, Any]:
+        """The reply to version request `body` on document `name`."""
+        ...
+
 
 MAX_DENIALS = 30
 """Denied writes a peer may make within `DENIAL_WINDOW` before it is closed (4403)."""
@@ -96,6 +116,7 @@ class Room:
         since_snapshot_bytes: the bytes of stored updates after that snapshot.
         on_holding: called (with the room) when the presence rate limit holds back
             a state: the room wants its `tick` soon, not only at the next sweep.
+        versions: what answers the peers' version requests (None: refused, 4400).
     """
 
     def __init__(
@@ -113,8 +134,10 @@ class Room:
         snapshot_seq: int = 0,
         since_snapshot_bytes: int = 0,
         on_holding: Callable[[Room], None] | None = None,
+        versions: Versions | None = None,
     ) -> None:
         self.name = name
+        self._versions = versions
         self._on_holding = on_holding
         self.credentials_expire_at = math.inf
         """No peer's credentials expire before this (Unix time; lowered as peers
@@ -513,32 +536,21 @@ class Room:
         if self.locks.disconnected(peer.id, self._clock()):
             self._mirror_locks(self._clock())
 
-    def receive(self, peer: Peer, message: Message) -> None:
-        """Act on one message from `peer`.
+    def receive(self, peer: Peer, message: Message) -> Later | None:
+        """Act on one message from `peer`: the one place that decides what a message
+        does, whatever carried it. Returns what must be awaited before `peer`'s next
+        message is taken, if anything: an update while the journal is full (it is
+        applied once there is room), a version request (answered once stored).
 
         Raises:
             ProtocolError: the message is invalid for the document or the room.
             MessageTooBig: an awareness state is over the limit.
         """
         match message:
-            case SyncUpdate(update) | SyncStep2(update):
-                blocking = self._blocking_lease(peer, update)
-                if blocking is not None:
-                    reason = f"{list(blocking.section)} is locked by {blocking.name}"
-                    self.deny(peer, update, reason)
-                    return
-                if peer.read_only:
-                    self.deny(
-                        peer, update, f"{peer.identity.user_id} may not write to {self.name!r}"
-                    )
-                    return
-                self.apply(update, origin=peer.id, author=peer.author, sender=peer)
-                self._received_update(peer)
-                if isinstance(message, SyncUpdate):
-                    # An edit is activity (idle ends); the handshake's step 2 is not.
-                    changed = self.presence.activity(peer.id, self._clock())
-                    if changed:
-                        self.broadcast(encode_awareness(changed))
+            case SyncUpdate() | SyncStep2():
+                if self.journal is not None and self.journal.full():
+                    return Later(partial(self._update_with_room, peer, message))
+                self._update(peer, message)
             case SyncStep1(state_vector):
                 peer.send(encode_sync_step2(self.update_since(state_vector)))
             case AwarenessUpdate(entries):
@@ -566,10 +578,43 @@ class Room:
                 peer.send(encode_persisted(peer.acked))
             case PermissionDenied() | Persisted() | LockReply() | VersionReply():
                 raise ProtocolError("this message is sent by the server, not to it")
-            case VersionRequest():
-                # Answered by the connection with the engine's history (it awaits
-                # the store); a room alone has no history.
-                raise ProtocolError("versions need a server with a store")
+            case VersionRequest(body):
+                if self._versions is None:
+                    raise ProtocolError("versions need a server with a store")
+                return Later(partial(self._version, peer, body))
+        return None
+
+    def _update(self, peer: Peer, message: SyncUpdate | SyncStep2) -> None:
+        update = message.update
+        blocking = self._blocking_lease(peer, update)
+        if blocking is not None:
+            self.deny(peer, update, f"{list(blocking.section)} is locked by {blocking.name}")
+            return
+        if peer.read_only:
+            self.deny(peer, update, f"{peer.identity.user_id} may not write to {self.name!r}")
+            return
+        self.apply(update, origin=peer.id, author=peer.author, sender=peer)
+        self._received_update(peer)
+        if isinstance(message, SyncUpdate):
+            # An edit is activity (idle ends); the handshake's step 2 is not.
+            changed = self.presence.activity(peer.id, self._clock())
+            if changed:
+                self.broadcast(encode_awareness(changed))
+
+    async def _update_with_room(self, peer: Peer, message: SyncUpdate | SyncStep2) -> None:
+        # The journal was full: the update waits (and the peer's later frames with
+        # it) until there is room, rather than queue without bound.
+        assert self.journal is not None
+        await self.journal.room_for_more()
+        if not peer.closed:  # (closed while it waited: its rights may be why)
+            self._update(peer, message)
+
+    async def _version(self, peer: Peer, body: str) -> None:
+        # The version holds every update the peer sent before the request: they were
+        # all applied before this runs (the connection reads nothing meanwhile).
+        assert self._versions is not None
+        reply = await self._versions.answer(self.name, body, author=peer.author, role=peer.role)
+        peer.send(encode_version_reply(json.dumps(reply)))
 
     def sweep(self) -> list[AwarenessEntry]:
         """Remove awareness states that were not renewed in time, for everyone."""

@@ -1,13 +1,16 @@
-"""One WebSocket connection: from frames to room calls, and errors to close codes.
+"""One WebSocket connection: frames to the core's `Connection`, errors to close codes.
+
+Every frame goes to `collab_engine.connection.Connection.receive`, the one seam:
+the room decides what each message does. This module only carries frames.
 
 Where the connection allows it (hypercorn, HTTP/1.1, no compression), the wire
 (`server.wire`) serves it below ASGI: it parses the client's frames as they arrive
-and hands each message to `Reception.now`, in the loop's callback, and writes what
-the room queues for the peer at the end of each event-loop turn, and closes the peer
-when the client leaves: such a connection has no task of its own. A message that
-must wait (the journal is full, a version is being stored) pauses the wire and goes
-to the connection's one task that awaits (`_catch_up`, started the first time one
-must wait); the wire resumes when it is done.
+and hands each to the connection in the loop's callback, writes what the room
+queues for the peer at the end of each event-loop turn, and closes the peer when
+the client leaves: such a connection has no task of its own. A frame whose handling
+must wait (the journal is full, a version is being stored) pauses the wire, and the
+connection's one waiting task (`_catch_up`, started the first time one must wait)
+awaits it; the wire resumes when it is done.
 
 Elsewhere a reader task receives through ASGI (`_read`) and a writer task drains the
 peer's outbox through ASGI's `send`, in order. No task wakes per message either way.
@@ -17,10 +20,8 @@ the room evicting a slow reader, the engine shutting down. Its tasks, if any are
 still running, are then cancelled and the close frame goes out with the error's code
 and reason. A bad frame ends this connection only.
 """
-
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 
@@ -29,28 +30,11 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from collab_engine import names
+from collab_engine.connection import Connection, Later
 from collab_engine.engine import Engine
-from collab_engine.errors import (
-    CollabError,
-    Forbidden,
-    MessageTooBig,
-    ProtocolError,
-    StorageError,
-    close_reason,
-)
-from collab_engine.history import History
-from collab_engine.journal import Journal
+from collab_engine.errors import CollabError, Forbidden, ProtocolError, StorageError, close_reason
 from collab_engine.peer import Peer
 from collab_engine.permissions import refusal
-from collab_engine.protocol import (
-    Message,
-    SyncStep2,
-    SyncUpdate,
-    VersionRequest,
-    decode,
-    encode_version_reply,
-)
-from collab_engine.room import Room
 
 from .auth import credentials_for
 from .settings import Settings
@@ -109,9 +93,7 @@ async def serve_websocket(
         return
     try:
         async with engine.room(name) as room:
-            history = engine.history if engine.store is not None else None
-            reception = Reception(room, peer, settings.max_frame_size, engine.journal, history)
-            await _attend(reception, receive, send, wire)
+            await _attend(Connection(room, peer, settings.max_frame_size), receive, send, wire)
     except StorageError as error:
         # The document could not be loaded: refuse it whole rather than serve part.
         peer.close(error)
@@ -156,85 +138,20 @@ async def _admit(engine: Engine, settings: Settings, scope: Scope, name: str, la
     )
 
 
-class Reception:
-    """How one connection's messages reach its room: in order, decoded, the updates
-    held back while the journal is full, version requests answered in turn.
-
-    While the journal is full, an update waits before the room takes it: the
-    client's later frames stay unread, and TCP slows the client down. A version
-    request is answered in order: the frames after it wait until the version
-    (which holds everything the client sent before) is stored.
-    """
-
-    def __init__(
-        self,
-        room: Room,
-        peer: Peer,
-        max_frame_size: int,
-        journal: Journal | None,
-        history: History | None,
-    ) -> None:
-        self.room = room
-        self.peer = peer
-        self.max_frame_size = max_frame_size
-        self.journal = journal
-        self.history = history
-
-    def decode(self, data: bytes) -> Message:
-        """The message in a binary frame.
-
-        Raises:
-            MessageTooBig: the frame is over `max_frame_size` (1009).
-            ProtocolError: it is not a y-websocket message (4400).
-        """
-        if len(data) > self.max_frame_size:
-            raise MessageTooBig(f"frame of {len(data)} bytes is over {self.max_frame_size}")
-        return decode(data)
-
-    def now(self, message: Message) -> bool:
-        """Hand `message` to the room now, if nothing needs awaiting for it; False
-        (and nothing done) when it must go through `later`. A closed peer's messages
-        are dropped: its rights may be what closed it."""
-        if self.peer.closed:
-            return True
-        if isinstance(message, VersionRequest) and self.history is not None:
-            return False
-        if self.journal is not None and isinstance(message, SyncUpdate | SyncStep2):
-            if self.journal.full():
-                return False
-        self.room.receive(self.peer, message)
-        return True
-
-    async def later(self, message: Message) -> None:
-        """Hand `message` to the room, after whatever it waits for."""
-        journal, history = self.journal, self.history
-        if journal is not None and isinstance(message, SyncUpdate | SyncStep2):
-            await journal.room_for_more()
-        if isinstance(message, VersionRequest) and history is not None:
-            peer = self.peer
-            reply = await history.answer(
-                self.room.name, message.body, author=peer.author, role=peer.role
-            )
-            peer.send(encode_version_reply(json.dumps(reply)))
-            return
-        if not self.peer.closed:  # (closed while this waited)
-            self.room.receive(self.peer, message)
-
-
-async def _attend(reception: Reception, receive: Receive, send: Send, wire: Wire | None) -> None:
-    room, peer = reception.room, reception.peer
-    room.join(peer)
+async def _attend(connection: Connection, receive: Receive, send: Send, wire: Wire | None) -> None:
+    peer = connection.peer
+    connection.join()
     try:
         async with anyio.create_task_group() as tg:
             backlog = None
             if wire is None:
-                tg.start_soon(_read, reception, receive)
+                tg.start_soon(_read, connection, receive)
                 tg.start_soon(_write, peer, send)
             else:
                 # No task while nothing waits: the wire reads and writes in the loop's
                 # callbacks, and closes the peer when the client leaves.
-                backlog = _Backlog(reception, wire, tg)
-                wire.attach(peer, partial(_on_message, reception, backlog))
+                backlog = _Backlog(connection, wire, tg)
+                wire.attach(peer, partial(_on_message, connection, backlog))
             # Whoever closes the peer (the client, a bad frame, the room, the engine)
             # ends the connection, even while the writer is stuck on a client that
             # stopped reading.
@@ -249,81 +166,75 @@ async def _attend(reception: Reception, receive: Receive, send: Send, wire: Wire
             await anyio.lowlevel.checkpoint()
             tg.cancel_scope.cancel()
     finally:
-        room.leave(peer)
+        connection.leave()
 
 
 class _Backlog:
-    """A wire connection's message that must wait (the journal is full, a version is
+    """What a wire connection's frame must wait for (the journal is full, a version is
     being stored): the wire pauses, and one task (`_catch_up`, started the first time
-    it is needed: most connections never need it) delivers it and resumes the wire.
-    One at a time: nothing more is read until it is delivered."""
+    it is needed: most connections never need it) awaits it and resumes the wire.
+    One at a time: nothing more is read until it is done."""
 
-    def __init__(self, reception: Reception, wire: Wire, tg: TaskGroup) -> None:
-        self._reception = reception
+    def __init__(self, connection: Connection, wire: Wire, tg: TaskGroup) -> None:
+        self._connection = connection
         self._wire = wire
         self._tg = tg
-        self._waiting: MemoryObjectSendStream[Message] | None = None
+        self._waiting: MemoryObjectSendStream[Later] | None = None
 
-    def put(self, message: Message) -> None:
-        """Pause the wire and hand `message` to the catch-up task."""
+    def put(self, later: Later) -> None:
+        """Pause the wire and hand `later` to the catch-up task."""
         if self._waiting is None:
-            self._waiting, later = anyio.create_memory_object_stream[Message](1)
-            self._tg.start_soon(_catch_up, self._reception, later, self._wire)
+            self._waiting, taken = anyio.create_memory_object_stream[Later](1)
+            self._tg.start_soon(_catch_up, self._connection, taken, self._wire)
         self._wire.pause()
-        self._waiting.send_nowait(message)  # never full: the wire stays paused until taken
+        self._waiting.send_nowait(later)  # never full: the wire stays paused until taken
 
     def close(self) -> None:
-        """No more messages: the catch-up task ends once it has none in hand."""
+        """Nothing more: the catch-up task ends once it has nothing in hand."""
         if self._waiting is not None:
             self._waiting.close()
 
 
-def _on_message(reception: Reception, backlog: _Backlog, data: bytes) -> None:
-    """A message the wire read: to the room now, or (the wire paused) to the backlog."""
-    try:
-        message = reception.decode(data)
-        if not reception.now(message):
-            backlog.put(message)
-    except CollabError as error:
-        reception.peer.close(error)
+def _on_message(connection: Connection, backlog: _Backlog, data: bytes) -> None:
+    """A frame the wire read: to the room now, or (the wire paused) to the backlog."""
+    later = connection.receive(data)
+    if later is not None:
+        backlog.put(later)
 
 
 async def _catch_up(
-    reception: Reception, later: MemoryObjectReceiveStream[Message], wire: Wire
+    connection: Connection, taken: MemoryObjectReceiveStream[Later], wire: Wire
 ) -> None:
-    """Deliver the messages that had to wait, each before the wire reads on."""
-    async with later:
-        async for message in later:
-            try:
-                await reception.later(message)
-            except CollabError as error:
-                reception.peer.close(error)
+    """Await what frames had to wait for, each before the wire reads on."""
+    async with taken:
+        async for later in taken:
+            await connection.catch_up(later)
+            if connection.peer.closed:
                 return
             wire.resume()
 
 
-async def _read(reception: Reception, receive: Receive) -> None:
-    """Receive frames through ASGI, decode them and hand them to the room until the
-    client leaves or errs (connections the wire does not serve)."""
-    peer = reception.peer
-    try:
-        while True:
-            message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                break
-            if kind != "websocket.receive":
-                continue
-            data = message.get("bytes")
-            if data is None:
-                raise ProtocolError("text frames are not part of the y-websocket protocol")
-            await reception.later(reception.decode(data))
-            # receive() returns at once while frames are buffered: let the writers run.
-            await anyio.lowlevel.checkpoint()
-    except CollabError as error:
-        peer.close(error)
-    else:
-        peer.close()
+async def _read(connection: Connection, receive: Receive) -> None:
+    """Receive frames through ASGI and hand them to the connection until the client
+    leaves or errs (connections the wire does not serve)."""
+    peer = connection.peer
+    while not peer.closed:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            break
+        if kind != "websocket.receive":
+            continue
+        data = message.get("bytes")
+        if data is None:
+            peer.close(ProtocolError("text frames are not part of the y-websocket protocol"))
+            return
+        later = connection.receive(data)
+        if later is not None:
+            await connection.catch_up(later)
+        # receive() returns at once while frames are buffered: let the writers run.
+        await anyio.lowlevel.checkpoint()
+    peer.close()
 
 
 async def _write(peer: Peer, send: Send) -> None:
