@@ -55,16 +55,22 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import WSStream
 
+from collab_engine.connection import Connection, Later
 from collab_engine.errors import CollabError, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
 from collab_engine.types import Frame
 
+from .asgi import until_disconnect
 from .frame import (
     BINARY,
     CLOSE,
@@ -445,3 +451,78 @@ def _transport_of(send: Send, receive: Receive) -> tuple[Transport, asyncio.Prot
     if not all(hasattr(transport, name) for name in needed):
         return None
     return transport, reader
+
+
+class WireTransport:
+    """The fast path (see the module docstring): carries a connection's frames on its
+    `Wire`. No task while nothing waits; a frame whose handling must wait pauses the
+    wire, and one task (`_catch_up`, started the first time it is needed: most
+    connections never need it) awaits it and resumes the wire. One at a time: nothing
+    more is read until it is done."""
+
+    name = "wire"
+
+    def __init__(self, wire: Wire, receive: Receive) -> None:
+        self.wire = wire
+        self._receive = receive
+        self._waiting: MemoryObjectSendStream[Later] | None = None
+
+    @classmethod
+    def under(
+        cls,
+        send: Send,
+        receive: Receive,
+        max_buffered: int,
+        max_message: int,
+        ping_interval: float | None = None,
+    ) -> WireTransport | None:
+        """The fast path for this accepted WebSocket; None where the wire cannot
+        serve it (it then stays on ASGI)."""
+        wire = Wire.under(send, receive, max_buffered, max_message, ping_interval)
+        return None if wire is None else cls(wire, receive)
+
+    async def carry(self, connection: Connection) -> None:
+        peer = connection.peer
+        async with anyio.create_task_group() as tg:
+            self.wire.attach(peer, partial(self._on_message, connection, tg))
+            # Whoever closes the peer (the client, a bad frame, the room, the engine)
+            # ends the connection.
+            await peer.wait_closed()
+            if self._waiting is not None:
+                self._waiting.close()
+                self._waiting = None
+            # `_catch_up` with nothing in hand returns within this checkpoint; a task
+            # cancelled in an anyio task group keeps its frames (the wire, the peer,
+            # the connection) in a reference cycle of its traceback.
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+
+    def release(self) -> None:
+        self.wire.release()
+
+    async def finish(self, left: bool) -> None:
+        if left:
+            # The wire saw the client's close frame or the end of the socket: return
+            # once hypercorn has seen it too, or hypercorn, finding the connection
+            # still open when the app returns, would close it with 1011.
+            await until_disconnect(self._receive)
+
+    def _on_message(self, connection: Connection, tg: TaskGroup, data: bytes) -> None:
+        later = connection.receive(data)
+        if later is None:
+            return
+        if self._waiting is None:
+            self._waiting, taken = anyio.create_memory_object_stream[Later](1)
+            tg.start_soon(self._catch_up, connection, taken)
+        self.wire.pause()
+        self._waiting.send_nowait(later)  # never full: the wire stays paused until taken
+
+    async def _catch_up(
+        self, connection: Connection, taken: MemoryObjectReceiveStream[Later]
+    ) -> None:
+        async with taken:
+            async for later in taken:
+                await connection.catch_up(later)
+                if connection.peer.closed:
+                    return
+                self.wire.resume()

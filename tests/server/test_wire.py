@@ -195,7 +195,8 @@ async def test_a_wire_connection_runs_no_task_of_its_own(wire: bool) -> None:
 
     def ours() -> list[str]:
         names = [task.get_name() for task in asyncio.all_tasks()]
-        return sorted(name for name in names if name.startswith("server.websocket."))
+        prefixes = ("server.websocket.", "server.asgi.", "server.wire.")
+        return sorted(name for name in names if name.startswith(prefixes))
 
     async with running_server(Settings(ping_interval=None, engine=TEST_ENGINE, wire=wire)) as (
         _,
@@ -205,7 +206,8 @@ async def test_a_wire_connection_runs_no_task_of_its_own(wire: bool) -> None:
             first.doc.get("t", type=Text).insert(0, "hello")
             await first.flush()
             await second.wait_for(lambda: str(second.doc.get("t", type=Text)) == "hello")
-            expected = [] if wire else ["server.websocket._read", "server.websocket._write"] * 2
+            asgi = ["server.asgi.ASGITransport._read", "server.asgi.ASGITransport._write"]
+            expected = [] if wire else asgi * 2
             assert ours() == sorted(expected)
 
 
