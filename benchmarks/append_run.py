@@ -56,7 +56,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import provenance
+from harness import provenance
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine.peer import Peer

@@ -48,7 +48,7 @@ the burst allowance); the measured window is the `--duration` seconds after it.
 
 This process runs as a batch task and the server under the normal policy, so that
 the clients, which stand for remote ones, do not preempt the server when its
-writes wake them (`--generator-policy`, `benchmarks/scheduling.py`).
+writes wake them (`--generator-policy`, `benchmarks/harness/scheduling.py`).
 
 What the numbers mean
 ---------------------
@@ -111,8 +111,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import provenance
-import scheduling
 from fanout_latency import (
     HOST,
     ServerProcess,
@@ -121,8 +119,9 @@ from fanout_latency import (
     open_client,
     sync,
 )
-from figures import median, pct, percentile
-from provenance import load_average, version
+from harness import provenance, scheduling
+from harness.provenance import load_average, version
+from harness.stats import median, pct, percentile
 from pycrdt import Doc
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -649,7 +648,7 @@ def header(
         f"- WebSocket compression offered by the clients: {options.compression or 'none'}; "
         "presence tick every 50 ms (`EngineConfig.presence_interval`); this process's "
         f"scheduling policy: {scheduling.current()} (the servers': normal; see "
-        "`benchmarks/scheduling.py`)"
+        "`benchmarks/harness/scheduling.py`)"
     )
     return "\n".join(lines)
 

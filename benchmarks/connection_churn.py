@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import provenance
+from harness import provenance
+from harness.provenance import load_average, version
 from memory import MeasurementFailed, connect, settled_rss
-from provenance import load_average, version
 from server_fanout import (
     RESULTS,
     SPECS,

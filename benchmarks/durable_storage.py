@@ -133,9 +133,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
-import provenance
-from figures import median, pct, percentile
-from provenance import load_average, version
+from harness import provenance
+from harness.provenance import load_average, version
+from harness.stats import median, pct, percentile
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
 

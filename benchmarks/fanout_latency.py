@@ -35,7 +35,7 @@ live in one process, so send and receive times are on one clock.
 
 This process runs as a batch task and the server under the normal policy, so that
 the clients, which stand for remote ones, do not preempt the server when its
-writes wake them (`--generator-policy`, `benchmarks/scheduling.py`).
+writes wake them (`--generator-policy`, `benchmarks/harness/scheduling.py`).
 
 What the numbers mean
 ---------------------
@@ -91,10 +91,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import provenance
-import scheduling
-from figures import median, pct, percentile
-from provenance import load_average, version
+from harness import provenance, scheduling
+from harness.provenance import load_average, version
+from harness.stats import median, pct, percentile
 from pycrdt import Doc, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -543,7 +542,7 @@ def header(
         f"- server: `{shlex.join(['python', *server_command[1:]])}` (its own process); "
         f"WebSocket compression offered by the clients: {options.compression or 'none'}",
         f"- this process's scheduling policy: {scheduling.current()} (the server's: normal; "
-        "see `benchmarks/scheduling.py`)",
+        "see `benchmarks/harness/scheduling.py`)",
     ]
     return "\n".join(lines)
 

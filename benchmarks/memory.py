@@ -77,9 +77,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import provenance
-from figures import median
-from provenance import load_average, version
+from harness import provenance
+from harness.provenance import load_average, version
+from harness.stats import median
 from pycrdt import Doc, Text
 from server_fanout import (
     HOST,

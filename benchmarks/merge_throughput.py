@@ -111,9 +111,9 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import provenance
-from figures import median
-from provenance import load_average, node_version, version, yjs_version
+from harness import provenance
+from harness.provenance import load_average, node_version, version, yjs_version
+from harness.stats import median
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
 from collab_engine import Engine

@@ -101,11 +101,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import provenance
 from awareness_fanout import machine_busy_seconds, settle
 from fanout_latency import HOST, ServerProcess, open_client, sync
-from figures import median
-from provenance import load_average, version
+from harness import provenance
+from harness.provenance import load_average, version
+from harness.stats import median
 from pycrdt import Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection
 

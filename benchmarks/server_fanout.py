@@ -121,7 +121,7 @@ about 10 µs each (Node's 13 and 10). A remote client's wake-up never takes the
 server's CPU. The servers themselves start under the normal policy
 (`scheduling.normal`), and the diagnostics give, per server, how often a second its
 event-loop thread was preempted (involuntary context switches) in the measured
-window (`benchmarks/scheduling.py`).
+window (`benchmarks/harness/scheduling.py`).
 
 Limits: 2 cores for the server under test and the generator together (the other three
 servers idle meanwhile); the generator's CPU share is in the diagnostics, and when it
@@ -160,11 +160,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import provenance
 import psutil  # type: ignore[import-untyped]
-import scheduling
-from figures import median, pct, percentile
-from provenance import load_average, version
+from harness import provenance, scheduling
+from harness.provenance import load_average, version
+from harness.stats import median, pct, percentile
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine import protocol
@@ -1437,7 +1436,7 @@ def summarise_cprofile(path: Path, top: int = 30) -> str:
 
 
 def percentile_never(values: Sequence[float], q: float) -> float:
-    """`figures.percentile`, where an infinite value (an edit never delivered) ranks last
+    """`stats.percentile`, where an infinite value (an edit never delivered) ranks last
     and a percentile that reaches one is infinite too."""
     big = 1e12
     result = percentile([big if math.isinf(v) else v for v in values], q)

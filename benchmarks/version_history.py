@@ -96,9 +96,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import provenance
-from figures import median
-from provenance import INTEROP, load_average, node_version, version, yjs_version
+from harness import provenance
+from harness.provenance import INTEROP, load_average, node_version, version, yjs_version
+from harness.stats import median
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine import Engine, EngineConfig

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "tests" / "interop"
 """Where the tests' npm packages (yjs, y-websocket) are installed."""
 

@@ -1,0 +1,18 @@
+"""What every benchmark repeats, one module per noun.
+
+- `servers`: the servers under test (ours, the Node y-websocket server, Hocuspocus,
+  pycrdt-websocket) as processes: start, stop, CPU, memory, logs; waiting for quiet.
+- `wire`: a minimal WebSocket client (`Link`), cheap enough for a fleet of hundreds.
+- `fleet`: y-websocket and Hocuspocus clients on `Link` (observers, full clients,
+  writers), connecting and closing a fleet; and plain `websockets` clients.
+- `sampling`: CPU and scheduler readings from /proc (the machine, threads).
+- `profiling`: py-spy and cProfile of our server, and their summaries.
+- `stats`: percentiles and medians that skip NaN.
+- `report`: number formats and the parts of a results file every script writes.
+- `plots`: PNG figures of results by size (matplotlib).
+- `provenance`: package versions and the commit measured.
+- `scheduling`: the load generator's scheduling policy, and the servers'.
+
+Scripts import it as `harness` (they run as `python benchmarks/<script>.py`, so
+`benchmarks/` is on the path).
+"""
