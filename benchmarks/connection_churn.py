@@ -35,20 +35,10 @@ from functools import partial
 from pathlib import Path
 
 from harness import provenance
+from harness.fleet import Observer, Peer, Room, RunState, close_all
 from harness.provenance import load_average, version
+from harness.servers import RESULTS, SPECS, ServerProcess, ensure_peers_installed, parse_servers
 from memory import MeasurementFailed, connect, settled_rss
-from server_fanout import (
-    RESULTS,
-    SPECS,
-    Observer,
-    Peer,
-    Room,
-    RunState,
-    ServerProcess,
-    close_all,
-    ensure_peers_installed,
-    parse_servers,
-)
 
 DEFAULT_OUTPUT = RESULTS / "connection_churn.md"
 AFTER_CLOSE = 3.0

@@ -78,24 +78,19 @@ from functools import partial
 from pathlib import Path
 
 from harness import provenance
+from harness.fleet import FullClient, Observer, Peer, Room, RunState, close_all
 from harness.provenance import load_average, version
-from harness.stats import median
-from pycrdt import Doc, Text
-from server_fanout import (
+from harness.servers import (
     HOST,
     RESULTS,
     SPECS,
-    FullClient,
-    Observer,
-    Peer,
-    Room,
-    RunState,
     ServerProcess,
     ServerSpec,
-    close_all,
     ensure_peers_installed,
     parse_servers,
 )
+from harness.stats import median
+from pycrdt import Doc, Text
 
 from collab_engine import protocol
 
