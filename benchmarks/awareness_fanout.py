@@ -106,21 +106,16 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fanout_latency import (
-    HOST,
-    ServerProcess,
-    close_all,
-    describe_close,
-    open_client,
-    sync,
-)
 from harness import provenance, scheduling
+from harness.clients import close_connections, describe_close, open_client, sync
 from harness.provenance import load_average, version
+from harness.sampling import machine_busy_seconds
+from harness.servers import HOST, OurServer, settle
 from harness.stats import median, pct, percentile
 from pycrdt import Doc
 from websockets.asyncio.client import ClientConnection
@@ -335,13 +330,6 @@ class Sender:
 # -- CPU accounting -------------------------------------------------------------------
 
 
-def machine_busy_seconds() -> float:
-    """CPU time all cores spent not idle since boot (user, nice, system, irq, softirq, steal)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 # -- one run --------------------------------------------------------------------------
 
 
@@ -400,7 +388,7 @@ class RunResult:
     """Anything else that went wrong (a state re-issued by the server)."""
 
 
-async def run_once(server: ServerProcess, mode: Mode, clients: int, options: Options) -> RunResult:
+async def run_once(server: OurServer, mode: Mode, clients: int, options: Options) -> RunResult:
     """Connect K senders and `clients` observers to a fresh document, move the
     cursors for warm-up + duration seconds, wait for convergence, and measure."""
     url = f"ws://{HOST}:{server.port}/awareness-{mode.name}-{clients}-{uuid.uuid4().hex[:12]}"
@@ -423,7 +411,7 @@ async def run_once(server: ServerProcess, mode: Mode, clients: int, options: Opt
             observing = [group.create_task(connect_and_sync()) for _ in range(clients)]
             sending = [group.create_task(connect_and_sync()) for _ in range(options.senders)]
     except Exception as exc:  # a timeout, a refused connection, a close: all end the benchmark
-        await close_all(connections)
+        await close_connections(connections)
         raise RuntimeError(
             f"{clients} + {options.senders} clients could not connect: {exc!r}"
         ) from exc
@@ -495,7 +483,7 @@ async def run_once(server: ServerProcess, mode: Mode, clients: int, options: Opt
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_all(connections)
+        await close_connections(connections)
 
     window = window1 - window0
     converged = [o for o in observers if not o.closed and min(o.latest) >= final]
@@ -556,24 +544,6 @@ async def run_once(server: ServerProcess, mode: Mode, clients: int, options: Opt
     )
 
 
-async def settle(servers: Iterable[ServerProcess], limit: float) -> None:
-    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
-    a core together and everything else (other processes included) under a quarter
-    of one, over half a second. One run's aftermath then does not load the next, and
-    a run does not start while something else on the machine is busy; if it never
-    gets quiet, the run goes ahead and the diagnostics show the other load."""
-    servers = list(servers)
-    deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline:
-        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
-        own0 = time.process_time()
-        await asyncio.sleep(0.5)
-        server = sum(s.cpu_seconds() for s in servers) - server0
-        other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
-        if server < 0.05 and other < 0.125:
-            return
-
-
 async def sample_staleness(
     run: RunState, observers: Sequence[Observer], options: Options, samples: list[float]
 ) -> None:
@@ -615,7 +585,7 @@ def num(value: float) -> str:
 def header(
     options: Options,
     argv: Sequence[str],
-    servers: dict[str, ServerProcess],
+    servers: dict[str, OurServer],
     modes: Sequence[Mode],
     load: tuple[str, str],
 ) -> str:
@@ -890,13 +860,13 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     problems: list[str] = []
     overloaded: list[str] = []
     load_before = load_average()
-    servers: dict[str, ServerProcess] = {}
+    servers: dict[str, OurServer] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
             extra = ["--db", str(Path(tmp) / f"{mode.name}.db"), *mode.server_args]
             if options.outbox_size is not None:
                 extra += ["--outbox-size", str(options.outbox_size)]
-            servers[mode.name] = ServerProcess(Path(tmp) / f"{mode.name}.log", extra)
+            servers[mode.name] = OurServer(Path(tmp) / f"{mode.name}.log", extra)
         try:
             for server in servers.values():
                 await server.start(timeout=30)

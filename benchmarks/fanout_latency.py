@@ -75,13 +75,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,15 +89,17 @@ from pathlib import Path
 from typing import Any
 
 from harness import provenance, scheduling
+from harness.clients import close_connections, describe_close, open_client, sync
 from harness.provenance import load_average, version
+from harness.sampling import SchedProbe
+from harness.servers import HOST, OurServer
 from harness.stats import median, pct, percentile
 from pycrdt import Doc, Text, TransactionEvent
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from collab_engine import protocol
 
-HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "fanout_latency.md"
 
@@ -109,133 +108,11 @@ UPDATE_PREFIX = b"\x00\x02"
 MARKER = re.compile(rb"#e(\d+)#")
 """The edit index the writer embeds in its insert, found in the raw update bytes."""
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 # -- the server process ---------------------------------------------------------------
 
 
-class ServerProcess:
-    """`python -m server serve` on 127.0.0.1, port 0, in its own process."""
-
-    def __init__(self, log_path: Path, extra_args: Sequence[str] = ()) -> None:
-        self.log_path = log_path
-        self.extra_args = list(extra_args)
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.returncode: int | None = None
-        self.log_size_at_stop: int | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "server", "serve",
-            "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
-        ]  # fmt: skip
-
-    async def start(self, timeout: float) -> int:
-        """Start the server and return its port once it prints that it listens."""
-        with self.log_path.open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *scheduling.normal(self.command),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
-        assert self.process.stdout is not None
-        pattern = re.compile(rf"listening on ws://{re.escape(HOST)}:(\d+)")
-        async with asyncio.timeout(timeout):
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"the server exited before listening: see {self.log_path}")
-                match = pattern.search(line.decode(errors="replace"))
-                if match:
-                    self.port = int(match[1])
-                    return self.port
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        assert self.process is not None
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.log_size_at_stop = self.log_path.stat().st_size
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.returncode = await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            self.process.kill()
-            self.returncode = await self.process.wait()
-
-    def log_lines(self) -> tuple[list[str], list[str]]:
-        """What the server wrote on stderr (WARNING and above): before SIGTERM, and after."""
-        data = self.log_path.read_bytes()
-        cut = len(data) if self.log_size_at_stop is None else self.log_size_at_stop
-        return (
-            data[:cut].decode(errors="replace").splitlines(),
-            data[cut:].decode(errors="replace").splitlines(),
-        )
-
-
-class SchedProbe:
-    """On-CPU and run-queue-wait nanoseconds of the server's and our main threads.
-
-    Read from /proc/<pid>/schedstat (the thread whose id is the pid: the one running
-    the event loop), at nanosecond resolution and for about a microsecond per read.
-    """
-
-    def __init__(self, server_pid: int) -> None:
-        self._server = os.open(f"/proc/{server_pid}/schedstat", os.O_RDONLY)
-        self._own = os.open(f"/proc/{os.getpid()}/schedstat", os.O_RDONLY)
-
-    def read(self) -> tuple[int, int, int, int]:
-        """(server on CPU, server waiting for a CPU, ours on CPU, ours waiting), in ns."""
-        server = os.pread(self._server, 128, 0).split()
-        own = os.pread(self._own, 128, 0).split()
-        return int(server[0]), int(server[1]), int(own[0]), int(own[1])
-
-    def close(self) -> None:
-        os.close(self._server)
-        os.close(self._own)
-
-
 # -- clients --------------------------------------------------------------------------
-
-
-async def open_client(url: str, *, compression: str | None, timeout: float) -> ClientConnection:
-    """A WebSocket client connection with no proxy and no client-side pings."""
-    return await connect(
-        url,
-        compression=compression,
-        proxy=None,
-        ping_interval=None,
-        open_timeout=timeout,
-        close_timeout=2,
-    )
-
-
-async def sync(ws: ClientConnection, doc: Doc[Any]) -> None:
-    """Run both halves of the y-websocket sync: answer the server's step 1 with our
-    step 2, send our step 1, and return once the server's step 2 is applied."""
-    await ws.send(protocol.encode_sync_step1(doc.get_state()))
-    answered = synced = False
-    while not (answered and synced):
-        message = protocol.decode(await ws.recv(decode=False))
-        match message:
-            case protocol.SyncStep1(state_vector):
-                await ws.send(protocol.encode_sync_step2(doc.get_update(state_vector)))
-                answered = True
-            case protocol.SyncStep2(update):
-                doc.apply_update(update)
-                synced = True
 
 
 @dataclass(slots=True)
@@ -308,12 +185,6 @@ class Writer:
             run.closures.append(f"writer: {self.closed}")
 
 
-def describe_close(exc: ConnectionClosed) -> str:
-    if exc.rcvd is not None:
-        return f"closed by server {exc.rcvd.code} {exc.rcvd.reason!r}".rstrip()
-    return "connection lost without a close frame"
-
-
 # -- one run --------------------------------------------------------------------------
 
 
@@ -369,7 +240,7 @@ class Options:
     generator_policy: str = "batch"
 
 
-async def run_once(server: ServerProcess, clients: int, options: Options) -> RunResult:
+async def run_once(server: OurServer, clients: int, options: Options) -> RunResult:
     """Connect a writer and `clients` observers to a fresh document, send the edits
     on schedule, wait for every delivery, and measure."""
     url = f"ws://{HOST}:{server.port}/fanout-{clients}-{uuid.uuid4().hex[:12]}"
@@ -395,7 +266,7 @@ async def run_once(server: ServerProcess, clients: int, options: Options) -> Run
         async with asyncio.timeout(options.connect_timeout):
             writer = Writer(await connect_and_sync(writer_doc), writer_doc)
     except Exception as exc:  # a timeout, a refused connection, a close: all end the benchmark
-        await close_all(connections)
+        await close_connections(connections)
         raise RuntimeError(f"{clients} clients could not all connect and sync: {exc!r}") from exc
     sockets = [task.result() for task in pending]
 
@@ -443,7 +314,7 @@ async def run_once(server: ServerProcess, clients: int, options: Options) -> Run
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await close_all(connections)
+        await close_connections(connections)
         probe.close()
 
     problems.extend(f"observer {i}: {o.closed}" for i, o in enumerate(observers) if o.closed)
@@ -499,12 +370,6 @@ async def run_once(server: ServerProcess, clients: int, options: Options) -> Run
         window=window,
         problems=tuple(problems),
     )
-
-
-async def close_all(connections: Sequence[ClientConnection]) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
 
 
 # -- statistics and report ------------------------------------------------------------
@@ -647,7 +512,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         extra = [] if options.outbox_size is None else ["--outbox-size", str(options.outbox_size)]
-        server = ServerProcess(Path(tmp) / "server.log", extra)
+        server = OurServer(Path(tmp) / "server.log", extra)
         try:
             await server.start(timeout=30)
             for clients in options.sizes:

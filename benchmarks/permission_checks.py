@@ -101,10 +101,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from awareness_fanout import machine_busy_seconds, settle
-from fanout_latency import HOST, ServerProcess, open_client, sync
 from harness import provenance
+from harness.clients import open_client, sync
 from harness.provenance import load_average, version
+from harness.sampling import machine_busy_seconds
+from harness.servers import HOST, OurServer, settle
 from harness.stats import median
 from pycrdt import Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection
@@ -326,7 +327,7 @@ class AdmissionResult:
 
 
 async def admission_once(
-    server: ServerProcess, mode: str, token: str | None, options: Options
+    server: OurServer, mode: str, token: str | None, options: Options
 ) -> AdmissionResult:
     query = "" if token is None else f"?token={token}"
     url = f"ws://{HOST}:{server.port}/bench-admission{query}"
@@ -384,10 +385,8 @@ async def admission(
             if await process.wait() != 0:
                 problems.append(f"could not store the grant {grant} for the admission run")
         servers = {
-            "open mode": ServerProcess(
-                Path(tmp) / "open.log", ["--db", str(Path(tmp) / "open.db")]
-            ),
-            "token + grants": ServerProcess(
+            "open mode": OurServer(Path(tmp) / "open.log", ["--db", str(Path(tmp) / "open.db")]),
+            "token + grants": OurServer(
                 Path(tmp) / "secret.log", ["--db", secret_db, "--secret", SECRET]
             ),
         }

@@ -4,8 +4,11 @@
   pycrdt-websocket) as processes: start, stop, CPU, memory, logs; waiting for quiet.
 - `wire`: a minimal WebSocket client (`Link`), cheap enough for a fleet of hundreds.
 - `fleet`: y-websocket and Hocuspocus clients on `Link` (observers, full clients,
-  writers), connecting and closing a fleet; and plain `websockets` clients.
-- `sampling`: CPU and scheduler readings from /proc (the machine, threads).
+  writers), connecting and closing a fleet.
+- `clients`: plain `websockets` clients (open, sync, close), for a few clients.
+- `load`: the editing load (writers and observers per room) run once against one
+  server and measured: fan-out latency, deliveries, convergence, CPU, memory.
+- `sampling`: CPU and scheduler readings from /proc (the machine, threads, run queue).
 - `profiling`: py-spy and cProfile of our server, and their summaries.
 - `stats`: percentiles and medians that skip NaN.
 - `report`: number formats and the parts of a results file every script writes.

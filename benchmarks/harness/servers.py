@@ -15,6 +15,9 @@ The npm packages are pinned in `benchmarks/peers/package.json` and its lock file
 `ensure_peers_installed` runs `npm ci --prefix benchmarks/peers` when `node_modules`
 is absent. Servers start under the normal scheduling policy (`scheduling.normal`),
 whatever the generator's.
+
+`ServerProcess` runs any of the four (psutil for CPU and memory of its process tree);
+`OurServer` runs ours alone on port 0 (CPU from /proc, its log split at SIGTERM).
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
 from harness import scheduling
-from harness.sampling import machine_busy_seconds
+from harness.sampling import CLOCK_TICKS, machine_busy_seconds
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -270,14 +273,17 @@ def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]
     return servers
 
 
-async def settle(servers: Sequence[ServerProcess], limit: float) -> None:
-    """Wait (up to `limit` s) until the servers are idle and the rest of the machine under
-    a quarter of a core, over half a second."""
+async def settle(servers: Iterable[ServerProcess | OurServer], limit: float) -> None:
+    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
+    a core together and everything else (other processes included) under a quarter
+    of one, over half a second. One run's aftermath then does not load the next, and
+    a run does not start while something else on the machine is busy; if it never
+    gets quiet, the run goes ahead and the diagnostics show the other load."""
+    servers = list(servers)
     deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:
-        server0, busy0, own0 = (
-            sum(s.cpu_seconds() for s in servers), machine_busy_seconds(), time.process_time()
-        )  # fmt: skip
+        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
+        own0 = time.process_time()
         await asyncio.sleep(0.5)
         server = sum(s.cpu_seconds() for s in servers) - server0
         other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
@@ -297,3 +303,73 @@ async def idle_or_restart(server: ServerProcess, limit: float = 10.0) -> bool:
             return False
     await server.restart()
     return True
+
+
+class OurServer:
+    """`python -m server serve` on 127.0.0.1, port 0, in its own process."""
+
+    def __init__(self, log_path: Path, extra_args: Sequence[str] = ()) -> None:
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.returncode: int | None = None
+        self.log_size_at_stop: int | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "server", "serve",
+            "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
+        ]  # fmt: skip
+
+    async def start(self, timeout: float) -> int:
+        """Start the server and return its port once it prints that it listens."""
+        with self.log_path.open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *scheduling.normal(self.command),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.process.stdout is not None
+        pattern = re.compile(rf"listening on ws://{re.escape(HOST)}:(\d+)")
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"the server exited before listening: see {self.log_path}")
+                match = pattern.search(line.decode(errors="replace"))
+                if match:
+                    self.port = int(match[1])
+                    return self.port
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        assert self.process is not None
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.log_size_at_stop = self.log_path.stat().st_size
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            self.returncode = await self.process.wait()
+
+    def log_lines(self) -> tuple[list[str], list[str]]:
+        """What the server wrote on stderr (WARNING and above): before SIGTERM, and after."""
+        data = self.log_path.read_bytes()
+        cut = len(data) if self.log_size_at_stop is None else self.log_size_at_stop
+        return (
+            data[:cut].decode(errors="replace").splitlines(),
+            data[cut:].decode(errors="replace").splitlines(),
+        )
