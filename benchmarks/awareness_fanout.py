@@ -97,7 +97,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import random
 import re
 import shlex
@@ -114,6 +113,7 @@ from typing import Any
 from harness import provenance, scheduling
 from harness.clients import close_connections, describe_close, open_client, sync
 from harness.provenance import load_average, version
+from harness.report import publish
 from harness.sampling import machine_busy_seconds
 from harness.servers import HOST, OurServer, settle
 from harness.stats import median, pct, percentile
@@ -592,7 +592,6 @@ def header(
     commit = provenance.commit(
         ["collab_engine", "server"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     lines = [
@@ -600,7 +599,7 @@ def header(
         "",
         f"- command: `{command}`",
         f"- date: {now}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {load[0]} before the runs, {load[1]} after; each run waits "
         f"(up to {options.quiet_wait:g} s) for the machine to be idle first, and the CPU other "
         "processes used during each window is in the diagnostics",
@@ -948,9 +947,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             "",
         ]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

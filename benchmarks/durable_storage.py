@@ -134,7 +134,8 @@ from typing import Any, cast
 
 import anyio
 from harness import provenance
-from harness.provenance import load_average, version
+from harness.provenance import filesystem_of, load_average, version
+from harness.report import publish, say
 from harness.stats import median, pct, percentile
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -697,27 +698,10 @@ class Options:
     quick: bool
 
 
-def filesystem_of(path: str) -> str:
-    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
-    best, kind = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mount = parts[1]
-            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
-                best
-            ):
-                best, kind = mount, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: list[str]) -> str:
     commit = provenance.commit(
         ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     tmp = tempfile.gettempdir()
@@ -726,7 +710,7 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: 
         "",
         f"- command: `{command}`",
         f"- date: {now}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {load[0]} before, {load[1]} after; temporary files in {tmp} "
         f"({filesystem_of(os.path.realpath(tmp))})",
         f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
@@ -972,10 +956,6 @@ def parse_options(argv: Sequence[str]) -> Options:
     return options
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def throughput_part(
     options: Options, directory: Path, notes: list[str], problems: list[str]
 ) -> tuple[
@@ -1117,10 +1097,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

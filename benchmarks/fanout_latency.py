@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import re
 import shlex
 import sys
@@ -91,6 +90,7 @@ from typing import Any
 from harness import provenance, scheduling
 from harness.clients import close_connections, describe_close, open_client, sync
 from harness.provenance import load_average, version
+from harness.report import publish
 from harness.sampling import SchedProbe
 from harness.servers import HOST, OurServer
 from harness.stats import median, pct, percentile
@@ -389,7 +389,6 @@ def header(
     commit = provenance.commit(
         ["collab_engine", "server"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     lines = [
@@ -397,7 +396,7 @@ def header(
         "",
         f"- command: `{command}`",
         f"- date: {now}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {load[0]} before the runs, {load[1]} after",
         f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
         f"{version('websockets')}, hypercorn {version('hypercorn')}, collab-engine commit {commit}",
@@ -564,9 +563,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     else:
         report += ["Every delivery arrived; no connection was closed during a run.", ""]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

@@ -80,6 +80,7 @@ from pathlib import Path
 from harness import provenance
 from harness.fleet import FullClient, Observer, Peer, Room, RunState, close_all
 from harness.provenance import load_average, version
+from harness.report import publish
 from harness.servers import (
     HOST,
     RESULTS,
@@ -538,9 +539,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if notes:
         report += ["Notes:", "", *(f"- {n}" for n in notes), ""]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if any(server == "ours" for server, _ in failures) else 0
 
 

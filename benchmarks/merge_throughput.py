@@ -97,7 +97,6 @@ import gzip
 import io
 import json
 import math
-import os
 import pstats
 import sqlite3
 import subprocess
@@ -113,6 +112,7 @@ import anyio
 import anyio.lowlevel
 from harness import provenance
 from harness.provenance import load_average, node_version, version, yjs_version
+from harness.report import publish, say
 from harness.stats import median
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
@@ -155,10 +155,6 @@ IMPLEMENTATIONS = (PYCRDT, OBSERVED, ENGINE, ENGINE_PEER, ENGINE_SQL, YJS)
 
 class Mismatch(Exception):
     """A replay's final text is not the trace's `endContent`."""
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def check_text(what: str, actual: str, expected: str) -> None:
@@ -1264,7 +1260,6 @@ def header(
     commit: str,
     elapsed: float,
 ) -> list[str]:
-    uname = os.uname()
     peer = (
         f", Node {node} with yjs {yjs_version()} (tests/interop/node_modules)"
         if node
@@ -1275,7 +1270,7 @@ def header(
         "",
         f"- command: `{provenance.command_line(argv)}` ({elapsed / 60:.1f} min)",
         f"- date: {provenance.utc_now()}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {loads[0]} before, {loads[1]} after (other jobs share "
         "the machine)",
         f"- `uptime` before: `{uptimes[0]}`",
@@ -1357,10 +1352,8 @@ def main() -> None:
                 "",
             ]
     text = "\n".join(report)
-    print(text)
+    publish(text, options.output)
     if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
         raw = options.output.parent / "raw" / (options.output.stem + ".json")
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(

@@ -88,7 +88,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import shlex
 import subprocess
@@ -104,6 +103,7 @@ from typing import Any
 from harness import provenance
 from harness.clients import open_client, sync
 from harness.provenance import load_average, version
+from harness.report import publish
 from harness.sampling import machine_busy_seconds
 from harness.servers import HOST, OurServer, settle
 from harness.stats import median
@@ -445,7 +445,6 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
     commit = provenance.commit(
         ["collab_engine", "server"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     return "\n".join(
@@ -454,8 +453,8 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
             "",
             f"- command: `{command}`",
             f"- date: {now}",
-            f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} "
-            f"{uname.release}; 1-minute load average {load[0]} before the runs, {load[1]} "
+            f"- machine: {provenance.machine()}; "
+            f"1-minute load average {load[0]} before the runs, {load[1]} "
             f"after; each run waits (up to {options.quiet_wait:g} s) for the machine to be "
             "quiet first, and the CPU other processes used during each window is in the "
             "tables",
@@ -697,10 +696,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             "",
         ]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

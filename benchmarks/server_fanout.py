@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shlex
 import signal
 import subprocess
@@ -71,6 +70,7 @@ from harness.report import (
     median_of,
     ms,
     num,
+    publish,
     relative,
     write_runs_json,
 )
@@ -123,14 +123,13 @@ def header(
     commit = provenance.commit(
         ["collab_engine", "server", "storage"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     lines = [
         "# Server fan-out: ours, the Node y-websocket server, Hocuspocus and pycrdt-websocket",
         "",
         f"- command: `{provenance.command_line(argv)}`",
         f"- date: {provenance.utc_now()}; took {(time.time() - started) / 60:.1f} min",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average before each size and mode: {', '.join(load)}; each run waits "
         f"(up to {options.quiet_wait:g} s) for the machine to be quiet first, and the CPU "
         "the rest of the machine used during each run is in the diagnostics",
@@ -497,9 +496,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in problems[:60]), ""]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

@@ -97,7 +97,15 @@ from typing import Any
 
 import anyio
 from harness import provenance
-from harness.provenance import INTEROP, load_average, node_version, version, yjs_version
+from harness.provenance import (
+    INTEROP,
+    filesystem_of,
+    load_average,
+    node_version,
+    version,
+    yjs_version,
+)
+from harness.report import publish, say
 from harness.stats import median
 from pycrdt import Doc, Text, TransactionEvent
 
@@ -131,10 +139,6 @@ OLDEST, QUARTER, MIDDLE, THREE_QUARTERS, NEWEST = (
     "three quarters",
     "newest",
 )
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def seconds(value: float) -> str:
@@ -582,22 +586,6 @@ class Options:
     quick: bool
 
 
-def filesystem_of(path: str) -> str:
-    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
-    best, kind = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mount = parts[1]
-            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
-                best
-            ):
-                best, kind = mount, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def spread(values: Sequence[float]) -> tuple[str, str, str]:
     if not values:
         return "n/a", "n/a", "n/a"
@@ -612,7 +600,6 @@ def header(
     node: str | None,
     commit: str,
 ) -> str:
-    uname = os.uname()
     tmp = tempfile.gettempdir()
     peer = f", Node {node} with yjs {yjs_version()}" if node else ""
     return "\n".join(
@@ -621,8 +608,8 @@ def header(
             "",
             f"- command: `{provenance.command_line(argv)}`",
             f"- date: {provenance.utc_now()}",
-            f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} "
-            f"{uname.release}; 1-minute load average {load[0]} before, {load[1]} after; "
+            f"- machine: {provenance.machine()}; "
+            f"1-minute load average {load[0]} before, {load[1]} after; "
             f"temporary files in {tmp} ({filesystem_of(os.path.realpath(tmp))})",
             f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
             f"{version('sqlalchemy')}, aiosqlite {version('aiosqlite')} (SQLite "
@@ -919,10 +906,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if checker.problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in checker.problems[:50]), ""]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if checker.problems else 0
 
 

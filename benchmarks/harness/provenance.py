@@ -79,3 +79,25 @@ def yjs_version() -> str:
         return str(json.loads(package.read_text())["version"])
     except (OSError, ValueError, KeyError):
         return "?"
+
+
+def machine() -> str:
+    """The CPUs this process may use and the kernel, as a results header names them."""
+    uname = os.uname()
+    return f"nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}"
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
+    best, kind = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mount = parts[1]
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+                best
+            ):
+                best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,16 @@ def logged_errors(logs: Mapping[str, str], problems: list[str]) -> list[str]:
             "",
         ]
     return report
+
+
+def say(message: str) -> None:
+    """Progress, on standard error (standard output is the report)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def publish(text: str, output: Path | None) -> None:
+    """Print the report, and write it to `output` (its folder made) unless None."""
+    print(text)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
