@@ -34,11 +34,17 @@ from functools import partial
 from pathlib import Path
 
 from harness import provenance
-from harness.fleet import Observer, Peer, Room, RunState, close_all
+from harness.fleet import MeasurementFailed, Observer, Peer, Room, RunState, close_all, connect
 from harness.provenance import load_average, version
 from harness.report import publish
-from harness.servers import RESULTS, SPECS, ServerProcess, ensure_peers_installed, parse_servers
-from memory import MeasurementFailed, connect, settled_rss
+from harness.servers import (
+    RESULTS,
+    SPECS,
+    ServerProcess,
+    ensure_peers_installed,
+    parse_servers,
+    settled_rss,
+)
 
 DEFAULT_OUTPUT = RESULTS / "connection_churn.md"
 AFTER_CLOSE = 3.0

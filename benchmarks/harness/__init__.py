@@ -8,6 +8,10 @@
 - `clients`: plain `websockets` clients (open, sync, close), for a few clients.
 - `load`: the editing load (writers and observers per room) run once against one
   server and measured: fan-out latency, deliveries, convergence, CPU, memory.
+- `one_writer`: one writer and N observers on `clients`, in one room of ours, run
+  once and measured, with both event loops' scheduler time.
+- `cursors`: the cursor load (senders moving cursors, observers reading awareness)
+  run once against ours and measured: latency, staleness, convergence.
 - `sampling`: CPU and scheduler readings from /proc (the machine, threads, run queue).
 - `profiling`: py-spy and cProfile of our server, and their summaries.
 - `stats`: percentiles and medians that skip NaN.

@@ -355,3 +355,46 @@ async def quiesce(peers: Sequence[Link], server: ServerProcess, limit: float) ->
         await asyncio.sleep(0.3)
         if sum(p.frames for p in peers) == frames0 and server.cpu_seconds() - cpu0 < 0.02:
             return
+
+
+class MeasurementFailed(RuntimeError):
+    """A measurement that could not be completed; its message goes into the table."""
+
+
+async def connect(
+    factories: Sequence[Callable[[], Peer]],
+    port: int,
+    concurrency: int,
+    peers: list[Peer],
+    message: bytes = b"",
+) -> None:
+    """Open and sync a client per factory, `concurrency` at a time, appending each to
+    `peers`; each then sends `message` (with its document prefix) if there is one."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    synced = 0
+
+    async def one(factory: Callable[[], Peer]) -> None:
+        nonlocal synced
+        async with gate:
+            _, peer = await loop.create_connection(factory, HOST, port)
+            peers.append(peer)
+            await peer.opened
+            peer.begin()
+            await peer.synced
+            if message:
+                peer.send(peer.prefix + message)
+            synced += 1
+
+    timeout = 20 + 0.05 * len(factories)
+    try:
+        async with asyncio.timeout(timeout):
+            outcomes = await asyncio.gather(*map(one, factories), return_exceptions=True)
+    except TimeoutError:
+        raise MeasurementFailed(
+            f"{synced} of {len(factories)} clients synced within {timeout:g} s"
+        ) from None
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    if errors:
+        raise MeasurementFailed(f"{len(errors)} of {len(factories)} clients failed to "
+                                f"connect or sync, the first: {errors[0]!r}"[:200])  # fmt: skip

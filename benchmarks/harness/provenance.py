@@ -101,3 +101,11 @@ def filesystem_of(path: str) -> str:
     except OSError:
         pass
     return kind
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo, or "?"."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "?"

@@ -373,3 +373,34 @@ class OurServer:
             data[:cut].decode(errors="replace").splitlines(),
             data[cut:].decode(errors="replace").splitlines(),
         )
+
+
+SETTLE_PAUSE = 1.0
+
+
+SETTLE_INTERVAL = 0.5
+
+
+SETTLE_TOLERANCE = 0.01
+
+
+SETTLE_LIMIT = 20.0
+"""Settling: first pause, interval and tolerance between readings, limit (seconds)."""
+
+
+async def settled_rss(server: ServerProcess, label: str, notes: list[str]) -> int:
+    """The server's RSS once two readings `SETTLE_INTERVAL` apart agree within 1 %."""
+    await asyncio.sleep(SETTLE_PAUSE)
+    server.refresh_family()
+    deadline = time.perf_counter() + SETTLE_LIMIT
+    previous = server.rss()
+    while True:
+        await asyncio.sleep(SETTLE_INTERVAL)
+        current = server.rss()
+        if abs(current - previous) < SETTLE_TOLERANCE * previous:
+            return current
+        if time.perf_counter() >= deadline:
+            notes.append(f"{label}: RSS still moving after {SETTLE_LIMIT:g} s "
+                         f"({previous / 1e6:.1f} -> {current / 1e6:.1f} MB); last reading kept")  # fmt: skip
+            return current
+        previous = current
