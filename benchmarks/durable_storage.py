@@ -116,8 +116,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
-import json
 import math
 import os
 import socket
@@ -136,7 +134,9 @@ import anyio
 from harness import provenance
 from harness.provenance import filesystem_of, load_average, version
 from harness.report import publish, say
+from harness.sqlite import checkpoint, file_bytes, space_by_object
 from harness.stats import median, pct, percentile
+from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -150,7 +150,7 @@ from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "durable_storage.md"
-DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"
+DEFAULT_TRACE = AUTOMERGE_PAPER
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 PERSISTED_PREFIX = b"\x64\x01"
@@ -520,8 +520,7 @@ class History:
 
 def read_history(path: Path, limit: int | None) -> History:
     """Replay the trace (its first `limit` transactions) with pycrdt, one transaction each."""
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace = json.load(file)
+    trace = read_trace(path)
     assert trace.get("startContent", "") == "", "the trace must start from an empty text"
     txns = trace["txns"] if limit is None else trace["txns"][:limit]
     patches = [
@@ -595,36 +594,6 @@ async def append_all(store: SQLStore, updates: Sequence[Update]) -> None:
     for start in range(0, len(updates), APPEND_BATCH):
         batch = updates[start : start + APPEND_BATCH]
         await store.append([Entry(HISTORY_DOC, update, "trace") for update in batch])
-
-
-async def checkpoint(store: SQLStore) -> None:
-    async with store.engine.connect() as connection:
-        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
-        if row[0] != 0:
-            raise RuntimeError(f"the WAL checkpoint was blocked: {tuple(row)}")
-
-
-async def space_by_object(store: SQLStore) -> dict[str, int]:
-    """Bytes of pages per table and index, from SQLite's dbstat table (if compiled in)."""
-    async with store.engine.connect() as connection:
-        try:
-            result = await connection.exec_driver_sql(
-                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
-            )
-            rows = cast(list[tuple[str, int]], result.all())
-            space = {str(name): int(size) for name, size in rows}
-        except Exception:  # noqa: BLE001 - dbstat is optional: no breakdown then
-            return {}
-        free = (await connection.exec_driver_sql("PRAGMA freelist_count")).scalar_one()
-        page_size = (await connection.exec_driver_sql("PRAGMA page_size")).scalar_one()
-    space["(free pages)"] = int(free) * int(page_size)
-    return space
-
-
-def file_bytes(path: Path) -> int:
-    """The database file and its write-ahead log (the -shm index holds no data)."""
-    wal = Path(f"{path}-wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 async def build_case(case: Case, history: History) -> None:

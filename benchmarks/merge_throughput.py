@@ -93,7 +93,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import cProfile
-import gzip
 import io
 import json
 import math
@@ -114,6 +113,8 @@ from harness import provenance
 from harness.provenance import load_average, node_version, version, yjs_version
 from harness.report import publish, say
 from harness.stats import median
+from harness.traces import TRACES, read_trace
+from harness.yjs import run_replay, write_updates
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
 from collab_engine import Engine
@@ -123,10 +124,8 @@ from collab_engine.store import rebuild
 from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
-TRACES = REPO.parent / "shared" / "traces"
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "merge_throughput.md"
-NODE_SCRIPT = REPO / "benchmarks" / "peers" / "yjs_replay.mjs"
 
 TEXT = "text"
 YIELD_EVERY = 1_000
@@ -220,12 +219,6 @@ class Sequential:
     non_ascii: int
     """Patches that insert non-ASCII text."""
     updates: list[bytes] = field(default_factory=list)
-
-
-def read_trace(path: Path) -> dict[str, Any]:
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace: dict[str, Any] = json.load(file)
-    return trace
 
 
 def load_sequential(path: Path) -> Sequential:
@@ -383,32 +376,12 @@ def check_frames(trace: Sequential, label: str, frames: Sequence[bytes]) -> None
     )
 
 
-def run_node(mode: str, path: Path, options: str = "{}", timeout: float = 900) -> dict[str, Any]:
-    result = subprocess.run(
-        ["node", str(NODE_SCRIPT), mode, str(path), options],
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"node {mode} {path.name} failed: {result.stderr.decode()[-800:]}")
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
-
-
 def replay_yjs(trace: Sequential, patches_file: Path) -> Timing:
-    answer = run_node("local", patches_file)
+    answer = run_replay("local", patches_file)
     if answer["patches"] != len(trace.utf16):
         raise Mismatch(f"{trace.name}, Yjs: {answer['patches']} patches replayed")
     check_text(f"{trace.name}, Yjs", answer["text"], trace.expected)
     return float(answer["seconds"]), float(answer["cpu_seconds"])
-
-
-def write_updates(updates: Sequence[bytes], path: Path) -> None:
-    with path.open("wb") as file:
-        for update in updates:
-            file.write(len(update).to_bytes(4, "little"))
-            file.write(update)
 
 
 # -- part 2: the remote path ------------------------------------------------------------
@@ -486,7 +459,7 @@ def measure_remote(
 
     if updates_file is not None:
         options = {"fanIn": MERGE_FAN_IN, "sample": MERGE_SAMPLE, "cap": cap, "all": run == 1}
-        answer = run_node("remote", updates_file, json.dumps(options))
+        answer = run_replay("remote", updates_file, json.dumps(options))
         check_text(f"{trace.name}, Yjs applying the updates", answer["text"], trace.expected)
         check_text(f"{trace.name}, Yjs tree-merged update", answer["merged_text"],
                    trace.expected)  # fmt: skip
@@ -674,7 +647,7 @@ def write_schedule(trace: Concurrent, path: Path) -> None:
 
 
 def replay_concurrent_yjs(trace: Concurrent, schedule: Path) -> tuple[float, float]:
-    answer = run_node("concurrent", schedule)
+    answer = run_replay("concurrent", schedule)
     for agent, text in enumerate(answer["texts"]):
         check_text(f"{trace.name}, Yjs replica of agent {agent}", text, trace.expected)
     return float(answer["replay_seconds"]), float(answer["converge_seconds"])

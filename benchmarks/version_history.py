@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import json
 import math
 import os
@@ -106,7 +105,9 @@ from harness.provenance import (
     yjs_version,
 )
 from harness.report import publish, say
+from harness.sqlite import checkpoint
 from harness.stats import median
+from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine import Engine, EngineConfig
@@ -117,7 +118,7 @@ from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "version_history.md"
-DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"
+DEFAULT_TRACE = AUTOMERGE_PAPER
 """Where the npm `yjs` used by the interoperability tests is installed."""
 
 DOC = "automerge-paper"
@@ -189,8 +190,7 @@ def author_of(seq: int) -> str:
 def read_history(path: Path, limit: int | None) -> History:
     """Replay the trace (its first `limit` transactions) with pycrdt, one transaction
     and so one update each, converting code-point positions to UTF-8 byte offsets."""
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace = json.load(file)
+    trace = read_trace(path)
     assert trace.get("startContent", "") == "", "the trace must start from an empty text"
     txns = trace["txns"] if limit is None else trace["txns"][:limit]
     edits = len(txns)
@@ -274,13 +274,6 @@ class Case:
 
     def record(self, what: str, value: float) -> None:
         self.times.setdefault(what, []).append(value)
-
-
-async def checkpoint(store: SQLStore) -> None:
-    async with store.engine.connect() as connection:
-        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
-        if row[0] != 0:
-            raise RuntimeError(f"the WAL checkpoint was blocked: {tuple(row)}")
 
 
 async def build_case(case: Case, history: History) -> None:

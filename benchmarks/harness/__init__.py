@@ -17,7 +17,10 @@
 - `stats`: percentiles and medians that skip NaN.
 - `report`: number formats and the parts of a results file every script writes.
 - `plots`: PNG figures of results by size (matplotlib).
-- `provenance`: package versions and the commit measured.
+- `provenance`: package versions, the commit measured, the machine.
+- `traces`: the editing traces (josephg/editing-traces) and reading them.
+- `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`.
+- `sqlite`: SQLite files a benchmark wrote: checkpoint, bytes on disk, by object.
 - `scheduling`: the load generator's scheduling policy, and the servers'.
 
 Scripts import it as `harness` (they run as `python benchmarks/<script>.py`, so
