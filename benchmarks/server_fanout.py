@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import plots, provenance, scheduling
@@ -72,6 +72,7 @@ from harness.report import (
     num,
     publish,
     relative,
+    say,
     write_runs_json,
 )
 from harness.servers import (
@@ -345,131 +346,122 @@ def parse_options(argv: Sequence[str]) -> Options:
     )
 
 
+@dataclass(slots=True)
+class Session:
+    """What the runs of one invocation leave for the report."""
+
+    results: dict[tuple[str, bool, str], list[RunResult]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)
+    extensions: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, ServerProcess] = field(default_factory=dict)
+    most_clients: int = 0
+    """The most clients the generator has held so far (see the warm-up run)."""
+
+
+async def size_and_mode(
+    session: Session, options: Options, size: Size, awareness: bool, tmp: Path
+) -> None:
+    """A fresh set of servers, the warm-up run if due, then the interleaved runs."""
+    mode = f"awareness {'on' if awareness else 'off'}"
+    session.loads.append(f"{load_average()} ({size.key}, {mode})")
+    group = Path(tempfile.mkdtemp(dir=tmp))
+    cprofile = None
+    if options.profile is not None and options.profiler == "cprofile":
+        options.profile.mkdir(parents=True, exist_ok=True)
+        cprofile = (
+            options.profile / f"ours-{size.key.replace('/', 'x')}-{mode.replace(' ', '-')}.prof"
+        )
+    servers = {
+        name: ServerProcess(
+            SPECS[name],
+            group,
+            cprofile if name == "ours" else None,
+            options.ours_args if name == "ours" else (),
+        )
+        for name in options.servers
+    }
+    session.servers.update(servers)
+    failed: set[str] = set()
+    problems, notes = session.problems, session.notes
+    try:
+        for server in servers.values():
+            await server.start()
+        if size.clients > session.most_clients:
+            # The generator's first run with more clients than ever before costs it twice
+            # the CPU of the next ones (94 % of a core against 45 % at 500 clients, its
+            # p50 20-30 ms against 9-10): it, not the server, would set that run's
+            # latency, and it is always the first server's. One run, not counted, first.
+            session.most_clients = size.clients
+            leader = servers[options.servers[0]]
+            await settle(list(servers.values()), options.quiet_wait)
+            try:
+                await run_once(leader, size, awareness, options, 0)
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                print(f"{size.label}: warm-up run aborted: {exc!r}", file=sys.stderr)
+            await idle_or_restart(leader)
+        for attempt in range(1, options.runs + 1):
+            shift = (attempt - 1) % len(options.servers)
+            for name in options.servers[shift:] + options.servers[:shift]:
+                if name in failed:
+                    continue
+                server = servers[name]
+                await settle(list(servers.values()), options.quiet_wait)
+                label = f"{size.label}, {mode}, {name} run {attempt}"
+                try:
+                    result = await run_once(server, size, awareness, options, attempt)
+                except (RuntimeError, OSError, TimeoutError) as exc:
+                    problems.append(f"{label}: aborted: {exc!r}")
+                    say(f"{label}: aborted: {exc!r}")
+                    failed.add(name)
+                    await server.restart()
+                    continue
+                session.results.setdefault((size.key, awareness, name), []).append(result)
+                session.extensions.setdefault(name, result.extensions)
+                say(f"{label}: {result.summary()}")
+                problems.extend(f"{label}: {p}" for p in result.problems)
+                if not result.converged:
+                    failed.add(name)
+                    notes.append(f"{label}: did not converge ({result.why_not}); "
+                                 "no further runs of it at this size and mode")  # fmt: skip
+                if await idle_or_restart(server):
+                    notes.append(f"{label}: still busy 10 s after the run; restarted")
+    finally:
+        for name, server in servers.items():
+            await server.stop()
+            if server.cprofile is not None and server.cprofile.exists():
+                server.cprofile.with_suffix(".md").write_text(summarise_cprofile(server.cprofile))
+            session.logs[f"{name} ({size.key}, {mode})"] = server.log_text()
+            if any(rc not in (0, None, -signal.SIGTERM, -signal.SIGKILL)
+                   for rc in server.returncodes):  # fmt: skip
+                problems.append(f"{name} ({size.label}): exit statuses {server.returncodes}")
+            elif -signal.SIGKILL in server.returncodes:
+                notes.append(f"{name} ({size.label}, {mode}): did not exit within 15 s of "
+                             "SIGTERM and was killed")  # fmt: skip
+
+
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
     started = time.time()
     if any(s in ("node", "hocuspocus") for s in options.servers):
         ensure_peers_installed()
-    results: dict[tuple[str, bool, str], list[RunResult]] = {}
-    problems: list[str] = []
-    notes: list[str] = []
-    loads: list[str] = []
-    extensions: dict[str, str] = {}
-    logs: dict[str, str] = {}
-    all_servers: dict[str, ServerProcess] = {}
-    most_clients = 0  # the most clients the generator has held so far (see warm-up)
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+    session = Session()
+    with tempfile.TemporaryDirectory() as tmp:
         for size in options.sizes:
             for awareness in options.awareness:
-                loads.append(
-                    f"{load_average()} ({size.key}, awareness {'on' if awareness else 'off'})"
-                )
-                group = Path(tempfile.mkdtemp(dir=tmp))
-                cprofile = None
-                if options.profile is not None and options.profiler == "cprofile":
-                    options.profile.mkdir(parents=True, exist_ok=True)
-                    cprofile = options.profile / (
-                        f"ours-{size.key.replace('/', 'x')}-awareness-"
-                        f"{'on' if awareness else 'off'}.prof"
-                    )
-                servers = {
-                    name: ServerProcess(
-                        SPECS[name],
-                        group,
-                        cprofile if name == "ours" else None,
-                        options.ours_args if name == "ours" else (),
-                    )
-                    for name in options.servers
-                }
-                all_servers.update(servers)
-                failed: set[str] = set()
-                try:
-                    for server in servers.values():
-                        await server.start()
-                    if size.clients > most_clients:
-                        # The generator's first run with more clients than ever before
-                        # costs it twice the CPU of the next ones (94 % of a core
-                        # against 45 % at 500 clients, its p50 20-30 ms against 9-10):
-                        # it, not the server, would set that run's latency, and it is
-                        # always the first server's. One run, not counted, first.
-                        most_clients = size.clients
-                        leader = servers[options.servers[0]]
-                        await settle(list(servers.values()), options.quiet_wait)
-                        try:
-                            await run_once(leader, size, awareness, options, 0)
-                        except (RuntimeError, OSError, TimeoutError) as exc:
-                            print(f"{size.label}: warm-up run aborted: {exc!r}", file=sys.stderr)
-                        await idle_or_restart(leader)
-                    for attempt in range(1, options.runs + 1):
-                        order = list(options.servers)
-                        shift = (attempt - 1) % len(order)
-                        order = order[shift:] + order[:shift]
-                        for name in order:
-                            if name in failed:
-                                continue
-                            server = servers[name]
-                            await settle(list(servers.values()), options.quiet_wait)
-                            label = f"{size.label}, awareness {'on' if awareness else 'off'}, {name} run {attempt}"
-                            try:
-                                result = await run_once(server, size, awareness, options, attempt)
-                            except (RuntimeError, OSError, TimeoutError) as exc:
-                                problems.append(f"{label}: aborted: {exc!r}")
-                                print(f"{label}: aborted: {exc!r}", file=sys.stderr, flush=True)
-                                failed.add(name)
-                                await server.restart()
-                                continue
-                            results.setdefault((size.key, awareness, name), []).append(result)
-                            extensions.setdefault(name, result.extensions)
-                            print(
-                                f"{label}: fan-out p50 {ms(result.fanout_p50)} ms p99 "
-                                f"{ms(result.fanout_p99)} ms, delivered {num(result.delivered_rate)}"
-                                f"/{num(result.offered_rate)}/s, converged {result.converged}"
-                                f"{' (' + result.why_not + ')' if result.why_not else ''}, CPU "
-                                f"{result.server_cpu:.1f} s {pct(result.server_cpu_share)}, RSS "
-                                f"{result.peak_rss:.0f} MB, generator {pct(result.generator_cpu_share)}, "
-                                f"other {pct(result.other_cpu_share)}, preempted "
-                                f"{num(result.preempted_rate)}/s, setup {result.setup_seconds:.1f} s",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                            problems.extend(f"{label}: {p}" for p in result.problems)
-                            if not result.converged:
-                                failed.add(name)
-                                notes.append(f"{label}: did not converge ({result.why_not}); "
-                                             "no further runs of it at this size and mode")  # fmt: skip
-                            if await idle_or_restart(server):
-                                notes.append(f"{label}: still busy 10 s after the run; restarted")
-                finally:
-                    for name, server in servers.items():
-                        await server.stop()
-                        if server.cprofile is not None and server.cprofile.exists():
-                            server.cprofile.with_suffix(".md").write_text(
-                                summarise_cprofile(server.cprofile)
-                            )
-                        text = server.log_text()
-                        logs[f"{name} ({size.key}, awareness {'on' if awareness else 'off'})"] = (
-                            text
-                        )
-                        if any(rc not in (0, None, -signal.SIGTERM, -signal.SIGKILL)
-                               for rc in server.returncodes):  # fmt: skip
-                            problems.append(
-                                f"{name} ({size.label}): exit statuses {server.returncodes}"
-                            )
-                        elif -signal.SIGKILL in server.returncodes:
-                            notes.append(f"{name} ({size.label}, awareness "
-                                         f"{'on' if awareness else 'off'}): did not exit within "
-                                         "15 s of SIGTERM and was killed")  # fmt: skip
-    loads.append(f"{load_average()} (after)")
+                await size_and_mode(session, options, size, awareness, Path(tmp))
+    session.loads.append(f"{load_average()} (after)")
     ordered = {
-        (size.key, awareness, name): results[(size.key, awareness, name)]
+        (size.key, awareness, name): session.results[(size.key, awareness, name)]
         for size in options.sizes
         for awareness in options.awareness
         for name in options.servers
-        if (size.key, awareness, name) in results
+        if (size.key, awareness, name) in session.results
     }
-    representative = {name: all_servers[name] for name in options.servers if name in all_servers}
+    servers = {name: session.servers[name] for name in options.servers if name in session.servers}
     report = [
-        header(options, argv, representative, extensions, loads, started),
+        header(options, argv, servers, session.extensions, session.loads, started),
         "",
         tables(ordered, options) if ordered else "(no results)",
         "",
@@ -481,22 +473,18 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         options.output.with_suffix(".json"), [r for runs in ordered.values() for r in runs]
     )
     if options.plots and ordered:
+        sizes = [s.key for s in options.sizes]
         written = plots.fanout_by_size(
-            ordered,
-            options.servers,
-            [s.key for s in options.sizes],
-            options.awareness,
-            options.output,
+            ordered, options.servers, sizes, options.awareness, options.output
         )
-        names = ", ".join(f"`{relative(p)}`" for p in written)
-        report += [f"Plots: {names}", ""]
-    if notes:
-        report += ["Notes:", "", *(f"- {n}" for n in notes), ""]
-    report += logged_errors(logs, problems)
+        report += [f"Plots: {', '.join(f'`{relative(p)}`' for p in written)}", ""]
+    problems = session.problems
+    if session.notes:
+        report += ["Notes:", "", *(f"- {n}" for n in session.notes), ""]
+    report += logged_errors(session.logs, problems)
     if problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in problems[:60]), ""]
-    text = "\n".join(report)
-    publish(text, options.output)
+    publish("\n".join(report), options.output)
     return 1 if problems else 0
 
 

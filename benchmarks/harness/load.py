@@ -102,9 +102,10 @@ from harness.fleet import (
     quiesce,
 )
 from harness.profiling import start_profiler, stop_profiler
+from harness.report import ms, num
 from harness.sampling import machine_busy_seconds
 from harness.servers import ServerProcess
-from harness.stats import percentile
+from harness.stats import pct, percentile
 
 NEVER = math.inf
 """The latency of an edit some client never got."""
@@ -187,6 +188,18 @@ class RunResult:
     setup_seconds: float
     extensions: str
     problems: tuple[str, ...]
+
+    def summary(self) -> str:
+        """The run's figures on one line, as progress."""
+        return (
+            f"fan-out p50 {ms(self.fanout_p50)} ms p99 {ms(self.fanout_p99)} ms, delivered "
+            f"{num(self.delivered_rate)}/{num(self.offered_rate)}/s, converged {self.converged}"
+            f"{' (' + self.why_not + ')' if self.why_not else ''}, CPU "
+            f"{self.server_cpu:.1f} s {pct(self.server_cpu_share)}, RSS "
+            f"{self.peak_rss:.0f} MB, generator {pct(self.generator_cpu_share)}, "
+            f"other {pct(self.other_cpu_share)}, preempted "
+            f"{num(self.preempted_rate)}/s, setup {self.setup_seconds:.1f} s"
+        )
 
 
 async def run_once(
