@@ -118,14 +118,13 @@ import argparse
 import contextlib
 import math
 import os
-import socket
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -133,12 +132,22 @@ from typing import Any, cast
 import anyio
 from harness import provenance
 from harness.provenance import filesystem_of, load_average, version
-from harness.report import publish, say
-from harness.sqlite import checkpoint, file_bytes, space_by_object
+from harness.report import ms, number, publish, say, seconds
+from harness.sampling import loop_schedstat
 from harness.stats import median, pct, percentile
+from harness.stores import (
+    POSTGRES_URL,
+    Backend,
+    checkpoint,
+    file_bytes,
+    postgres_answers,
+    postgres_backend,
+    postgres_execute,
+    space_by_object,
+    sqlite_backend,
+)
 from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine import Engine, EngineConfig, Peer, Room
 from collab_engine.identity import Identity
@@ -151,7 +160,6 @@ from storage.sql import SQLStore, sqlite_url
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "durable_storage.md"
 DEFAULT_TRACE = AUTOMERGE_PAPER
-POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 PERSISTED_PREFIX = b"\x64\x01"
 """The first two bytes of a `Persisted` frame (collab message type 100, kind 1)."""
@@ -168,36 +176,6 @@ LINGER = "group commit, 50 ms linger (default)"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def ms(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
-
-
-def seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def number(value: float, digits: int = 0) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def loop_schedstat() -> tuple[int, int]:
-    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread,
-    the one running the event loop (/proc/self/schedstat; zeros where there is none)."""
-    try:
-        on_cpu, waiting, *_ = Path("/proc/self/schedstat").read_text().split()
-    except (OSError, ValueError):
-        return 0, 0
-    return int(on_cpu), int(waiting)
-
-
-def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def prepare_updates(writers: int, per_writer: int) -> list[list[Update]]:
@@ -222,61 +200,6 @@ def prepare_updates(writers: int, per_writer: int) -> list[list[Update]]:
 
 
 # -- 1. durable updates per second -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    """Where a run's store lives: `open()` gives a fresh, empty store and its clean-up."""
-
-    name: str
-    open: Callable[[], Awaitable[tuple[SQLStore, Callable[[], Awaitable[None]]]]]
-
-
-def sqlite_backend(directory: Path) -> Backend:
-    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
-        path = directory / f"throughput-{uuid.uuid4().hex[:12]}.db"
-        store = await SQLStore.connect(sqlite_url(str(path)))
-
-        async def cleanup() -> None:
-            await store.aclose()
-            for suffix in ("", "-wal", "-shm"):
-                await anyio.Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-        return store, cleanup
-
-    return Backend("SQLite", open_store)
-
-
-def postgres_backend(url: str) -> Backend:
-    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
-        schema = f"bench_storage_{uuid.uuid4().hex[:12]}"
-        await postgres_execute(url, f'CREATE SCHEMA "{schema}"')
-        try:
-            store = await SQLStore.connect(
-                url, connect_args={"server_settings": {"search_path": schema}}
-            )
-        except BaseException:
-            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
-            raise
-
-        async def cleanup() -> None:
-            await store.aclose()
-            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
-
-        return store, cleanup
-
-    return Backend("PostgreSQL", open_store)
-
-
-async def postgres_execute(url: str, sql: str) -> list[Any]:
-    """Run one statement on its own connection (no schema is created); return its rows."""
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            result = await connection.exec_driver_sql(sql)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        await engine.dispose()
 
 
 @dataclass(slots=True)

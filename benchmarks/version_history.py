@@ -104,9 +104,9 @@ from harness.provenance import (
     version,
     yjs_version,
 )
-from harness.report import publish, say
-from harness.sqlite import checkpoint
+from harness.report import publish, say, seconds
 from harness.stats import median
+from harness.stores import checkpoint
 from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
 
@@ -140,10 +140,6 @@ OLDEST, QUARTER, MIDDLE, THREE_QUARTERS, NEWEST = (
     "three quarters",
     "newest",
 )
-
-
-def seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def config() -> EngineConfig:

@@ -20,7 +20,7 @@
 - `provenance`: package versions, the commit measured, the machine.
 - `traces`: the editing traces (josephg/editing-traces) and reading them.
 - `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`.
-- `sqlite`: SQLite files a benchmark wrote: checkpoint, bytes on disk, by object.
+- `stores`: a fresh SQLite file or PostgreSQL schema per run; SQLite files on disk.
 - `scheduling`: the load generator's scheduling policy, and the servers'.
 
 Scripts import it as `harness` (they run as `python benchmarks/<script>.py`, so

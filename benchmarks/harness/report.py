@@ -27,6 +27,14 @@ def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
+def seconds(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def number(value: float, digits: int = 0) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
 def num(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:,.0f}"
 

@@ -49,3 +49,13 @@ class SchedProbe:
     def close(self) -> None:
         os.close(self._server)
         os.close(self._own)
+
+
+def loop_schedstat() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread,
+    the one running the event loop (/proc/self/schedstat; zeros where there is none)."""
+    try:
+        on_cpu, waiting, *_ = Path("/proc/self/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(on_cpu), int(waiting)
