@@ -98,7 +98,6 @@ import json
 import math
 import pstats
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -109,7 +108,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from harness import provenance
+from harness import plots, provenance
 from harness.provenance import load_average, node_version, version, yjs_version
 from harness.report import publish, say
 from harness.stats import median
@@ -965,11 +964,6 @@ def concurrent_tables(measured: Sequence[MeasuredConcurrent]) -> list[str]:
 def plot(
     measured: Sequence[Measured], concurrent: Sequence[MeasuredConcurrent], stem: Path
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written: list[Path] = []
 
     def bars(
@@ -980,23 +974,7 @@ def plot(
         path: Path,
         log: bool = False,
     ) -> None:
-        figure, axes = plt.subplots(figsize=(max(7.0, 1.3 * len(groups) + 4), 4.8))
-        width = 0.8 / max(1, len(series))
-        for i, (label, values) in enumerate(series.items()):
-            xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-            axes.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=label)
-        axes.set_xticks(range(len(groups)))
-        axes.set_xticklabels(groups, rotation=25, ha="right")
-        if log:
-            axes.set_yscale("log")
-        axes.set_ylabel(ylabel)
-        axes.set_title(title, fontsize=10)
-        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        axes.grid(axis="y", which="both", alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(path)
+        written.append(plots.bars(groups, series, title, ylabel, path, log))
 
     if measured:
         names = [m.trace.name for m in measured]
@@ -1048,13 +1026,6 @@ def plot(
             stem.with_name(stem.name + "_concurrent.png"),
         )
     return written
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -1265,7 +1236,7 @@ def main() -> None:
     argv = sys.argv
     options = parse_options(argv[1:])
     started = time.perf_counter()
-    loads_before, uptime_before = load_average(), uptime()
+    loads_before, uptime_before = load_average(), provenance.uptime()
     commit = provenance.commit(
         ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
     )
@@ -1295,7 +1266,7 @@ def main() -> None:
             options,
             argv,
             (loads_before, load_average()),
-            (uptime_before, uptime()),
+            (uptime_before, provenance.uptime()),
             node,
             commit,
             time.perf_counter() - started,

@@ -93,3 +93,37 @@ def fanout_by_size(
         plt.close(fig)
         written.append(path)
     return written
+
+
+def bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    title: str,
+    ylabel: str,
+    path: Path,
+    log: bool = False,
+) -> Path:
+    """Grouped bars: one group per name in `groups`, one bar per series in each (NaN
+    drawn as 0), the legend outside on the right; written to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(7.0, 1.3 * len(groups) + 4), 4.8))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        axes.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=label)
+    axes.set_xticks(range(len(groups)))
+    axes.set_xticklabels(groups, rotation=25, ha="right")
+    if log:
+        axes.set_yscale("log")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.grid(axis="y", which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -109,3 +109,11 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
     return "?"
+
+
+def uptime() -> str:
+    """What `uptime` prints (load averages over 1, 5 and 15 minutes), or "?"."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
