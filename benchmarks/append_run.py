@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +55,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import provenance
+from harness import provenance
+from harness.yjs import run_replay, write_updates
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine.peer import Peer
@@ -64,7 +64,6 @@ from collab_engine.room import Room
 from collab_engine.types import DocumentName
 
 REPO = Path(__file__).resolve().parent.parent
-NODE_SCRIPT = REPO / "benchmarks" / "peers" / "yjs_replay.mjs"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "append_run.md"
 TEXT = "text"
 PARTS = 4
@@ -159,25 +158,8 @@ def replay_python(kind: str, case: History) -> list[float]:
 
 def replay_yjs(case: History, directory: Path) -> list[float]:
     path = directory / f"{case.name.replace(' ', '-')}.bin"
-    with path.open("wb") as file:
-        for update in case.updates:
-            file.write(len(update).to_bytes(4, "little"))
-            file.write(update)
-    result = subprocess.run(
-        [
-            "node",
-            str(NODE_SCRIPT),
-            "stepwise",
-            str(path),
-            json.dumps({"parts": PARTS, "observe": True}),
-        ],
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"node stepwise failed: {result.stderr.decode()[-800:]}")
-    answer = json.loads(result.stdout)
+    write_updates(case.updates, path)
+    answer = run_replay("stepwise", path, json.dumps({"parts": PARTS, "observe": True}), 600)
     check(f"{case.name}, Yjs", answer["text"], case.text)
     size = len(case.updates) // PARTS
     counts = [size] * (PARTS - 1) + [len(case.updates) - size * (PARTS - 1)]

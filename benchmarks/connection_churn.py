@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -34,20 +33,17 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import provenance
-from memory import MeasurementFailed, connect, settled_rss
-from provenance import load_average, version
-from server_fanout import (
+from harness import provenance
+from harness.fleet import MeasurementFailed, Observer, Peer, Room, RunState, close_all, connect
+from harness.provenance import load_average, version
+from harness.report import publish
+from harness.servers import (
     RESULTS,
     SPECS,
-    Observer,
-    Peer,
-    Room,
-    RunState,
     ServerProcess,
-    close_all,
     ensure_peers_installed,
     parse_servers,
+    settled_rss,
 )
 
 DEFAULT_OUTPUT = RESULTS / "connection_churn.md"
@@ -164,15 +160,14 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     commit = provenance.commit(
         ["collab_engine", "server", "storage"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     text = "\n".join(
         [
             "# Connection churn: memory after connections close",
             "",
             f"- command: `{provenance.command_line(argv)}`",
             f"- date: {provenance.utc_now()}; took {(time.time() - started) / 60:.1f} min",
-            f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} "
-            f"{uname.release}; 1-minute load average before and after: {' and '.join(loads)}",
+            f"- machine: {provenance.machine()}; "
+            f"1-minute load average before and after: {' and '.join(loads)}",
             f"- Python {sys.version.split()[0]}, hypercorn {version('hypercorn')}; "
             f"collab-engine commit {commit}",
             f"- per round: {options.clients:,} clients over {options.documents:,} documents "
@@ -186,9 +181,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             *(["Notes:", "", *(f"- {n}" for n in notes), ""] if notes else []),
         ]
     )
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if failures else 0
 
 

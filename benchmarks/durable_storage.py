@@ -116,28 +116,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
-import json
 import math
 import os
-import socket
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
-import provenance
-from figures import median, pct, percentile
-from provenance import load_average, version
+from harness import provenance
+from harness.provenance import filesystem_of, load_average, version
+from harness.report import ms, number, publish, say, seconds
+from harness.sampling import loop_schedstat
+from harness.stats import median, pct, percentile
+from harness.stores import (
+    POSTGRES_URL,
+    Backend,
+    checkpoint,
+    file_bytes,
+    postgres_answers,
+    postgres_backend,
+    postgres_execute,
+    space_by_object,
+    sqlite_backend,
+)
+from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine import Engine, EngineConfig, Peer, Room
 from collab_engine.identity import Identity
@@ -149,8 +159,7 @@ from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "durable_storage.md"
-DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"
-POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DEFAULT_TRACE = AUTOMERGE_PAPER
 
 PERSISTED_PREFIX = b"\x64\x01"
 """The first two bytes of a `Persisted` frame (collab message type 100, kind 1)."""
@@ -167,36 +176,6 @@ LINGER = "group commit, 50 ms linger (default)"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def ms(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
-
-
-def seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def number(value: float, digits: int = 0) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def loop_schedstat() -> tuple[int, int]:
-    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread,
-    the one running the event loop (/proc/self/schedstat; zeros where there is none)."""
-    try:
-        on_cpu, waiting, *_ = Path("/proc/self/schedstat").read_text().split()
-    except (OSError, ValueError):
-        return 0, 0
-    return int(on_cpu), int(waiting)
-
-
-def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def prepare_updates(writers: int, per_writer: int) -> list[list[Update]]:
@@ -221,61 +200,6 @@ def prepare_updates(writers: int, per_writer: int) -> list[list[Update]]:
 
 
 # -- 1. durable updates per second -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    """Where a run's store lives: `open()` gives a fresh, empty store and its clean-up."""
-
-    name: str
-    open: Callable[[], Awaitable[tuple[SQLStore, Callable[[], Awaitable[None]]]]]
-
-
-def sqlite_backend(directory: Path) -> Backend:
-    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
-        path = directory / f"throughput-{uuid.uuid4().hex[:12]}.db"
-        store = await SQLStore.connect(sqlite_url(str(path)))
-
-        async def cleanup() -> None:
-            await store.aclose()
-            for suffix in ("", "-wal", "-shm"):
-                await anyio.Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-        return store, cleanup
-
-    return Backend("SQLite", open_store)
-
-
-def postgres_backend(url: str) -> Backend:
-    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
-        schema = f"bench_storage_{uuid.uuid4().hex[:12]}"
-        await postgres_execute(url, f'CREATE SCHEMA "{schema}"')
-        try:
-            store = await SQLStore.connect(
-                url, connect_args={"server_settings": {"search_path": schema}}
-            )
-        except BaseException:
-            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
-            raise
-
-        async def cleanup() -> None:
-            await store.aclose()
-            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
-
-        return store, cleanup
-
-    return Backend("PostgreSQL", open_store)
-
-
-async def postgres_execute(url: str, sql: str) -> list[Any]:
-    """Run one statement on its own connection (no schema is created); return its rows."""
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            result = await connection.exec_driver_sql(sql)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        await engine.dispose()
 
 
 @dataclass(slots=True)
@@ -519,8 +443,7 @@ class History:
 
 def read_history(path: Path, limit: int | None) -> History:
     """Replay the trace (its first `limit` transactions) with pycrdt, one transaction each."""
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace = json.load(file)
+    trace = read_trace(path)
     assert trace.get("startContent", "") == "", "the trace must start from an empty text"
     txns = trace["txns"] if limit is None else trace["txns"][:limit]
     patches = [
@@ -596,36 +519,6 @@ async def append_all(store: SQLStore, updates: Sequence[Update]) -> None:
         await store.append([Entry(HISTORY_DOC, update, "trace") for update in batch])
 
 
-async def checkpoint(store: SQLStore) -> None:
-    async with store.engine.connect() as connection:
-        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
-        if row[0] != 0:
-            raise RuntimeError(f"the WAL checkpoint was blocked: {tuple(row)}")
-
-
-async def space_by_object(store: SQLStore) -> dict[str, int]:
-    """Bytes of pages per table and index, from SQLite's dbstat table (if compiled in)."""
-    async with store.engine.connect() as connection:
-        try:
-            result = await connection.exec_driver_sql(
-                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
-            )
-            rows = cast(list[tuple[str, int]], result.all())
-            space = {str(name): int(size) for name, size in rows}
-        except Exception:  # noqa: BLE001 - dbstat is optional: no breakdown then
-            return {}
-        free = (await connection.exec_driver_sql("PRAGMA freelist_count")).scalar_one()
-        page_size = (await connection.exec_driver_sql("PRAGMA page_size")).scalar_one()
-    space["(free pages)"] = int(free) * int(page_size)
-    return space
-
-
-def file_bytes(path: Path) -> int:
-    """The database file and its write-ahead log (the -shm index holds no data)."""
-    wal = Path(f"{path}-wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-
-
 async def build_case(case: Case, history: History) -> None:
     """Write the history to a new SQLite file, with the case's snapshot."""
     store = case.store = await SQLStore.connect(sqlite_url(str(case.path)))
@@ -697,27 +590,10 @@ class Options:
     quick: bool
 
 
-def filesystem_of(path: str) -> str:
-    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
-    best, kind = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mount = parts[1]
-            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
-                best
-            ):
-                best, kind = mount, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: list[str]) -> str:
     commit = provenance.commit(
         ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     tmp = tempfile.gettempdir()
@@ -726,7 +602,7 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: 
         "",
         f"- command: `{command}`",
         f"- date: {now}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {load[0]} before, {load[1]} after; temporary files in {tmp} "
         f"({filesystem_of(os.path.realpath(tmp))})",
         f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
@@ -972,10 +848,6 @@ def parse_options(argv: Sequence[str]) -> Options:
     return options
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def throughput_part(
     options: Options, directory: Path, notes: list[str], problems: list[str]
 ) -> tuple[
@@ -1117,10 +989,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

@@ -17,25 +17,12 @@ browsers, the clients offer permessage-deflate, which hypercorn accepts, so the
 server compresses each frame once per client; `--compression none` measures
 without it.
 
-Every client syncs before anything is measured: it answers the server's sync
-step 1 with a sync step 2 and sends its own sync step 1, then waits for the
-server's sync step 2.
-
-The writer holds a pycrdt `Doc` with a `Text`. Each edit is a small insert at the
-end of the text in one transaction; the insert carries a marker `#e<i>#`. The
-update pycrdt emits for that transaction (`Doc.observe`) is sent as one update
-frame, and the send time is taken with `time.perf_counter()` just before the
-send. Edits are paced on a fixed schedule (`--rate` per second); the first
-`--warmup` edits are sent like the others but left out of every figure.
-
-Observers apply nothing: each one reads frames, keeps those that are update
-messages, and finds the edit's marker in the raw frame bytes; the receive time is
-`time.perf_counter()` when the observer task gets the frame. Writer and observers
-live in one process, so send and receive times are on one clock.
+The clients (a writer's pycrdt `Text`, observers that find each edit's marker in the
+raw frames) and how one run is timed: `harness/one_writer.py`.
 
 This process runs as a batch task and the server under the normal policy, so that
 the clients, which stand for remote ones, do not preempt the server when its
-writes wake them (`--generator-policy`, `benchmarks/scheduling.py`).
+writes wake them (`--generator-policy`, `benchmarks/harness/scheduling.py`).
 
 What the numbers mean
 ---------------------
@@ -75,284 +62,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import provenance
-import scheduling
-from figures import median, pct, percentile
-from provenance import load_average, version
-from pycrdt import Doc, Text, TransactionEvent
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from harness import provenance, scheduling
+from harness.one_writer import RunResult, run_once
+from harness.provenance import load_average, version
+from harness.report import publish
+from harness.servers import OurServer
+from harness.stats import median, pct
 
-from collab_engine import protocol
-
-HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "fanout_latency.md"
-
-UPDATE_PREFIX = b"\x00\x02"
-"""The first two bytes of every update frame: message type sync, sync type update."""
-MARKER = re.compile(rb"#e(\d+)#")
-"""The edit index the writer embeds in its insert, found in the raw update bytes."""
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the server process ---------------------------------------------------------------
 
 
-class ServerProcess:
-    """`python -m server serve` on 127.0.0.1, port 0, in its own process."""
-
-    def __init__(self, log_path: Path, extra_args: Sequence[str] = ()) -> None:
-        self.log_path = log_path
-        self.extra_args = list(extra_args)
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.returncode: int | None = None
-        self.log_size_at_stop: int | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "server", "serve",
-            "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
-        ]  # fmt: skip
-
-    async def start(self, timeout: float) -> int:
-        """Start the server and return its port once it prints that it listens."""
-        with self.log_path.open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *scheduling.normal(self.command),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
-        assert self.process.stdout is not None
-        pattern = re.compile(rf"listening on ws://{re.escape(HOST)}:(\d+)")
-        async with asyncio.timeout(timeout):
-            while True:
-                line = await self.process.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"the server exited before listening: see {self.log_path}")
-                match = pattern.search(line.decode(errors="replace"))
-                if match:
-                    self.port = int(match[1])
-                    return self.port
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        assert self.process is not None
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.log_size_at_stop = self.log_path.stat().st_size
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.returncode = await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            self.process.kill()
-            self.returncode = await self.process.wait()
-
-    def log_lines(self) -> tuple[list[str], list[str]]:
-        """What the server wrote on stderr (WARNING and above): before SIGTERM, and after."""
-        data = self.log_path.read_bytes()
-        cut = len(data) if self.log_size_at_stop is None else self.log_size_at_stop
-        return (
-            data[:cut].decode(errors="replace").splitlines(),
-            data[cut:].decode(errors="replace").splitlines(),
-        )
-
-
-class SchedProbe:
-    """On-CPU and run-queue-wait nanoseconds of the server's and our main threads.
-
-    Read from /proc/<pid>/schedstat (the thread whose id is the pid: the one running
-    the event loop), at nanosecond resolution and for about a microsecond per read.
-    """
-
-    def __init__(self, server_pid: int) -> None:
-        self._server = os.open(f"/proc/{server_pid}/schedstat", os.O_RDONLY)
-        self._own = os.open(f"/proc/{os.getpid()}/schedstat", os.O_RDONLY)
-
-    def read(self) -> tuple[int, int, int, int]:
-        """(server on CPU, server waiting for a CPU, ours on CPU, ours waiting), in ns."""
-        server = os.pread(self._server, 128, 0).split()
-        own = os.pread(self._own, 128, 0).split()
-        return int(server[0]), int(server[1]), int(own[0]), int(own[1])
-
-    def close(self) -> None:
-        os.close(self._server)
-        os.close(self._own)
-
-
 # -- clients --------------------------------------------------------------------------
 
 
-async def open_client(url: str, *, compression: str | None, timeout: float) -> ClientConnection:
-    """A WebSocket client connection with no proxy and no client-side pings."""
-    return await connect(
-        url,
-        compression=compression,
-        proxy=None,
-        ping_interval=None,
-        open_timeout=timeout,
-        close_timeout=2,
-    )
-
-
-async def sync(ws: ClientConnection, doc: Doc[Any]) -> None:
-    """Run both halves of the y-websocket sync: answer the server's step 1 with our
-    step 2, send our step 1, and return once the server's step 2 is applied."""
-    await ws.send(protocol.encode_sync_step1(doc.get_state()))
-    answered = synced = False
-    while not (answered and synced):
-        message = protocol.decode(await ws.recv(decode=False))
-        match message:
-            case protocol.SyncStep1(state_vector):
-                await ws.send(protocol.encode_sync_step2(doc.get_update(state_vector)))
-                answered = True
-            case protocol.SyncStep2(update):
-                doc.apply_update(update)
-                synced = True
-
-
-@dataclass(slots=True)
-class Observer:
-    """One observing client and the time it received each edit (NaN: not yet)."""
-
-    ws: ClientConnection
-    received: list[float]
-    count: int = 0
-    unmatched: int = 0
-    closed: str | None = None
-
-    async def observe(self, run: RunState) -> None:
-        """Read frames until cancelled, timestamping the edits' update messages."""
-        received = self.received
-        try:
-            while True:
-                frame = await self.ws.recv(decode=False)
-                now = time.perf_counter()
-                if not frame.startswith(UPDATE_PREFIX):
-                    continue
-                match = MARKER.search(frame)
-                index = int(match[1]) if match else -1
-                if 0 <= index < len(received) and math.isnan(received[index]):
-                    received[index] = now
-                    self.count += 1
-                    run.delivered += 1
-                    run.missing[index] -= 1
-                    if run.missing[index] == 0:
-                        run.done_sched[index] = run.probe.read()
-                else:
-                    self.unmatched += 1
-        except ConnectionClosed as exc:
-            self.closed = describe_close(exc)
-            run.closures.append(self.closed)
-
-
-class Writer:
-    """The editing client: one pycrdt `Text`, one update frame per edit."""
-
-    def __init__(self, ws: ClientConnection, doc: Doc[Any]) -> None:
-        self.ws = ws
-        self.doc = doc
-        self.text = doc.get("text", type=Text)
-        self.echoes = 0
-        self.closed: str | None = None
-        self._updates: list[bytes] = []
-        self._subscription = doc.observe(self._on_transaction)
-
-    def _on_transaction(self, event: TransactionEvent) -> None:
-        self._updates.append(event.update)
-
-    def edit(self, index: int) -> bytes:
-        """Insert edit `index`'s marker in one transaction; return its update frame."""
-        with self.doc.transaction():
-            self.text.insert(len(self.text), f"#e{index}# ")
-        (update,) = self._updates
-        self._updates.clear()
-        return protocol.encode_sync_update(update)
-
-    async def drain(self, run: RunState) -> None:
-        """Read (and drop) what the server sends back, so that its outbox for us
-        never fills; the room echoes every update to its sender too."""
-        try:
-            while True:
-                await self.ws.recv(decode=False)
-                self.echoes += 1
-        except ConnectionClosed as exc:
-            self.closed = describe_close(exc)
-            run.closures.append(f"writer: {self.closed}")
-
-
-def describe_close(exc: ConnectionClosed) -> str:
-    if exc.rcvd is not None:
-        return f"closed by server {exc.rcvd.code} {exc.rcvd.reason!r}".rstrip()
-    return "connection lost without a close frame"
-
-
 # -- one run --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class RunState:
-    """What the observers update as frames arrive."""
-
-    probe: SchedProbe
-    missing: list[int]
-    """Per edit, how many observers have not received it yet."""
-    done_sched: list[tuple[int, int, int, int] | None]
-    """Per edit, the scheduler probe when its last observer received it."""
-    delivered: int = 0
-    closures: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    clients: int
-    edits: int
-    delivered: int
-    expected: int
-    fanout_p50: float
-    fanout_p99: float
-    fanout_max: float
-    delivery_p50: float
-    delivery_p99: float
-    server_cpu_share: float
-    generator_cpu_share: float
-    server_cpu_per_edit: float
-    generator_cpu_per_edit: float
-    fanout_server_busy: float
-    fanout_server_waiting: float
-    fanout_generator_busy: float
-    fanout_generator_waiting: float
-    send_lag_p99: float
-    window: float
-    problems: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,144 +103,6 @@ class Options:
     outbox_size: int | None
     output: Path
     generator_policy: str = "batch"
-
-
-async def run_once(server: ServerProcess, clients: int, options: Options) -> RunResult:
-    """Connect a writer and `clients` observers to a fresh document, send the edits
-    on schedule, wait for every delivery, and measure."""
-    url = f"ws://{HOST}:{server.port}/fanout-{clients}-{uuid.uuid4().hex[:12]}"
-    total = options.warmup + options.edits
-    problems: list[str] = []
-    connections: list[ClientConnection] = []
-    tasks: list[asyncio.Task[None]] = []
-
-    async def connect_and_sync(doc: Doc[Any]) -> ClientConnection:
-        ws = await open_client(
-            url, compression=options.compression, timeout=options.connect_timeout
-        )
-        connections.append(ws)
-        await sync(ws, doc)
-        return ws
-
-    limit = options.connect_timeout * 2
-    try:
-        async with asyncio.timeout(limit), asyncio.TaskGroup() as group:
-            pending = [group.create_task(connect_and_sync(Doc())) for _ in range(clients)]
-        # The writer's document holds what the room holds (nothing: a fresh room).
-        writer_doc: Doc[Any] = Doc()
-        async with asyncio.timeout(options.connect_timeout):
-            writer = Writer(await connect_and_sync(writer_doc), writer_doc)
-    except Exception as exc:  # a timeout, a refused connection, a close: all end the benchmark
-        await close_all(connections)
-        raise RuntimeError(f"{clients} clients could not all connect and sync: {exc!r}") from exc
-    sockets = [task.result() for task in pending]
-
-    assert server.process is not None
-    probe = SchedProbe(server.process.pid)
-    state = RunState(probe, [clients] * total, [None] * total)
-    observers = [Observer(ws, [math.nan] * total) for ws in sockets]
-    tasks = [asyncio.create_task(o.observe(state)) for o in observers]
-    tasks.append(asyncio.create_task(writer.drain(state)))
-    send_times = [math.nan] * total
-    send_sched: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * total
-    lags: list[float] = []
-    expected = clients * total
-
-    try:
-        server_cpu0, own_cpu0 = server.cpu_seconds(), time.process_time()
-        start = time.perf_counter() + 0.05
-        for index in range(total):
-            due = start + index / options.rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            frame = writer.edit(index)
-            send_sched[index] = probe.read()
-            sent = time.perf_counter()
-            try:
-                await writer.ws.send(frame)
-            except ConnectionClosed as exc:
-                problems.append(f"writer could not send edit {index}: {describe_close(exc)}")
-                break
-            send_times[index] = sent
-            if index >= options.warmup:
-                lags.append(sent - due)
-            if state.closures:
-                break
-        deadline = time.perf_counter() + options.timeout
-        while state.delivered < expected and not state.closures:
-            if time.perf_counter() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        window = time.perf_counter() - start
-        server_cpu = server.cpu_seconds() - server_cpu0
-        own_cpu = time.process_time() - own_cpu0
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await close_all(connections)
-        probe.close()
-
-    problems.extend(f"observer {i}: {o.closed}" for i, o in enumerate(observers) if o.closed)
-    if writer.closed:
-        problems.append(f"writer: {writer.closed}")
-    unmatched = sum(o.unmatched for o in observers)
-    if unmatched:
-        problems.append(f"{unmatched} update frames without an expected marker (or duplicates)")
-
-    measured = range(options.warmup, total)
-    deliveries: list[float] = []
-    fanout: list[float] = []
-    received_measured = 0
-    # Scheduler time of both processes summed over the fan-out windows (send to last delivery).
-    sched = [0, 0, 0, 0]
-    for index in measured:
-        times = [o.received[index] - send_times[index] for o in observers]
-        got = [t for t in times if not math.isnan(t)]
-        received_measured += len(got)
-        deliveries.extend(got)
-        done = state.done_sched[index]
-        if len(got) == clients and done is not None:
-            fanout.append(max(got))
-            for k in range(4):
-                sched[k] += done[k] - send_sched[index][k]
-    fanout_ns = sum(fanout) * 1e9 or math.nan
-    expected_measured = clients * options.edits
-    if received_measured < expected_measured:
-        problems.append(
-            f"{expected_measured - received_measured} of {expected_measured} deliveries missing "
-            f"after a {options.timeout:g} s timeout"
-        )
-
-    return RunResult(
-        clients=clients,
-        edits=options.edits,
-        delivered=received_measured,
-        expected=expected_measured,
-        fanout_p50=percentile(fanout, 50),
-        fanout_p99=percentile(fanout, 99),
-        fanout_max=max(fanout, default=math.nan),
-        delivery_p50=percentile(deliveries, 50),
-        delivery_p99=percentile(deliveries, 99),
-        server_cpu_share=server_cpu / window,
-        generator_cpu_share=own_cpu / window,
-        server_cpu_per_edit=server_cpu / total,
-        generator_cpu_per_edit=own_cpu / total,
-        fanout_server_busy=sched[0] / fanout_ns,
-        fanout_server_waiting=sched[1] / fanout_ns,
-        fanout_generator_busy=sched[2] / fanout_ns,
-        fanout_generator_waiting=sched[3] / fanout_ns,
-        send_lag_p99=percentile(lags, 99),
-        window=window,
-        problems=tuple(problems),
-    )
-
-
-async def close_all(connections: Sequence[ClientConnection]) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10):
-            await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
 
 
 # -- statistics and report ------------------------------------------------------------
@@ -525,7 +122,6 @@ def header(
     commit = provenance.commit(
         ["collab_engine", "server"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     lines = [
@@ -533,7 +129,7 @@ def header(
         "",
         f"- command: `{command}`",
         f"- date: {now}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {load[0]} before the runs, {load[1]} after",
         f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
         f"{version('websockets')}, hypercorn {version('hypercorn')}, collab-engine commit {commit}",
@@ -543,7 +139,7 @@ def header(
         f"- server: `{shlex.join(['python', *server_command[1:]])}` (its own process); "
         f"WebSocket compression offered by the clients: {options.compression or 'none'}",
         f"- this process's scheduling policy: {scheduling.current()} (the server's: normal; "
-        "see `benchmarks/scheduling.py`)",
+        "see `benchmarks/harness/scheduling.py`)",
     ]
     return "\n".join(lines)
 
@@ -648,7 +244,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         extra = [] if options.outbox_size is None else ["--outbox-size", str(options.outbox_size)]
-        server = ServerProcess(Path(tmp) / "server.log", extra)
+        server = OurServer(Path(tmp) / "server.log", extra)
         try:
             await server.start(timeout=30)
             for clients in options.sizes:
@@ -700,9 +296,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     else:
         report += ["Every delivery arrived; no connection was closed during a run.", ""]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

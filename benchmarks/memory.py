@@ -9,8 +9,8 @@ Usage:
 
 Servers
 -------
-The four of `server_fanout.py`, started by its `ServerProcess` with the same commands
-on 127.0.0.1: ours (`python -m server serve`, documents stored in SQLite in a temporary
+The four of `server_fanout.py`, started by `harness.servers.ServerProcess` with the same
+commands on 127.0.0.1: ours (`python -m server serve`, documents stored in SQLite in a temporary
 directory), the Node y-websocket server (`@y/websocket-server` 0.1.1, in memory),
 Hocuspocus 3.4.4 (in memory) and pycrdt-websocket on hypercorn (in memory). Every
 measurement gets a fresh server process, so none inherits another's heap: it is started,
@@ -31,8 +31,8 @@ Measurements
   "t" of a fresh `Doc` (the same update for every document). Once the RSS is read, a
   fresh client syncs the last document and checks that it gets the text back.
 
-The clients are the minimal asyncio WebSocket client of `server_fanout.py` (its
-`Observer`), `--connect-concurrency` handshakes at once. Like browsers they offer
+The clients are the `Observer`s of `harness/fleet.py` (on its minimal asyncio
+WebSocket client), `--connect-concurrency` handshakes at once. Like browsers they offer
 permessage-deflate (`--compression none`: they do not), and each server accepts or
 declines it as its default configuration does (the header says which); a server that
 accepts keeps compression state per connection.
@@ -72,43 +72,40 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import provenance
-from figures import median
-from provenance import load_average, version
-from pycrdt import Doc, Text
-from server_fanout import (
-    HOST,
-    RESULTS,
-    SPECS,
+from harness import provenance
+from harness.fleet import (
     FullClient,
+    MeasurementFailed,
     Observer,
     Peer,
     Room,
     RunState,
+    close_all,
+    connect,
+)
+from harness.provenance import load_average, version
+from harness.report import publish
+from harness.servers import (
+    RESULTS,
+    SPECS,
     ServerProcess,
     ServerSpec,
-    close_all,
     ensure_peers_installed,
     parse_servers,
+    settled_rss,
 )
+from harness.stats import median
+from pycrdt import Doc, Text
 
 from collab_engine import protocol
 
 DEFAULT_OUTPUT = RESULTS / "memory.md"
 CONTENT_CHARS = 10_000
-SETTLE_PAUSE = 1.0
-SETTLE_INTERVAL = 0.5
-SETTLE_TOLERANCE = 0.01
-SETTLE_LIMIT = 20.0
-
-
-class MeasurementFailed(RuntimeError):
-    """A measurement that could not be completed; its message goes into the table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,63 +156,6 @@ def text_update() -> tuple[str, bytes]:
     doc: Doc[Text] = Doc()
     doc.get("t", type=Text).insert(0, content)
     return content, doc.get_update()
-
-
-async def settled_rss(server: ServerProcess, label: str, notes: list[str]) -> int:
-    """The server's RSS once two readings `SETTLE_INTERVAL` apart agree within 1 %."""
-    await asyncio.sleep(SETTLE_PAUSE)
-    server.refresh_family()
-    deadline = time.perf_counter() + SETTLE_LIMIT
-    previous = server.rss()
-    while True:
-        await asyncio.sleep(SETTLE_INTERVAL)
-        current = server.rss()
-        if abs(current - previous) < SETTLE_TOLERANCE * previous:
-            return current
-        if time.perf_counter() >= deadline:
-            notes.append(f"{label}: RSS still moving after {SETTLE_LIMIT:g} s "
-                         f"({previous / 1e6:.1f} -> {current / 1e6:.1f} MB); last reading kept")  # fmt: skip
-            return current
-        previous = current
-
-
-async def connect(
-    factories: Sequence[Callable[[], Peer]],
-    port: int,
-    concurrency: int,
-    peers: list[Peer],
-    message: bytes = b"",
-) -> None:
-    """Open and sync a client per factory, `concurrency` at a time, appending each to
-    `peers`; each then sends `message` (with its document prefix) if there is one."""
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(concurrency)
-    synced = 0
-
-    async def one(factory: Callable[[], Peer]) -> None:
-        nonlocal synced
-        async with gate:
-            _, peer = await loop.create_connection(factory, HOST, port)
-            peers.append(peer)
-            await peer.opened
-            peer.begin()
-            await peer.synced
-            if message:
-                peer.send(peer.prefix + message)
-            synced += 1
-
-    timeout = 20 + 0.05 * len(factories)
-    try:
-        async with asyncio.timeout(timeout):
-            outcomes = await asyncio.gather(*map(one, factories), return_exceptions=True)
-    except TimeoutError:
-        raise MeasurementFailed(
-            f"{synced} of {len(factories)} clients synced within {timeout:g} s"
-        ) from None
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if errors:
-        raise MeasurementFailed(f"{len(errors)} of {len(factories)} clients failed to "
-                                f"connect or sync, the first: {errors[0]!r}"[:200])  # fmt: skip
 
 
 async def measure(
@@ -421,13 +361,6 @@ per client* is the growth divided by the number of clients (for the document row
 connection plus one empty or loaded document). MB and KB are 10^6 and 10^3 bytes."""
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return "?"
-
-
 def header(
     options: Options,
     argv: Sequence[str],
@@ -452,7 +385,7 @@ def header(
         f"- command: `{provenance.command_line(argv)}`",
         f"- date: {provenance.utc_now()}; took {(time.time() - started) / 60:.1f} min",
         f"- machine: {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), "
-        f"{cpu_model()}, {uname.sysname} {uname.release}; 1-minute load average before "
+        f"{provenance.cpu_model()}, {uname.sysname} {uname.release}; 1-minute load average before "
         f"and after: {' and '.join(loads)}",
         f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, hypercorn "
         f"{version('hypercorn')}, pycrdt-websocket {version('pycrdt-websocket')}, psutil "
@@ -543,9 +476,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if notes:
         report += ["Notes:", "", *(f"- {n}" for n in notes), ""]
     text = "\n".join(report)
-    print(text)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
+    publish(text, options.output)
     return 1 if any(server == "ours" for server, _ in failures) else 0
 
 

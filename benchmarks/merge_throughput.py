@@ -93,14 +93,11 @@ from __future__ import annotations
 import argparse
 import bisect
 import cProfile
-import gzip
 import io
 import json
 import math
-import os
 import pstats
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -111,9 +108,12 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import provenance
-from figures import median
-from provenance import load_average, node_version, version, yjs_version
+from harness import plots, provenance
+from harness.provenance import load_average, node_version, version, yjs_version
+from harness.report import publish, say
+from harness.stats import median
+from harness.traces import TRACES, read_trace
+from harness.yjs import run_replay, write_updates
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 
 from collab_engine import Engine
@@ -123,10 +123,8 @@ from collab_engine.store import rebuild
 from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
-TRACES = REPO.parent / "shared" / "traces"
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "merge_throughput.md"
-NODE_SCRIPT = REPO / "benchmarks" / "peers" / "yjs_replay.mjs"
 
 TEXT = "text"
 YIELD_EVERY = 1_000
@@ -155,10 +153,6 @@ IMPLEMENTATIONS = (PYCRDT, OBSERVED, ENGINE, ENGINE_PEER, ENGINE_SQL, YJS)
 
 class Mismatch(Exception):
     """A replay's final text is not the trace's `endContent`."""
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def check_text(what: str, actual: str, expected: str) -> None:
@@ -224,12 +218,6 @@ class Sequential:
     non_ascii: int
     """Patches that insert non-ASCII text."""
     updates: list[bytes] = field(default_factory=list)
-
-
-def read_trace(path: Path) -> dict[str, Any]:
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace: dict[str, Any] = json.load(file)
-    return trace
 
 
 def load_sequential(path: Path) -> Sequential:
@@ -387,32 +375,12 @@ def check_frames(trace: Sequential, label: str, frames: Sequence[bytes]) -> None
     )
 
 
-def run_node(mode: str, path: Path, options: str = "{}", timeout: float = 900) -> dict[str, Any]:
-    result = subprocess.run(
-        ["node", str(NODE_SCRIPT), mode, str(path), options],
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"node {mode} {path.name} failed: {result.stderr.decode()[-800:]}")
-    answer: dict[str, Any] = json.loads(result.stdout)
-    return answer
-
-
 def replay_yjs(trace: Sequential, patches_file: Path) -> Timing:
-    answer = run_node("local", patches_file)
+    answer = run_replay("local", patches_file)
     if answer["patches"] != len(trace.utf16):
         raise Mismatch(f"{trace.name}, Yjs: {answer['patches']} patches replayed")
     check_text(f"{trace.name}, Yjs", answer["text"], trace.expected)
     return float(answer["seconds"]), float(answer["cpu_seconds"])
-
-
-def write_updates(updates: Sequence[bytes], path: Path) -> None:
-    with path.open("wb") as file:
-        for update in updates:
-            file.write(len(update).to_bytes(4, "little"))
-            file.write(update)
 
 
 # -- part 2: the remote path ------------------------------------------------------------
@@ -490,7 +458,7 @@ def measure_remote(
 
     if updates_file is not None:
         options = {"fanIn": MERGE_FAN_IN, "sample": MERGE_SAMPLE, "cap": cap, "all": run == 1}
-        answer = run_node("remote", updates_file, json.dumps(options))
+        answer = run_replay("remote", updates_file, json.dumps(options))
         check_text(f"{trace.name}, Yjs applying the updates", answer["text"], trace.expected)
         check_text(f"{trace.name}, Yjs tree-merged update", answer["merged_text"],
                    trace.expected)  # fmt: skip
@@ -678,7 +646,7 @@ def write_schedule(trace: Concurrent, path: Path) -> None:
 
 
 def replay_concurrent_yjs(trace: Concurrent, schedule: Path) -> tuple[float, float]:
-    answer = run_node("concurrent", schedule)
+    answer = run_replay("concurrent", schedule)
     for agent, text in enumerate(answer["texts"]):
         check_text(f"{trace.name}, Yjs replica of agent {agent}", text, trace.expected)
     return float(answer["replay_seconds"]), float(answer["converge_seconds"])
@@ -996,11 +964,6 @@ def concurrent_tables(measured: Sequence[MeasuredConcurrent]) -> list[str]:
 def plot(
     measured: Sequence[Measured], concurrent: Sequence[MeasuredConcurrent], stem: Path
 ) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written: list[Path] = []
 
     def bars(
@@ -1011,23 +974,7 @@ def plot(
         path: Path,
         log: bool = False,
     ) -> None:
-        figure, axes = plt.subplots(figsize=(max(7.0, 1.3 * len(groups) + 4), 4.8))
-        width = 0.8 / max(1, len(series))
-        for i, (label, values) in enumerate(series.items()):
-            xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-            axes.bar(xs, [0 if math.isnan(v) else v for v in values], width, label=label)
-        axes.set_xticks(range(len(groups)))
-        axes.set_xticklabels(groups, rotation=25, ha="right")
-        if log:
-            axes.set_yscale("log")
-        axes.set_ylabel(ylabel)
-        axes.set_title(title, fontsize=10)
-        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        axes.grid(axis="y", which="both", alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        written.append(path)
+        written.append(plots.bars(groups, series, title, ylabel, path, log))
 
     if measured:
         names = [m.trace.name for m in measured]
@@ -1079,13 +1026,6 @@ def plot(
             stem.with_name(stem.name + "_concurrent.png"),
         )
     return written
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -1264,7 +1204,6 @@ def header(
     commit: str,
     elapsed: float,
 ) -> list[str]:
-    uname = os.uname()
     peer = (
         f", Node {node} with yjs {yjs_version()} (tests/interop/node_modules)"
         if node
@@ -1275,7 +1214,7 @@ def header(
         "",
         f"- command: `{provenance.command_line(argv)}` ({elapsed / 60:.1f} min)",
         f"- date: {provenance.utc_now()}",
-        f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}; "
+        f"- machine: {provenance.machine()}; "
         f"1-minute load average {loads[0]} before, {loads[1]} after (other jobs share "
         "the machine)",
         f"- `uptime` before: `{uptimes[0]}`",
@@ -1297,7 +1236,7 @@ def main() -> None:
     argv = sys.argv
     options = parse_options(argv[1:])
     started = time.perf_counter()
-    loads_before, uptime_before = load_average(), uptime()
+    loads_before, uptime_before = load_average(), provenance.uptime()
     commit = provenance.commit(
         ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
     )
@@ -1327,7 +1266,7 @@ def main() -> None:
             options,
             argv,
             (loads_before, load_average()),
-            (uptime_before, uptime()),
+            (uptime_before, provenance.uptime()),
             node,
             commit,
             time.perf_counter() - started,
@@ -1357,10 +1296,8 @@ def main() -> None:
                 "",
             ]
     text = "\n".join(report)
-    print(text)
+    publish(text, options.output)
     if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
         raw = options.output.parent / "raw" / (options.output.stem + ".json")
         raw.parent.mkdir(parents=True, exist_ok=True)
         raw.write_text(

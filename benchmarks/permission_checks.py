@@ -88,7 +88,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import shlex
 import subprocess
@@ -101,11 +100,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import provenance
-from awareness_fanout import machine_busy_seconds, settle
-from fanout_latency import HOST, ServerProcess, open_client, sync
-from figures import median
-from provenance import load_average, version
+from harness import provenance
+from harness.clients import open_client, sync
+from harness.provenance import load_average, version
+from harness.report import publish
+from harness.sampling import machine_busy_seconds
+from harness.servers import HOST, OurServer, settle
+from harness.stats import median
 from pycrdt import Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection
 
@@ -326,7 +327,7 @@ class AdmissionResult:
 
 
 async def admission_once(
-    server: ServerProcess, mode: str, token: str | None, options: Options
+    server: OurServer, mode: str, token: str | None, options: Options
 ) -> AdmissionResult:
     query = "" if token is None else f"?token={token}"
     url = f"ws://{HOST}:{server.port}/bench-admission{query}"
@@ -384,10 +385,8 @@ async def admission(
             if await process.wait() != 0:
                 problems.append(f"could not store the grant {grant} for the admission run")
         servers = {
-            "open mode": ServerProcess(
-                Path(tmp) / "open.log", ["--db", str(Path(tmp) / "open.db")]
-            ),
-            "token + grants": ServerProcess(
+            "open mode": OurServer(Path(tmp) / "open.log", ["--db", str(Path(tmp) / "open.db")]),
+            "token + grants": OurServer(
                 Path(tmp) / "secret.log", ["--db", secret_db, "--secret", SECRET]
             ),
         }
@@ -446,7 +445,6 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
     commit = provenance.commit(
         ["collab_engine", "server"], "plus uncommitted changes to the server"
     )
-    uname = os.uname()
     now = provenance.utc_now()
     command = provenance.command_line(argv)
     return "\n".join(
@@ -455,8 +453,8 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
             "",
             f"- command: `{command}`",
             f"- date: {now}",
-            f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} "
-            f"{uname.release}; 1-minute load average {load[0]} before the runs, {load[1]} "
+            f"- machine: {provenance.machine()}; "
+            f"1-minute load average {load[0]} before the runs, {load[1]} "
             f"after; each run waits (up to {options.quiet_wait:g} s) for the machine to be "
             "quiet first, and the CPU other processes used during each window is in the "
             "tables",
@@ -698,10 +696,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             "",
         ]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if problems else 0
 
 

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import json
 import math
 import os
@@ -96,9 +95,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import provenance
-from figures import median
-from provenance import INTEROP, load_average, node_version, version, yjs_version
+from harness import provenance
+from harness.provenance import (
+    INTEROP,
+    filesystem_of,
+    load_average,
+    node_version,
+    version,
+    yjs_version,
+)
+from harness.report import publish, say, seconds
+from harness.stats import median
+from harness.stores import checkpoint
+from harness.traces import AUTOMERGE_PAPER, read_trace
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine import Engine, EngineConfig
@@ -109,7 +118,7 @@ from storage.sql import SQLStore, sqlite_url
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "version_history.md"
-DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "automerge-paper.json.gz"
+DEFAULT_TRACE = AUTOMERGE_PAPER
 """Where the npm `yjs` used by the interoperability tests is installed."""
 
 DOC = "automerge-paper"
@@ -131,14 +140,6 @@ OLDEST, QUARTER, MIDDLE, THREE_QUARTERS, NEWEST = (
     "three quarters",
     "newest",
 )
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def seconds(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def config() -> EngineConfig:
@@ -185,8 +186,7 @@ def author_of(seq: int) -> str:
 def read_history(path: Path, limit: int | None) -> History:
     """Replay the trace (its first `limit` transactions) with pycrdt, one transaction
     and so one update each, converting code-point positions to UTF-8 byte offsets."""
-    with gzip.open(path, "rt", encoding="utf-8") as file:
-        trace = json.load(file)
+    trace = read_trace(path)
     assert trace.get("startContent", "") == "", "the trace must start from an empty text"
     txns = trace["txns"] if limit is None else trace["txns"][:limit]
     edits = len(txns)
@@ -270,13 +270,6 @@ class Case:
 
     def record(self, what: str, value: float) -> None:
         self.times.setdefault(what, []).append(value)
-
-
-async def checkpoint(store: SQLStore) -> None:
-    async with store.engine.connect() as connection:
-        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
-        if row[0] != 0:
-            raise RuntimeError(f"the WAL checkpoint was blocked: {tuple(row)}")
 
 
 async def build_case(case: Case, history: History) -> None:
@@ -582,22 +575,6 @@ class Options:
     quick: bool
 
 
-def filesystem_of(path: str) -> str:
-    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
-    best, kind = "", "?"
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            mount = parts[1]
-            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
-                best
-            ):
-                best, kind = mount, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def spread(values: Sequence[float]) -> tuple[str, str, str]:
     if not values:
         return "n/a", "n/a", "n/a"
@@ -612,7 +589,6 @@ def header(
     node: str | None,
     commit: str,
 ) -> str:
-    uname = os.uname()
     tmp = tempfile.gettempdir()
     peer = f", Node {node} with yjs {yjs_version()}" if node else ""
     return "\n".join(
@@ -621,8 +597,8 @@ def header(
             "",
             f"- command: `{provenance.command_line(argv)}`",
             f"- date: {provenance.utc_now()}",
-            f"- machine: nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} "
-            f"{uname.release}; 1-minute load average {load[0]} before, {load[1]} after; "
+            f"- machine: {provenance.machine()}; "
+            f"1-minute load average {load[0]} before, {load[1]} after; "
             f"temporary files in {tmp} ({filesystem_of(os.path.realpath(tmp))})",
             f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
             f"{version('sqlalchemy')}, aiosqlite {version('aiosqlite')} (SQLite "
@@ -919,10 +895,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     if checker.problems:
         report += ["**Problems:**", "", *(f"- {p}" for p in checker.problems[:50]), ""]
     text = "\n".join(report)
-    print(text)
-    if options.output is not None:
-        options.output.parent.mkdir(parents=True, exist_ok=True)
-        options.output.write_text(text)
+    publish(text, options.output)
     return 1 if checker.problems else 0
 
 

@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "tests" / "interop"
 """Where the tests' npm packages (yjs, y-websocket) are installed."""
 
@@ -78,4 +78,42 @@ def yjs_version() -> str:
         package = INTEROP / "node_modules" / "yjs" / "package.json"
         return str(json.loads(package.read_text())["version"])
     except (OSError, ValueError, KeyError):
+        return "?"
+
+
+def machine() -> str:
+    """The CPUs this process may use and the kernel, as a results header names them."""
+    uname = os.uname()
+    return f"nproc = {len(os.sched_getaffinity(0))}, {uname.sysname} {uname.release}"
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system `path` is on, from /proc/mounts (longest mount prefix)."""
+    best, kind = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mount = parts[1]
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+                best
+            ):
+                best, kind = mount, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo, or "?"."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "?"
+
+
+def uptime() -> str:
+    """What `uptime` prints (load averages over 1, 5 and 15 minutes), or "?"."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return "?"

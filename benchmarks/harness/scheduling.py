@@ -32,7 +32,7 @@ def add_option(parser: argparse.ArgumentParser) -> None:
         "--generator-policy", choices=POLICIES, default="batch",
         help="this process's scheduling policy: batch (default, where the system has it), "
         "so that the clients it stands for do not preempt the server under test when "
-        "its writes wake them (see benchmarks/scheduling.py), or normal",
+        "its writes wake them (see benchmarks/harness/scheduling.py), or normal",
     )  # fmt: skip
 
 

@@ -1,0 +1,61 @@
+"""CPU and scheduler readings from /proc: the whole machine's, a process's threads',
+and the event-loop threads' time on a CPU and waiting for one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent not idle since boot."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (name, user + system CPU seconds)} of a process, from /proc."""
+    threads: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            name = (task / "comm").read_text().strip()
+            threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return threads
+
+
+class SchedProbe:
+    """On-CPU and run-queue-wait nanoseconds of the server's and our main threads.
+
+    Read from /proc/<pid>/schedstat (the thread whose id is the pid: the one running
+    the event loop), at nanosecond resolution and for about a microsecond per read.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self._server = os.open(f"/proc/{server_pid}/schedstat", os.O_RDONLY)
+        self._own = os.open(f"/proc/{os.getpid()}/schedstat", os.O_RDONLY)
+
+    def read(self) -> tuple[int, int, int, int]:
+        """(server on CPU, server waiting for a CPU, ours on CPU, ours waiting), in ns."""
+        server = os.pread(self._server, 128, 0).split()
+        own = os.pread(self._own, 128, 0).split()
+        return int(server[0]), int(server[1]), int(own[0]), int(own[1])
+
+    def close(self) -> None:
+        os.close(self._server)
+        os.close(self._own)
+
+
+def loop_schedstat() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of this process's main thread,
+    the one running the event loop (/proc/self/schedstat; zeros where there is none)."""
+    try:
+        on_cpu, waiting, *_ = Path("/proc/self/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(on_cpu), int(waiting)

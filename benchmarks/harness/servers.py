@@ -1,0 +1,406 @@
+"""The servers under test, each in its own process on 127.0.0.1.
+
+* **ours**: `python -m server serve --host 127.0.0.1 --port P --db <tmp>/ours.db
+  --log-level WARNING`: open mode, documents stored durably in SQLite (the default
+  configuration);
+* **node**: the Node y-websocket server, npm `@y/websocket-server` 0.1.1,
+  `node node_modules/@y/websocket-server/src/server.js` with HOST and PORT (documents
+  in memory; it has no persistence unless YPERSISTENCE is set);
+* **hocuspocus**: npm `@hocuspocus/server` 3.4.4, `benchmarks/peers/hocuspocus_server.mjs`
+  (no extensions: documents in memory, every token accepted);
+* **pycrdt**: pycrdt's own server (`pycrdt.websocket`, pycrdt-websocket 0.16.5)
+  served by hypercorn, `benchmarks/peers/pycrdt_server.py` (documents in memory).
+
+The npm packages are pinned in `benchmarks/peers/package.json` and its lock file;
+`ensure_peers_installed` runs `npm ci --prefix benchmarks/peers` when `node_modules`
+is absent. Servers start under the normal scheduling policy (`scheduling.normal`),
+whatever the generator's.
+
+`ServerProcess` runs any of the four (psutil for CPU and memory of its process tree);
+`OurServer` runs ours alone on port 0 (CPU from /proc, its log split at SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]
+
+from harness import scheduling
+from harness.sampling import CLOCK_TICKS, machine_busy_seconds
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[2]
+PEERS = REPO / "benchmarks" / "peers"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    name: str
+    label: str
+    hocuspocus: bool
+    """Hocuspocus framing (document name prefix, authentication first)."""
+    stamps_identity: bool
+    """The server stamps `user.id` into awareness states (clients adopt the stamp)."""
+    ready: str
+    """A regular expression matched against its standard output once it listens."""
+
+
+SPECS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec("ours", "ours (collab-engine)", False, True, r"listening on ws://"),
+        ServerSpec("node", "Node y-websocket", False, False, r"running at"),
+        ServerSpec("hocuspocus", "Hocuspocus", True, False, r"hocuspocus listening on"),
+        ServerSpec("pycrdt", "pycrdt-websocket", False, False, r"pycrdt-websocket listening on"),
+    )
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_peers_installed() -> None:
+    """`npm ci` the peers' packages when they are missing (the lock file pins them)."""
+    if (PEERS / "node_modules" / "@hocuspocus" / "server").is_dir() and (
+        PEERS / "node_modules" / "@y" / "websocket-server"
+    ).is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm is not installed: the Node servers cannot be set up")
+    print("installing the peers' npm packages (npm ci)...", file=sys.stderr, flush=True)
+    subprocess.run(
+        [npm, "ci", "--prefix", str(PEERS), "--no-audit", "--no-fund"],
+        check=True,
+        timeout=600,
+    )
+
+
+class ServerProcess:
+    """One server under test, in its own process on 127.0.0.1."""
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        tmp: Path,
+        cprofile: Path | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.extra = tuple(extra)
+        """More arguments for `serve` (ours only: `--ours-args`)."""
+        self.spec = spec
+        self.tmp = tmp
+        self.log_path = tmp / f"{spec.name}.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self.ps: psutil.Process | None = None
+        self.port = 0
+        self.starts = 0
+        self.returncodes: list[int | None] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._family: list[psutil.Process] = []
+        self.cprofile = cprofile
+        """Where cProfile writes the statistics of this server's process (ours only)."""
+
+    def command(self, port: int) -> tuple[list[str], Path, dict[str, str]]:
+        env = dict(os.environ)
+        name = self.spec.name
+        if name == "ours":
+            # `--ours-args --memory`: nothing stored (as the Node server), so no file.
+            where = [] if "--memory" in self.extra else ["--db", str(self.tmp / "ours.db")]
+            argv = [
+                sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port),
+                *where, "--log-level", "WARNING", *self.extra,
+            ]  # fmt: skip
+            if self.cprofile is not None:
+                argv[1:1] = ["-m", "cProfile", "-o", str(self.cprofile)]
+            return argv, REPO, env
+        if name == "pycrdt":
+            argv = [
+                sys.executable, str(PEERS / "pycrdt_server.py"), "--host", HOST,
+                "--port", str(port), "--log-level", "WARNING",
+            ]  # fmt: skip
+            return argv, REPO, env
+        env.update(HOST=HOST, PORT=str(port))
+        node = shutil.which("node") or "node"
+        if name == "node":
+            return [node, "node_modules/@y/websocket-server/src/server.js"], PEERS, env
+        return [node, "hocuspocus_server.mjs"], PEERS, env
+
+    def display_command(self) -> str:
+        argv, cwd, _ = self.command(1234)
+        if argv[0] == sys.executable:
+            argv = ["python", *argv[1:]]
+        argv = [os.path.relpath(a, REPO) if a.startswith(str(REPO)) else a for a in argv]
+        argv = [a.replace(str(self.tmp), "<tmp>") for a in argv]
+        if self.spec.name in ("node", "hocuspocus"):
+            argv = ["node", *argv[1:]]
+            return f"HOST={HOST} PORT=<port> " + shlex.join(argv) + " (in benchmarks/peers)"
+        return shlex.join(argv).replace("1234", "<port>")
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.port = free_port()
+        argv, cwd, env = self.command(self.port)
+        # The generator may run as a batch task (`--generator-policy`); the server
+        # under test must not inherit that: it starts as any server would.
+        argv = scheduling.normal(argv)
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts + 1}: {shlex.join(argv)}\n".encode())
+            log.flush()
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.starts += 1
+        assert self.process.stdout is not None
+        pattern = re.compile(self.spec.ready)
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"{self.spec.name} exited before listening: {self.log_path}")
+                if pattern.search(line.decode(errors="replace")):
+                    break
+            while True:  # listening: make sure it accepts
+                try:
+                    _, writer = await asyncio.open_connection(HOST, self.port)
+                    writer.close()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        self._reader = asyncio.create_task(self._drain_stdout())
+        self.ps = psutil.Process(self.process.pid)
+        self.refresh_family()
+
+    async def _drain_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        with self.log_path.open("ab") as log:
+            while line := await self.process.stdout.readline():
+                log.write(line)
+
+    def refresh_family(self) -> None:
+        assert self.ps is not None
+        try:
+            self._family = [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            self._family = [self.ps]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process and its children, so far."""
+        total = 0.0
+        for proc in self._family:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def preempted(self) -> int:
+        """How many times the server's main thread (the event loop's, for every
+        server here) was preempted so far: its involuntary context switches."""
+        if self.ps is None:
+            return 0
+        try:
+            return int(self.ps.num_ctx_switches().involuntary)
+        except psutil.Error:
+            return 0
+
+    def rss(self) -> int:
+        total = 0
+        for proc in self._family:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.returncodes.append(self.process.returncode)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 5)
+        self.process = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    """The comma-separated server names of `--servers`; a parser error for unknown ones."""
+    servers = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in servers if s not in SPECS]
+    if unknown or not servers:
+        parser.error(f"unknown servers {unknown}: choose from {', '.join(SPECS)}")
+    return servers
+
+
+async def settle(servers: Iterable[ServerProcess | OurServer], limit: float) -> None:
+    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
+    a core together and everything else (other processes included) under a quarter
+    of one, over half a second. One run's aftermath then does not load the next, and
+    a run does not start while something else on the machine is busy; if it never
+    gets quiet, the run goes ahead and the diagnostics show the other load."""
+    servers = list(servers)
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
+        own0 = time.process_time()
+        await asyncio.sleep(0.5)
+        server = sum(s.cpu_seconds() for s in servers) - server0
+        other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
+        if server < 0.05 and other < 0.125:
+            return
+
+
+async def idle_or_restart(server: ServerProcess, limit: float = 10.0) -> bool:
+    """After a run: wait for the server to go idle; restart it if it does not."""
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        if not server.alive:
+            break
+        cpu0 = server.cpu_seconds()
+        await asyncio.sleep(0.5)
+        if server.cpu_seconds() - cpu0 < 0.05:
+            return False
+    await server.restart()
+    return True
+
+
+class OurServer:
+    """`python -m server serve` on 127.0.0.1, port 0, in its own process."""
+
+    def __init__(self, log_path: Path, extra_args: Sequence[str] = ()) -> None:
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.returncode: int | None = None
+        self.log_size_at_stop: int | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "server", "serve",
+            "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
+        ]  # fmt: skip
+
+    async def start(self, timeout: float) -> int:
+        """Start the server and return its port once it prints that it listens."""
+        with self.log_path.open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *scheduling.normal(self.command),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.process.stdout is not None
+        pattern = re.compile(rf"listening on ws://{re.escape(HOST)}:(\d+)")
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.process.stdout.readline()
+                if not line:
+                    raise RuntimeError(f"the server exited before listening: see {self.log_path}")
+                match = pattern.search(line.decode(errors="replace"))
+                if match:
+                    self.port = int(match[1])
+                    return self.port
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        assert self.process is not None
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.log_size_at_stop = self.log_path.stat().st_size
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            self.returncode = await self.process.wait()
+
+    def log_lines(self) -> tuple[list[str], list[str]]:
+        """What the server wrote on stderr (WARNING and above): before SIGTERM, and after."""
+        data = self.log_path.read_bytes()
+        cut = len(data) if self.log_size_at_stop is None else self.log_size_at_stop
+        return (
+            data[:cut].decode(errors="replace").splitlines(),
+            data[cut:].decode(errors="replace").splitlines(),
+        )
+
+
+SETTLE_PAUSE = 1.0
+
+
+SETTLE_INTERVAL = 0.5
+
+
+SETTLE_TOLERANCE = 0.01
+
+
+SETTLE_LIMIT = 20.0
+"""Settling: first pause, interval and tolerance between readings, limit (seconds)."""
+
+
+async def settled_rss(server: ServerProcess, label: str, notes: list[str]) -> int:
+    """The server's RSS once two readings `SETTLE_INTERVAL` apart agree within 1 %."""
+    await asyncio.sleep(SETTLE_PAUSE)
+    server.refresh_family()
+    deadline = time.perf_counter() + SETTLE_LIMIT
+    previous = server.rss()
+    while True:
+        await asyncio.sleep(SETTLE_INTERVAL)
+        current = server.rss()
+        if abs(current - previous) < SETTLE_TOLERANCE * previous:
+            return current
+        if time.perf_counter() >= deadline:
+            notes.append(f"{label}: RSS still moving after {SETTLE_LIMIT:g} s "
+                         f"({previous / 1e6:.1f} -> {current / 1e6:.1f} MB); last reading kept")  # fmt: skip
+            return current
+        previous = current

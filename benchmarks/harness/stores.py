@@ -1,0 +1,114 @@
+"""The stores a benchmark writes to: a fresh SQLite file or PostgreSQL schema per run
+(`Backend`), and SQLite files checkpointed, measured on disk, broken down by table and
+index."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from storage.sql import SQLStore, sqlite_url
+
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+"""The test database `.ci/run` starts."""
+
+
+def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    """Whether something listens where PostgreSQL should."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where a run's store lives: `open()` gives a fresh, empty store and its clean-up."""
+
+    name: str
+    open: Callable[[], Awaitable[tuple[SQLStore, Callable[[], Awaitable[None]]]]]
+
+
+def sqlite_backend(directory: Path) -> Backend:
+    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
+        path = directory / f"throughput-{uuid.uuid4().hex[:12]}.db"
+        store = await SQLStore.connect(sqlite_url(str(path)))
+
+        async def cleanup() -> None:
+            await store.aclose()
+            for suffix in ("", "-wal", "-shm"):
+                await anyio.Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+        return store, cleanup
+
+    return Backend("SQLite", open_store)
+
+
+def postgres_backend(url: str) -> Backend:
+    async def open_store() -> tuple[SQLStore, Callable[[], Awaitable[None]]]:
+        schema = f"bench_storage_{uuid.uuid4().hex[:12]}"
+        await postgres_execute(url, f'CREATE SCHEMA "{schema}"')
+        try:
+            store = await SQLStore.connect(
+                url, connect_args={"server_settings": {"search_path": schema}}
+            )
+        except BaseException:
+            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
+            raise
+
+        async def cleanup() -> None:
+            await store.aclose()
+            await postgres_execute(url, f'DROP SCHEMA "{schema}" CASCADE')
+
+        return store, cleanup
+
+    return Backend("PostgreSQL", open_store)
+
+
+async def postgres_execute(url: str, sql: str) -> list[Any]:
+    """Run one statement on its own connection (no schema is created); return its rows."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            result = await connection.exec_driver_sql(sql)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def checkpoint(store: SQLStore) -> None:
+    async with store.engine.connect() as connection:
+        row = (await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        if row[0] != 0:
+            raise RuntimeError(f"the WAL checkpoint was blocked: {tuple(row)}")
+
+
+async def space_by_object(store: SQLStore) -> dict[str, int]:
+    """Bytes of pages per table and index, from SQLite's dbstat table (if compiled in)."""
+    async with store.engine.connect() as connection:
+        try:
+            result = await connection.exec_driver_sql(
+                "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+            )
+            rows = cast(list[tuple[str, int]], result.all())
+            space = {str(name): int(size) for name, size in rows}
+        except Exception:  # noqa: BLE001 - dbstat is optional: no breakdown then
+            return {}
+        free = (await connection.exec_driver_sql("PRAGMA freelist_count")).scalar_one()
+        page_size = (await connection.exec_driver_sql("PRAGMA page_size")).scalar_one()
+    space["(free pages)"] = int(free) * int(page_size)
+    return space
+
+
+def file_bytes(path: Path) -> int:
+    """The database file and its write-ahead log (the -shm index holds no data)."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
