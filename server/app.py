@@ -16,6 +16,7 @@ import gc
 import logging
 import signal
 import socket
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,7 @@ from collab_engine.journal import describe_error
 from collab_engine.store import Store
 from storage import SQLStore
 
+from . import wire
 from .endpoints import DOCUMENTS, documents_api, respond
 from .settings import Settings
 from .types import Receive, Scope, Send
@@ -192,6 +194,17 @@ async def serve(
         CannotListen: without `sock`, the address cannot be listened on.
     """
     settings = app.settings
+    if settings.wire:
+        problem = wire.check()
+        if problem is not None:
+            log.warning("WebSockets are served through ASGI only: %s", problem)
+            settings = app.settings = replace(settings, wire=False)
+    log.info(
+        "WebSocket frames are carried %s",
+        "on the wire (below ASGI) where it can, through ASGI elsewhere"
+        if settings.wire
+        else "through ASGI",
+    )
     if sock is None:
         sock = bind(settings.host, settings.port)
     port: int = sock.getsockname()[1]

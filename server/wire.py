@@ -52,6 +52,8 @@ the room never waits for one client.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import inspect
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -64,6 +66,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import WSStream
+from wsproto.connection import Connection as WSConnection
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol
 
 from collab_engine.connection import Connection, Later
 from collab_engine.errors import CollabError, PeerTooSlow, ProtocolError
@@ -410,7 +414,66 @@ class _Turn:
             wire.flush()
 
 
+PINNED = {"hypercorn": "0.18.0", "wsproto": "1.3.2"}
+"""The versions whose objects the wire reads (pinned in pyproject.toml)."""
+
+EXPECTED: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (WSStream, ("app_send", "send", "connection", "buffer")),
+    (H11Protocol, ("send", "connection")),
+    (TCPServer, ("reader", "writer", "config")),
+    (H11WSConnection, ("buffer",)),
+    (WSConnection, ("_proto",)),
+    (FrameProtocol, ("_frame_decoder", "extensions")),
+    (FrameDecoder, ("buffer", "header")),
+)
+"""The attributes of hypercorn's and wsproto's objects that `_transport_of` reads."""
+
+
+def check(
+    pinned: dict[str, str] | None = None,
+    expected: tuple[tuple[type, tuple[str, ...]], ...] | None = None,
+) -> str | None:
+    """Why the wire cannot serve with the hypercorn and wsproto installed (a version
+    other than the pinned one, or an object without an attribute the wire reads);
+    None when it can. The server asks once, at start-up, and serves every connection
+    through ASGI when it cannot. (Defaults: `PINNED` and `EXPECTED`.)"""
+    for distribution, version in (PINNED if pinned is None else pinned).items():
+        try:
+            found = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return f"{distribution} is not installed"
+        if found != version:
+            return f"{distribution} {found} is not the {version} the wire reads"
+    for kind, names in EXPECTED if expected is None else expected:
+        try:
+            source = inspect.getsource(kind)
+        except (OSError, TypeError):
+            return f"the source of {kind.__qualname__} cannot be read"
+        missing = [
+            name for name in names if not hasattr(kind, name) and f"self.{name}" not in source
+        ]
+        if missing:
+            return f"{kind.__module__}.{kind.__qualname__} has no {', '.join(missing)}"
+    return None
+
+
 def _transport_of(send: Send, receive: Receive) -> tuple[Transport, asyncio.Protocol] | None:
+    # Whatever hypercorn's objects turn out to be, this never fails a connection: it
+    # is the ASGI path then (and the server says so once).
+    try:
+        return _find_transport(send, receive)
+    except Exception as exc:  # noqa: BLE001 - anything unexpected means: not the wire
+        global _warned
+        if not _warned:
+            _warned = True
+            log.warning("the wire cannot serve a connection, ASGI does: %r", exc)
+        return None
+
+
+_warned = False
+
+
+def _find_transport(send: Send, receive: Receive) -> tuple[Transport, asyncio.Protocol] | None:
     # ASGI's `send` here is hypercorn's WSStream.app_send; the stream sends through
     # its H11Protocol, which sends through the connection's TCPServer, which owns the
     # StreamReader and StreamWriter. Each hop is type-checked: anything else keeps

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 import sqlite3
 import tempfile
@@ -37,6 +38,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import FrameProtocol
 
 import server.wire
+
 from collab_engine import protocol
 from collab_engine.engine import EngineConfig
 from server.settings import Settings
@@ -393,3 +395,40 @@ def waiting_without_the_loop(sock: socket.socket, marker: bytes) -> bytes:
             break
         time.sleep(0.001)
     return waiting
+
+
+def test_the_wire_checks_the_objects_it_reads() -> None:
+    """The installed hypercorn and wsproto are the pinned ones, with every attribute the
+    wire reads; another version, or an object without one, is named as the reason."""
+    assert server.wire.check() is None
+    assert server.wire.check(pinned={"hypercorn": "0.0.1"}) == (
+        "hypercorn 0.18.0 is not the 0.0.1 the wire reads"
+    )
+
+    class Stream:
+        def __init__(self) -> None:
+            self.send = None
+
+    reason = server.wire.check(expected=((Stream, ("send", "buffer")),))
+    assert reason is not None and reason.endswith("Stream has no buffer")
+
+
+async def test_a_server_whose_wire_cannot_serve_falls_back_to_asgi(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With hypercorn not the version the wire reads, the server says so with a
+    WARNING at start-up and serves every connection through ASGI."""
+    monkeypatch.setattr(server.wire, "PINNED", {"hypercorn": "0.0.1"})
+    caplog.set_level(logging.INFO, logger="server")
+    async with running_server() as (app, url):
+        assert app.settings.wire is False
+        async with yclient(url, "fallback") as a, yclient(url, "fallback") as b:
+            a.doc.get("t", type=Text).insert(0, "through ASGI")
+            await a.flush()
+            await b.wait_for(lambda: str(b.doc.get("t", type=Text)) == "through ASGI")
+            names = {task.get_name() for task in asyncio.all_tasks()}
+            assert "server.asgi.ASGITransport._read" in names
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "WebSockets are served through ASGI only: hypercorn 0.18.0 is not the 0.0.1" in (
+        " ".join(warnings)
+    )
