@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from collab_engine import protocol
+from tests.conftest import current_transport
 from tests.timing import eventually
 from tests.yclient import yclient
 
@@ -39,6 +40,8 @@ async def start_server(*args: str, cwd: Path | None = None) -> tuple[anyio.abc.P
         directory = tempfile.mkdtemp(prefix="collab-cli-")
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
         args = ("--db", str(Path(directory) / "collab.db"), *args)
+    if current_transport() == "asgi":
+        args = ("--asgi", *args)
     process = await anyio.open_process(
         [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,

@@ -235,6 +235,7 @@ async def test_bad_document_name_is_refused_with_4400(
     ],
     ids=["wire", "asgi"],
 )
+@pytest.mark.own_transport
 async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect(
     settings: Settings, reason: str
 ) -> None:
@@ -271,6 +272,7 @@ async def test_slow_reader_is_evicted_with_1013_and_heals_on_reconnect(
                 assert str(healed.doc.get("t", type=Text)) == expected
 
 
+@pytest.mark.own_transport
 @pytest.mark.parametrize("wire", [True, False], ids=["wire", "asgi"])
 @pytest.mark.parametrize("size", [10, 125, 126, 65_535, 65_536, 200_000])
 async def test_frames_of_every_length_class_arrive_whole(wire: bool, size: int) -> None:
@@ -297,6 +299,7 @@ async def test_healthz_and_unknown_paths() -> None:
     assert missing.status_code == 404
 
 
+@pytest.mark.own_transport
 @pytest.mark.parametrize("wire", [True, False], ids=["wire", "asgi"])
 async def test_idle_connection_is_kept_alive_with_pings(wire: bool) -> None:
     """With a ping interval set, the server pings an idle connection, which stays open:

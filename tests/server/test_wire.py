@@ -38,7 +38,6 @@ from wsproto.events import (
 from wsproto.frame_protocol import FrameProtocol
 
 import server.wire
-
 from collab_engine import protocol
 from collab_engine.engine import EngineConfig
 from server.settings import Settings
