@@ -53,6 +53,7 @@ from .presence import PresencePolicy
 from .room import Room
 from .store import Store, Stored, rebuild
 from .types import DocumentName, Update
+from .worker import Worker
 
 log = logging.getLogger("collab_engine.engine")
 
@@ -152,8 +153,8 @@ class Engine:
         """Rooms whose presence rate limit holds back states (ticked more often)."""
         self._task_group: TaskGroup | None = None
         # Documents due for compaction, oldest first: one entry per document at most.
-        self._compaction_due: dict[DocumentName, None] = {}
-        self._compaction_wakeup = anyio.Event()
+        self._compactor = Worker(self.compact, expected=(StorageError,), failed=self._not_compacted)
+        """Documents due for compaction, one at a time."""
         self._compaction_not_before: dict[DocumentName, float] = {}
         # Grants by document: read from the store once, then kept here and changed
         # only through `grant`/`revoke`, which also apply them to open connections.
@@ -168,7 +169,7 @@ class Engine:
         await self._task_group.__aenter__()
         if self.journal is not None:
             await self._task_group.start(self.journal.run)
-            self._task_group.start_soon(self._compact_forever)
+            self._task_group.start_soon(self._compactor.run)
             self._task_group.start_soon(self.history.run)
         self._task_group.start_soon(self._sweep_forever)
         return self
@@ -418,11 +419,10 @@ class Engine:
             if room.failed is None:
                 self.history.unloaded(name, room.edited_at is not None, room.stored_seq)
         elif self._due_for_compaction(room, now):
-            self._compaction_due[name] = None
-            self._compaction_wakeup.set()
+            self._compactor.mark(name)
 
     def _due_for_compaction(self, room: Room, now: float) -> bool:
-        if self.store is None or room.failed is not None or room.name in self._compaction_due:
+        if self.store is None or room.failed is not None or room.name in self._compactor:
             return False
         if now < self._compaction_not_before.get(room.name, 0.0):
             return False
@@ -470,24 +470,9 @@ class Engine:
         )
         return stored.last_seq
 
-    async def _compact_forever(self) -> None:
-        while True:
-            if not self._compaction_due:
-                self._compaction_wakeup = anyio.Event()
-                await self._compaction_wakeup.wait()
-                continue
-            name = next(iter(self._compaction_due))
-            try:
-                # Shielded: the engine stopping waits for a compaction under way (see
-                # `_load` for why a store call is never cancelled midway).
-                with anyio.CancelScope(shield=True):
-                    await self.compact(name)
-            except StorageError as error:
-                log.error("compaction skipped: %s", error.reason)
-                retry_at = self.clock.monotonic() + self.config.compaction_retry
-                self._compaction_not_before[name] = retry_at
-            finally:
-                del self._compaction_due[name]
+    def _not_compacted(self, name: DocumentName, error: Exception) -> None:
+        log.error("compaction skipped: %s", getattr(error, "reason", error))
+        self._compaction_not_before[name] = self.clock.monotonic() + self.config.compaction_retry
 
     async def _sweep_forever(self) -> None:
         # One task for both rhythms. Every `presence_interval`, the rooms whose rate

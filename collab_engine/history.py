@@ -50,6 +50,7 @@ from .rollback import revert
 from .room import Room
 from .store import Store, Stored, Version, rebuild
 from .types import DocumentName, Update
+from .worker import Worker
 
 log = logging.getLogger("collab_engine.history")
 
@@ -111,8 +112,9 @@ class History:
         self.policy = policy
         # Automatic versions: documents due, the stored seq each was last checked
         # at (not due again until it has more), and when a skipped one may be retried.
-        self._due: dict[DocumentName, None] = {}
-        self._wakeup = anyio.Event()
+        self._versioner = Worker(
+            self._automatic, expected=(StorageError, VersionNotFound), failed=self._skipped
+        )
         self._checked: dict[DocumentName, int] = {}
         self._retry_at: dict[DocumentName, float] = {}
         self._busy_since: dict[DocumentName, float] = {}
@@ -324,7 +326,7 @@ class History:
     @property
     def busy(self) -> bool:
         """Whether automatic versions are due or being made now."""
-        return bool(self._due)
+        return self._versioner.busy
 
     def sweep(self, now: float) -> None:
         """Find the documents due for an automatic version (called by the engine's
@@ -358,25 +360,15 @@ class History:
     def _mark(self, name: DocumentName, seq: int | None) -> None:
         if seq is not None and self._checked.get(name, -1) >= seq:
             return
-        self._due[name] = None
-        self._wakeup.set()
+        self._versioner.mark(name)
 
     async def run(self) -> None:
         """Make the automatic versions found due, one document at a time (the
         engine's task group runs this)."""
-        while True:
-            if not self._due:
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-                continue
-            name = next(iter(self._due))
-            try:
-                with anyio.CancelScope(shield=True):
-                    await self._automatic(name)
-            except (StorageError, VersionNotFound) as error:
-                log.error("automatic version of %r skipped: %s", name, error)
-            finally:
-                del self._due[name]
+        await self._versioner.run()
+
+    def _skipped(self, name: DocumentName, error: Exception) -> None:
+        log.error("automatic version of %r skipped: %s", name, error)
 
     async def _automatic(self, name: DocumentName) -> None:
         self._busy_since.pop(name, None)  # checked now: the next long-session one is due later
