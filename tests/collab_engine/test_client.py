@@ -27,6 +27,7 @@ from server.settings import Settings
 from storage import SQLStore, sqlite_url
 from tests.conftest import TEST_ENGINE, running_server
 from tests.server.test_cli import start_server
+from tests.timing import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -263,10 +264,8 @@ async def test_presence_locks_and_versions_from_the_client() -> None:
             await _until(lambda: ann.client_id not in bob.awareness)
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.01)
+async def _until(condition: Any) -> None:
+    await eventually(condition)
 
 
 async def test_a_server_sending_an_invalid_update_ends_the_session() -> None:

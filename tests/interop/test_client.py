@@ -41,6 +41,7 @@ from tests.interop.test_yjs_client import (
     server_text,
     wait_server,
 )
+from tests.timing import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -70,14 +71,9 @@ def has_keys(session: Session, keys: list[str]) -> bool:
     return set(keys) <= set(map_of(session))
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait until `predicate()` holds (checked every 10 ms), or fail saying `what`."""
-    try:
-        with anyio.fail_after(timeout):
-            while not predicate():
-                await anyio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout} s: {what}") from None
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait until `predicate()` holds, or fail saying `what` (`tests.timing.eventually`)."""
+    await eventually(predicate, what=what)
 
 
 async def insert_tokens(

@@ -13,7 +13,6 @@ tests fail (they are not skipped).
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -37,7 +36,7 @@ from tests.interop.test_yjs_client import (
     server_text,
     wait_server,
 )
-from tests.timing import advance
+from tests.timing import DEADLINE, advance, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -84,17 +83,17 @@ async def wait_presence(
     room: str,
     predicate: Callable[[list[dict[str, Any]]], bool],
     what: str,
-    timeout: float = 5.0,
+    timeout: float = DEADLINE,
 ) -> list[dict[str, Any]]:
     """Poll the presence endpoint until `predicate` holds for its list; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        people = await http_presence(url, room)
-        if predicate(people):
-            return people
-        if time.monotonic() > deadline:
-            raise AssertionError(f"presence endpoint: no {what} within {timeout} s; last: {people}")
-        await anyio.sleep(0.05)
+    seen: list[list[dict[str, Any]]] = []
+
+    async def holds() -> bool:
+        seen[:] = [await http_presence(url, room)]
+        return predicate(seen[0])
+
+    await eventually(holds, timeout=timeout, what=f"presence endpoint: {what}")
+    return seen[0]
 
 
 def entry(people: list[dict[str, Any]], client_id: int) -> dict[str, Any] | None:
@@ -580,7 +579,7 @@ async def test_killed_client_cursor_disappears_when_its_connection_drops() -> No
                         "cursor"
                     ] is None
                 people = await wait_presence(
-                    url, room, lambda p: entry(p, victim.client_id) is None, "victim gone", 2
+                    url, room, lambda p: entry(p, victim.client_id) is None, "victim gone"
                 )
                 assert len(people) == 2
                 await victim.process.wait()

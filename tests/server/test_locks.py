@@ -23,6 +23,7 @@ from collab_engine.locks import LockLimits
 from server.app import App
 from server.settings import Settings
 from tests.conftest import TEST_ENGINE, running_server
+from tests.timing import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -78,10 +79,10 @@ async def test_a_flood_of_lock_requests_costs_a_reader_less_than_it_costs_the_se
         connect(f"{url}/flood", max_size=None) as attacker,
         anyio.create_task_group() as tg,
     ):
-        await anyio.wait_all_tasks_blocked()
-        with anyio.fail_after(30):
-            while "flood" not in app.engine.rooms or len(app.engine.rooms["flood"].peers) < 2:
-                await anyio.sleep(0.01)
+        await eventually(
+            lambda: "flood" in app.engine.rooms and len(app.engine.rooms["flood"].peers) == 2,
+            what="both connections in the room",
+        )
         room = app.engine.rooms["flood"]
         reader = Reader(reader_ws)
         reader.server_id = room.presence.server_client_id
@@ -121,8 +122,10 @@ async def test_a_flood_of_lock_requests_costs_a_reader_less_than_it_costs_the_se
                 for n, fence in enumerate(fences):
                     assert (await request(op="release", section=section(n), fence=fence))["ok"]
             # The reader ends with the server's entry removed: nothing is locked.
-            while not (reader.server_states and reader.server_states[-1] is None):
-                await anyio.sleep(0.01)
+            await eventually(
+                lambda: bool(reader.server_states) and reader.server_states[-1] is None,
+                what="the server's entry removed",
+            )
         assert sent > 150_000
         assert reader.received * 4 < sent, (reader.received, sent)
         assert all(
@@ -178,9 +181,7 @@ async def test_http_leases_are_bounded_and_refused_with_a_reason() -> None:
                 # A joiner gets the summary, once the latest change has gone out
                 # (changes are held for the mirror's interval): bounded whatever the
                 # leases.
-                with anyio.fail_after(30):
-                    while room.presence.holding:
-                        await anyio.sleep(0.01)
+                await eventually(lambda: not room.presence.holding, what="the summary sent")
                 async with connect(f"{url}/held", max_size=None) as joiner:
                     await anyio.wait_all_tasks_blocked()
                     with anyio.fail_after(30):
