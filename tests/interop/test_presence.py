@@ -340,9 +340,9 @@ async def test_identity_stamped_and_other_client_ids_refused() -> None:
                 await s.wait({"permissionDenied": before + 2})
                 for reason in denials(s)[before:]:
                     assert str(a.client_id) in reason, reason
-                # A quiet moment, then a legit change of A's as a barrier: whatever the
-                # server forwarded of S's has reached B by the time B sees it.
-                await anyio.sleep(0.3)
+                # A legit change of A's as a barrier: S's messages were handled before S
+                # was answered, so whatever the server forwarded of them has reached B
+                # by the time B sees A's change.
                 await a.request("setField", field="marker", value=1)
                 for node in (a, b):
                     await node.wait(
@@ -403,7 +403,16 @@ async def test_legit_clients_are_not_told_permission_denied() -> None:
                 await b.request("setField", field="typing", value=False)
                 await a.wait({"statesMatch": {str(b.client_id): {"typing": False}}})
                 await b.wait({"statesMatch": {str(a.client_id): {"cursor.anchor.assoc": 0}}})
-                await anyio.sleep(0.3)  # for anything in flight
+                # A round trip each (a lock request the server refuses: no state
+                # changes): anything the server sent them before has arrived.
+                for node in (a, b):
+                    (reply,) = [
+                        item["reply"]
+                        for item in (await node.request("lock", lockOp="probe", section=[]))[
+                            "replies"
+                        ]
+                    ]
+                    assert reply["ok"] is False and "unknown lock op" in reply["error"]
                 server_id = room_of(app, room).presence.server_client_id
                 who = f"(a is {a.client_id}, b is {b.client_id}, the server's entry {server_id})"
                 assert denials(a) == [], f"a was told {denials(a)} {who}"
