@@ -479,8 +479,8 @@ class Engine:
         # limit holds back awareness states are ticked (the states go out as soon
         # as the rate allows). Every room is visited once per `sweep_interval`, a
         # slice at each step: with many rooms, one pass over all of them at once
-        # held the event loop for 0.3 to 1 ms (1,000 clients in 100 rooms), a delay
-        # for every edit that came in meanwhile.
+        # holds the event loop long enough to delay every edit that comes in
+        # meanwhile (measured: benchmarks/results/notes/2026-12-07-code-comments.md).
         step = min(self.config.presence_interval, self.config.sweep_interval)
         steps = max(1, round(self.config.sweep_interval / step))
         pending: list[DocumentName] = []

@@ -239,10 +239,9 @@ class Journal:
         # While an acknowledgement is awaited, a pause of LINGER_GAP in the arrivals
         # ends it, so writers that wait for each acknowledgement before they send
         # more are not held for the whole linger. Otherwise one sleep: watching for
-        # a pause means waking every LINGER_GAP, which cost the event loop more than
-        # the rest of the journal's work (in process, 500 updates/s over 100 rooms
-        # on an in-memory store, medians of 5: the loop's CPU 32 % over no journal
-        # when polling, 8 % in one sleep).
+        # a pause means waking every LINGER_GAP, which costs the event loop more than
+        # the rest of the journal's work (measured: see the dated note on code
+        # comments under benchmarks/results/notes/).
         deadline = self._clock.monotonic() + self.linger
         while True:
             left = deadline - self._clock.monotonic()
@@ -251,8 +250,8 @@ class Journal:
             if not (self._waiters or self._awaited_ticket > self.written):
                 # A cancel scope without a deadline, cancelled by `_hurry`: anyio's
                 # deadlines re-arm their timer until the loop's clock passes them,
-                # and uvloop's timers fire up to a millisecond early (with uvloop,
-                # 85 wake-ups per 50 ms deadline).
+                # and uvloop's timers fire up to a millisecond early: dozens of
+                # wake-ups per deadline.
                 try:
                     with anyio.CancelScope() as self._sleep:
                         await self._clock.sleep(left)

@@ -236,23 +236,21 @@ GC_THRESHOLD = (10_000, 10, 1)
 
 
 def _tune_collector() -> None:
-    # A full collection scans every tracked object: with 500 clients that took 70 to
-    # 130 ms a few times a minute, each pause an edit late for everyone (the fan-out
-    # benchmark's p99 went from 57 to 17-21 ms without it). The startup heap (modules,
-    # SQLAlchemy, hypercorn: a third of the objects at 500 clients) lives as long as
-    # the process: freeze it out of every scan. Most of what a message allocates dies
+    # A full collection scans every tracked object: with hundreds of clients each
+    # pause makes an edit late for everyone, and was the fan-out benchmark's p99. The
+    # startup heap (modules, SQLAlchemy, hypercorn: a large share of the objects)
+    # lives as long as the process: freeze it out of every scan. Most of what a message allocates dies
     # by reference counting, not collection: collect the young generation less often,
     # and so promote (and later scan) fewer objects.
     #
     # Each closed connection still leaves hypercorn's objects for it (its TCPServer
-    # and protocol hold each other) in a cycle, about 35 objects and 7 KB. A full
-    # pass is considered at every middle-generation pass (threshold 1, about every
-    # 100,000 net allocations, Python's default rhythm is 70,000) and runs only once
-    # a quarter of the old generation is new since the last (Python's own rule): so
-    # closed connections are freed once they are a quarter of the heap, not left to
-    # grow it (1,000 connections opened and closed five times over: 108 to 137 MB
-    # with threshold 10, 108 to 111 MB with 1), and a steady room set is not scanned
-    # again and again.
+    # and protocol hold each other) in a cycle. A full pass is considered at every
+    # middle-generation pass (threshold 1: about Python's default rhythm, given the
+    # larger young generation) and runs only once a quarter of the old generation is
+    # new since the last (Python's own rule): so closed connections are freed once
+    # they are a quarter of the heap, not left to grow it, and a steady room set is
+    # not scanned again and again. (The measurements behind these settings are in
+    # benchmarks/results/notes/2026-12-07-code-comments.md.)
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)

@@ -3,8 +3,8 @@
 Through ASGI, every frame for every receiver is one `await send(...)` that passes
 hypercorn's stream, wsproto's frame encoder, an asyncio lock and a drain, in the
 receiver's own writer task, woken for it. In a busy room that chain is most of what
-the server does: with 500 clients in one room, a profile put 60% of the server's CPU
-in it and 14% more in waking the writers (`benchmarks/results/server_fanout_profiles/`).
+the server does: in a large room, profiles put most of the server's CPU in it and in
+waking the writers (`benchmarks/results/server_fanout_profiles/`).
 Reading is the mirror image: hypercorn's read task takes the bytes, wsproto parses
 them, an asyncio queue hands each message to the connection's reader task: two task
 wake-ups and two loop turns per message before the room sees it.
@@ -132,8 +132,7 @@ class Wire(asyncio.Protocol):
         ping_interval: seconds between keepalive pings while the wire reads the
             socket (None: no pings). One timer per connection, not a task: hypercorn's
             ping task sleeps out a whole interval after the connection closed, and
-            keeps all of hypercorn's objects for it alive until then (1,100 closed
-            connections' worth, seen between two runs of the fan-out benchmark).
+            keeps all of hypercorn's objects for it alive until then.
     """
 
     def __init__(

@@ -470,10 +470,10 @@ def _append_in_thread(
     # SQLStore.append for SQLite, run on the connection's own thread. Through
     # SQLAlchemy's async layer each statement, cursor and commit is a round trip between
     # the event loop and aiosqlite's thread, with SQLAlchemy's work for each in the
-    # loop: about 1 ms of the loop's time per commit, whatever its size, which the
-    # fan-out benchmark saw as a third of the server's CPU and its p99 at 1,000
-    # clients. Here the transaction is one round trip, and its Python is a few lines
-    # around sqlite3's C (which lets go of the GIL while SQLite works).
+    # loop: a fixed cost per commit on the loop, whatever its size, which the fan-out
+    # benchmark saw in the server's CPU and its p99. Here the transaction is one round
+    # trip, and its Python is a few lines around sqlite3's C (which lets go of the GIL
+    # while SQLite works).
     counts = Counter(entry.document for entry in entries)
     names = sorted(counts)
     # IMMEDIATE: the write lock before last_seq is read, as the upsert first takes it.
@@ -524,9 +524,9 @@ def _fetch(
 
 
 def _load_in_thread(connection: sqlite3.Connection, document: str, upto: int) -> Stored:
-    # SQLStore.load for SQLite. Through SQLAlchemy, the 259,778 rows of a long
-    # history took 0.7 s of the event loop's time to become Row objects, and a room
-    # with none still cost 1 ms of it in round trips; here both are off the loop.
+    # SQLStore.load for SQLite. Through SQLAlchemy, the rows of a long history become
+    # Row objects on the event loop, and even an empty room costs round trips on it;
+    # here both are off the loop.
     # One read transaction: the snapshot and the updates after it are of one moment.
     connection.execute("BEGIN")
     try:
@@ -576,9 +576,9 @@ def _add_version_in_thread(
     automatic: bool,
     now: float,
 ) -> Version:
-    # SQLStore.add_version for SQLite: through SQLAlchemy its five statements cost
-    # the event loop 2 ms, and every editing session that ends makes one (an
-    # automatic version); here, one call. IMMEDIATE: the write lock before last_seq
+    # SQLStore.add_version for SQLite: through SQLAlchemy its five statements are five
+    # round trips on the event loop, and every editing session that ends makes one
+    # (an automatic version); here, one call. IMMEDIATE: the write lock before last_seq
     # is read, so no append lands between the check and the version.
     connection.execute("BEGIN IMMEDIATE")
     try:
