@@ -14,8 +14,8 @@ grants when it opens; the reads and the write of the automatic version when an
 editing session ends; a compaction's snapshot) run as one call each on the thread of a connection held from
 the pool, with the same statements compiled to SQLite's text: through SQLAlchemy's
 async layer every statement is several round trips between the event loop and
-aiosqlite's thread, with SQLAlchemy's work for each on the loop, 0.5 to 2 ms of the
-loop per call. The rest, and PostgreSQL, go through SQLAlchemy.
+aiosqlite's thread, with SQLAlchemy's work for each on the loop (a millisecond or so
+of the loop per call, when measured). The rest, and PostgreSQL, go through SQLAlchemy.
 """
 
 from __future__ import annotations
