@@ -30,7 +30,7 @@ from .auth import credentials_for
 from .settings import Settings
 from .transport import Transport
 from .types import Receive, Scope, Send, path_of
-from .wire import WireTransport
+from .wire import Wire, WireTransport
 
 log = logging.getLogger("server.websocket")
 
@@ -55,17 +55,18 @@ async def serve_websocket(
     if message["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    transport: Transport | None = None
+    wire = None
     if settings.wire:
-        transport = WireTransport.under(
+        wire = Wire.under(
             send,
             receive,
             settings.max_buffered,
             settings.max_frame_size,
             settings.ping_interval if settings.wire_pings else None,
         )
-    if transport is None:
-        transport = ASGITransport(receive, send)
+    transport: Transport = (
+        ASGITransport(receive, send) if wire is None else WireTransport(wire, receive)
+    )
     client = scope.get("client") or ("?", 0)
     try:
         name = document_name(scope, settings.max_name_length)

@@ -529,20 +529,6 @@ class WireTransport:
         self._receive = receive
         self._waiting: MemoryObjectSendStream[Later] | None = None
 
-    @classmethod
-    def under(
-        cls,
-        send: Send,
-        receive: Receive,
-        max_buffered: int,
-        max_message: int,
-        ping_interval: float | None = None,
-    ) -> WireTransport | None:
-        """The fast path for this accepted WebSocket; None where the wire cannot
-        serve it (it then stays on ASGI)."""
-        wire = Wire.under(send, receive, max_buffered, max_message, ping_interval)
-        return None if wire is None else cls(wire, receive)
-
     async def carry(self, connection: Connection) -> None:
         peer = connection.peer
         async with anyio.create_task_group() as tg:
