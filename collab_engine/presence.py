@@ -205,10 +205,9 @@ class Presence:
         self._server_says: dict[str, Any] = {}
         """What the server's entry says beyond `server_state`; empty: no entry."""
         self._server_sent = -math.inf
-        """When the server's entry last changed for the clients."""
+        """When the server's entry last went out (changed, renewed or removed)."""
         self._server_due = False
         """A change of the server's entry waits for `server_interval` to pass."""
-        self._server_renewed = now
         self._horizon = min(policy.typing_timeout, policy.idle_timeout)
         self._scan_at = now + self._horizon
         """No idle or typing timer can fire before this: `tick` skips the scan."""
@@ -356,7 +355,7 @@ class Presence:
                 self._waiting.discard(peer)
         if self._server_due and now - self._server_sent >= self.policy.server_interval:
             out.extend(self._send_server(now))
-        elif self._server_says and now - self._server_renewed >= self.policy.server_renew:
+        elif self._server_says and now - self._server_sent >= self.policy.server_renew:
             out.extend(self._send_server(now))
         return out
 
@@ -431,7 +430,7 @@ class Presence:
 
     def _send_server(self, now: float) -> list[AwarenessEntry]:
         self._server_due = False
-        self._server_sent = self._server_renewed = now
+        self._server_sent = now
         cid = self.server_client_id
         if self._server_says:
             text = json.dumps({"server": self.server_state}, separators=(",", ":"))

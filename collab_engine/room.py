@@ -377,6 +377,12 @@ class Room:
         changed = self.presence.server_says(self.locks.summary(), now)
         if changed:
             self.broadcast(encode_awareness(changed))
+        self._tick_soon_if_holding()
+
+    def _tick_soon_if_holding(self) -> None:
+        # Presence holds something back (a rate-limited state, or a change of the
+        # server's entry): the room wants its `tick` at the presence rhythm, not only
+        # at the next sweep.
         if self._on_holding is not None and self.presence.holding:
             self._on_holding(self)
 
@@ -555,8 +561,7 @@ class Room:
                 peer.send(encode_sync_step2(self.update_since(state_vector)))
             case AwarenessUpdate(entries):
                 outcome = self.presence.receive(peer.id, entries, self._clock())
-                if self._on_holding is not None and self.presence.holding:
-                    self._on_holding(self)
+                self._tick_soon_if_holding()
                 if outcome.refused:
                     ids = ", ".join(str(cid) for cid in outcome.refused)
                     peer.send(

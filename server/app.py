@@ -239,9 +239,9 @@ def _tune_collector() -> None:
     # A full collection scans every tracked object: with hundreds of clients each
     # pause makes an edit late for everyone, and was the fan-out benchmark's p99. The
     # startup heap (modules, SQLAlchemy, hypercorn: a large share of the objects)
-    # lives as long as the process: freeze it out of every scan. Most of what a message allocates dies
-    # by reference counting, not collection: collect the young generation less often,
-    # and so promote (and later scan) fewer objects.
+    # lives as long as the process: freeze it out of every scan. Most of what a
+    # message allocates dies by reference counting, not collection: collect the young
+    # generation less often, and so promote (and later scan) fewer objects.
     #
     # Each closed connection still leaves hypercorn's objects for it (its TCPServer
     # and protocol hold each other) in a cycle. A full pass is considered at every

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from math import isfinite
 from urllib.parse import parse_qs
 
 import jwt
@@ -89,11 +90,11 @@ def verify(secret: str, token: str, now: float | None = None) -> Credentials:
         )
     except jwt.InvalidTokenError as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
-    try:
-        if float(claims["exp"]) <= (time.time() if now is None else now):
-            raise Unauthenticated("token expired")
-    except (TypeError, ValueError):
-        raise Unauthenticated("invalid token: exp is not a time") from None
+    expires = claims["exp"]
+    if isinstance(expires, bool) or not isinstance(expires, int | float) or not isfinite(expires):
+        raise Unauthenticated("invalid token: exp is not a time")
+    if expires <= (time.time() if now is None else now):
+        raise Unauthenticated("token expired")
     try:
         user = claims["sub"]
         name = claims.get("name", user)
@@ -110,10 +111,9 @@ def verify(secret: str, token: str, now: float | None = None) -> Credentials:
         ):
             raise ValueError("claims of the wrong type")
         role = Role.parse(str(claims.get("role", "editor")))
-        expires = float(claims["exp"])
     except (ValueError, TypeError) as exc:
         raise Unauthenticated(f"invalid token: {exc}") from None
-    return Credentials(Identity(user, name, tuple(groups)), role, documents, expires, admin)
+    return Credentials(Identity(user, name, tuple(groups)), role, documents, float(expires), admin)
 
 
 def token_of(scope: Scope) -> str | None:

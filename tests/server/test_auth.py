@@ -80,3 +80,10 @@ def test_expiry_is_judged_at_the_time_given() -> None:
     assert verify(SECRET, token, now=1_000_059.0).identity.user_id == "a"
     with pytest.raises(Unauthenticated, match="token expired"):
         verify(SECRET, token, now=1_000_060.0)
+
+
+@pytest.mark.parametrize("exp", ["soon", True, float("inf"), float("nan")])
+def test_an_expiry_that_is_no_time_is_refused(exp: object) -> None:
+    token = jwt.encode({"sub": "a", "exp": exp}, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="exp is not a time"):
+        verify(SECRET, token)
