@@ -14,6 +14,7 @@ from pycrdt import Text
 
 from tests.conftest import running_server
 from tests.interop.test_yjs_client import INTEROP_DIR, node_executable
+from tests.timing import eventually
 
 README = Path(__file__).parent.parent / "README.md"
 README_URL = "ws://127.0.0.1:1234"
@@ -61,10 +62,9 @@ async def run_javascript_example(block: str) -> None:
         assert result.returncode == 0, result.stderr.decode()
         printed = result.stdout.decode().strip()
         assert printed, "the example printed nothing"
-        with anyio.fail_after(10):
-            while True:
-                async with app.engine.room("notes/today") as room:
-                    held = str(room.doc.get("body", type=Text)).strip()
-                if held == printed:
-                    break
-                await anyio.sleep(0.05)
+
+        async def holds_what_was_printed() -> bool:
+            async with app.engine.room("notes/today") as room:
+                return str(room.doc.get("body", type=Text)).strip() == printed
+
+        await eventually(holds_what_was_printed, what="the example's text on the server")

@@ -40,11 +40,11 @@ async def test_documents_are_worked_once_each_in_order_and_errors_survived() -> 
 
 async def test_work_under_way_is_finished_when_the_worker_is_cancelled() -> None:
     finished: list[str] = []
-    started = anyio.Event()
+    started, stored = anyio.Event(), anyio.Event()
 
     async def work(name: DocumentName) -> None:
         started.set()
-        await anyio.sleep(0.05)  # a store call under way
+        await stored.wait()  # a store call under way when the cancellation comes
         finished.append(name)
 
     worker = Worker(work, expected=(StorageError,), failed=lambda n, e: None)
@@ -53,4 +53,5 @@ async def test_work_under_way_is_finished_when_the_worker_is_cancelled() -> None
         worker.mark(DocumentName("doc"))
         await started.wait()
         tg.cancel_scope.cancel()
+        stored.set()  # unshielded, the cancellation would have ended the wait first
     assert finished == ["doc"]
