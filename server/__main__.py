@@ -292,13 +292,17 @@ def _parser() -> argparse.ArgumentParser:
         help="read or change a document's grants in the database (server stopped; "
         "use the HTTP API on a running server for live effect)",
     )
-    grants.add_argument("action", choices=["list", "set", "revoke"])
-    grants.add_argument("document")
+    grants.add_argument(
+        "action", choices=["list", "set", "revoke"], help="list, set or revoke a grant"
+    )
+    grants.add_argument("document", help="the document's name")
     grants.add_argument("principal", nargs="?", help="user:<id>, group:<name> or *")
     grants.add_argument("role", nargs="?", help="viewer, editor or owner (for set)")
     where = grants.add_mutually_exclusive_group()
-    where.add_argument("--db", metavar="PATH", default=DEFAULT_DB)
-    where.add_argument("--database-url", metavar="URL")
+    where.add_argument("--db", metavar="PATH", default=DEFAULT_DB, help="the SQLite file")
+    where.add_argument(
+        "--database-url", metavar="URL", help="a SQLAlchemy async URL instead of --db"
+    )
     history.add_commands(commands)
     return parser
 

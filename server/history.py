@@ -61,7 +61,7 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("document")
     create = actions.add_parser("create", help="name the document as it is now")
     create.add_argument("document")
-    create.add_argument("--label")
+    create.add_argument("--label", help="the version's label (default: none)")
     show = actions.add_parser("show", help="the content at a version (or now)")
     show.add_argument("document")
     show.add_argument("version", help="a version id, or now")
@@ -73,12 +73,17 @@ def add_commands(commands: Any) -> None:
         "restore", help="make the document equal to a version, as a new change"
     )
     restore.add_argument("document")
-    restore.add_argument("version")
+    restore.add_argument("version", help="a version id")
     export = commands.add_parser(
         "export", help="write a document out: JSON content or a Yjs update"
     )
     export.add_argument("document")
-    export.add_argument("--format", choices=["json", "yjs"], default="json")
+    export.add_argument(
+        "--format",
+        choices=["json", "yjs"],
+        default="json",
+        help="json: the content as JSON; yjs: the document as one binary Yjs update",
+    )
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
     imports = commands.add_parser(
         "import", help="merge a Yjs update into a document, or replace its roots with JSON content"
@@ -88,15 +93,18 @@ def add_commands(commands: Any) -> None:
     for parser in (listing, create, show, diff, restore, export, imports):
         parser.add_argument("--json", action="store_true", help="print JSON, not text")
         where = parser.add_mutually_exclusive_group()
-        where.add_argument("--db", metavar="PATH", default=DEFAULT_DB)
-        where.add_argument("--database-url", metavar="URL")
+        where.add_argument(
+            "--db", metavar="PATH", default=DEFAULT_DB, help="the SQLite file (server stopped)"
+        )
+        where.add_argument(
+            "--database-url", metavar="URL", help="a SQLAlchemy async URL instead of --db"
+        )
         where.add_argument("--url", metavar="URL", help="a running server: http://host:port")
         parser.add_argument("--token", help="with --url: the bearer token")
         secret.add_options(parser, "with --url: mint an admin token with this key")
         parser.add_argument(
             "--author",
-            default=f"cli:{getpass.getuser()}",
-            help="who the change is by (database mode)",
+            help="who the change is by, in database mode (default: cli:<your login>)",
         )
 
 
@@ -258,7 +266,7 @@ class _Database(_Target):
         if args.database_url is None and not Path(args.db).is_file():
             raise SystemExit(f"collab-engine: no database at {args.db!r}")
         self.url = args.database_url or sqlite_url(args.db)
-        self.author = args.author
+        self.author = args.author or f"cli:{getpass.getuser()}"
 
     def _run(self, work: Any) -> Any:
         async def main() -> Any:

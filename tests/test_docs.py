@@ -6,6 +6,8 @@ added without documenting it fails the test command.
   server; a block in any other language must be one that is not meant to run.
 - The flag table of `collab-engine serve` (docs/server.md) lists exactly the flags of the
   parser `server.__main__._parser` builds, each with its default.
+- The table of the other commands (docs/server.md) lists exactly the flags of `token`,
+  `grants`, `history ...`, `export` and `import`, each with its default.
 - The limits table (docs/operations.md) names every limit flag.
 - The close-code table (docs/operations.md) names every `CollabError` of the project's
   packages (the tree of `collab_engine.errors`, and any subclass elsewhere) with its
@@ -163,6 +165,56 @@ def test_every_serve_flag_is_in_the_flag_table_with_its_default() -> None:
         )
     unknown = set(documented) - parser_flags
     assert not unknown, f"docs/server.md documents flags serve does not have: {sorted(unknown)}"
+
+
+def commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, list[argparse.Action]]:
+    """The options of every leaf command under `parser`, by the command's words
+    ("token", "history list", ...)."""
+    found: dict[str, list[argparse.Action]] = {}
+    options = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(commands(sub, f"{path} {name}".strip()))
+        elif action.option_strings and action.option_strings != ["-h", "--help"]:
+            options.append(action)
+    if path and not found:
+        found[path] = options
+    return found
+
+
+def test_every_flag_of_the_other_commands_is_in_their_table_with_its_default() -> None:
+    leaves = {name: options for name, options in commands(_parser()).items() if name != "serve"}
+    assert {"token", "grants", "history list", "history restore", "export", "import"} <= set(leaves)
+    documented: dict[tuple[str, str], str] = {}
+    for command_cell, flag_cell, default_cell, *_ in table("server.md", "command"):
+        spans = re.findall(r"`([^`]*)`", default_cell)
+        assert spans, f"{flag_cell}: the default is not in a code span: {default_cell!r}"
+        names = re.findall(r"`([^`]+)`", command_cell)
+        assert names, f"a row names no command: {command_cell!r}"
+        for name in names:
+            covered = [
+                leaf
+                for leaf in leaves
+                if leaf == name or (name.endswith(" *") and leaf.startswith(name[:-1]))
+            ]
+            assert covered, f"docs/server.md documents a command that does not exist: {name}"
+            for leaf in covered:
+                for flag in re.findall(r"`(-[^`]+)`", flag_cell):
+                    assert (leaf, flag) not in documented, f"{leaf} {flag} is twice in the table"
+                    documented[leaf, flag] = spans[0]
+    parsed = set()
+    for leaf, options in leaves.items():
+        for action in options:
+            parsed.update((leaf, flag) for flag in action.option_strings)
+            for flag in action.option_strings:
+                assert (leaf, flag) in documented, f"collab-engine {leaf} {flag} is not documented"
+                assert documented[leaf, flag] == documented_default(action), (
+                    f"{leaf} {flag}: docs/server.md says the default is "
+                    f"{documented[leaf, flag]!r}, the parser {documented_default(action)!r}"
+                )
+    unknown = set(documented) - parsed
+    assert not unknown, f"docs/server.md documents flags that do not exist: {sorted(unknown)}"
 
 
 LIMIT = re.compile(r"^--(max-|lock-max-|locks-per-)|-(size|rate|burst)$")
