@@ -44,19 +44,19 @@ typing, where runs are broken by moves and deletions) the remote path costs a fe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from harness import provenance
-from harness.yjs import run_replay, write_updates
+from harness import provenance, yjs
+from harness.replay import OBSERVED, PYCRDT, TEXT, YJS, Mismatch, check_text, text_of
+from harness.report import publish, say, table
+from harness.stats import median
 from pycrdt import Doc, Text, TransactionEvent
 
 from collab_engine.peer import Peer
@@ -65,19 +65,12 @@ from collab_engine.types import DocumentName
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "append_run.md"
-TEXT = "text"
 PARTS = 4
-IMPLEMENTATIONS = ("pycrdt", "pycrdt + observer", "engine", "Yjs")
+ENGINE = "engine"
+IMPLEMENTATIONS = (PYCRDT, OBSERVED, ENGINE, YJS)
 
 
-@dataclass(frozen=True, slots=True)
-class History:
-    name: str
-    updates: list[bytes]
-    text: str
-
-
-def history(name: str, count: int, writers: int) -> History:
+def history(count: int, writers: int) -> list[bytes]:
     """`count` appends at the end of one text, by `writers` clients taking turns,
     as the updates a server would receive."""
     docs = []
@@ -96,7 +89,7 @@ def history(name: str, count: int, writers: int) -> History:
         text += f"#e{i}# "
         doc.unobserve(subscription)
         updates.append(got[0])
-    return History(name, updates, "".join(f"#e{i}# " for i in range(count)))
+    return updates
 
 
 def parts_of(times: Sequence[float]) -> list[float]:
@@ -107,86 +100,45 @@ def parts_of(times: Sequence[float]) -> list[float]:
     return [statistics.fmean(times[start:end]) for start, end in pairwise(bounds)]
 
 
-def timed(apply: Callable[[bytes], None], updates: Sequence[bytes]) -> list[float]:
-    times = []
-    clock = time.perf_counter
-    for update in updates:
-        started = clock()
-        apply(update)
-        times.append(clock() - started)
-    return times
-
-
-def check(label: str, got: str, expected: str) -> None:
-    if got != expected:
-        raise SystemExit(f"{label}: the final text differs from the text typed")
-
-
-def replay_python(kind: str, case: History) -> list[float]:
+def replay_python(kind: str, name: str, updates: Sequence[bytes], typed: str) -> list[float]:
     """Mean seconds per update in each part, for one Python implementation."""
-    if kind == "engine":
+    clock = time.perf_counter
+    times = []
+    if kind == ENGINE:
         room = Room(DocumentName("append-run"))
         room.doc[TEXT] = Text()
         peer = Peer()
         room.join(peer)
-        times = []
-        clock = time.perf_counter
-        for update in case.updates:
+        for update in updates:
             started = clock()
             room.apply(update)
             times.append(clock() - started)
             if not peer.drain():
-                raise SystemExit(f"{case.name}, engine: an update reached nobody")
-        check(f"{case.name}, engine", str(room.doc.get(TEXT, type=Text)), case.text)
+                raise Mismatch(f"{name}, engine: an update reached nobody")
+        check_text(f"{name}, engine", text_of(room.doc), typed)
         room.close()
         return parts_of(times)
     doc: Doc[Any] = Doc()
     doc[TEXT] = Text()
     seen: list[int] = []
-    if kind == "pycrdt + observer":
+    if kind == OBSERVED:
 
         def observer(event: TransactionEvent) -> None:
             seen.append(len(event.update))
 
         doc.observe(observer)
-    times = timed(doc.apply_update, case.updates)
-    check(f"{case.name}, {kind}", str(doc.get(TEXT, type=Text)), case.text)
-    if kind == "pycrdt + observer" and len(seen) != len(case.updates):
-        raise SystemExit(f"{case.name}: the observer saw {len(seen)} of {len(case.updates)}")
+    for update in updates:
+        started = clock()
+        doc.apply_update(update)
+        times.append(clock() - started)
+    check_text(f"{name}, {kind}", text_of(doc), typed)
+    if kind == OBSERVED and len(seen) != len(updates):
+        raise Mismatch(f"{name}: the observer saw {len(seen)} of {len(updates)}")
     return parts_of(times)
-
-
-def replay_yjs(case: History, directory: Path) -> list[float]:
-    path = directory / f"{case.name.replace(' ', '-')}.bin"
-    write_updates(case.updates, path)
-    answer = run_replay("stepwise", path, json.dumps({"parts": PARTS, "observe": True}), 600)
-    check(f"{case.name}, Yjs", answer["text"], case.text)
-    size = len(case.updates) // PARTS
-    counts = [size] * (PARTS - 1) + [len(case.updates) - size * (PARTS - 1)]
-    return [float(s) / n for s, n in zip(answer["part_seconds"], counts, strict=True)]
 
 
 def us(value: float) -> str:
     return f"{value * 1e6:.1f}"
-
-
-def table(cases: Sequence[History], medians: dict[tuple[str, str], list[float]]) -> str:
-    lines = [
-        "| history | implementation | part 1 (µs) | part 2 | part 3 | part 4 | part 4 / part 1 |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for case in cases:
-        for kind in IMPLEMENTATIONS:
-            parts = medians.get((case.name, kind))
-            if parts is None:
-                continue
-            ratio = parts[-1] / parts[0] if parts[0] else float("nan")
-            lines.append(
-                f"| {case.name} | {kind} | "
-                + " | ".join(us(p) for p in parts)
-                + f" | {ratio:.1f} |"
-            )
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -200,33 +152,37 @@ def main() -> None:
         parser.error(f"--updates must be at least {PARTS} and --runs at least 1")
     node = None if options.no_node else provenance.node_version()
     started = time.time()
-    cases = [
-        history("one writer", options.updates, 1),
-        history("two writers", options.updates, 2),
-    ]
-    samples: dict[tuple[str, str], list[list[float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(1, options.runs + 1):
-            for case in cases:
-                for kind in IMPLEMENTATIONS:
-                    if kind == "Yjs":
-                        if node is None:
-                            continue
-                        parts = replay_yjs(case, Path(tmp))
-                    else:
-                        parts = replay_python(kind, case)
-                    samples.setdefault((case.name, kind), []).append(parts)
-                    print(
-                        f"run {run}, {case.name}, {kind}: "
-                        + " ".join(us(p) for p in parts)
-                        + " µs per update",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    medians = {
-        key: [statistics.median(run[k] for run in runs) for k in range(PARTS)]
-        for key, runs in samples.items()
+    typed = "".join(f"#e{i}# " for i in range(options.updates))
+    cases = {
+        "one writer": history(options.updates, 1),
+        "two writers": history(options.updates, 2),
     }
+    samples: dict[tuple[str, str], list[list[float]]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for run in range(1, options.runs + 1):
+                for name, updates in cases.items():
+                    for kind in IMPLEMENTATIONS:
+                        if kind != YJS:
+                            parts = replay_python(kind, name, updates, typed)
+                        elif node is None:
+                            continue
+                        else:
+                            path = Path(tmp) / f"{name.replace(' ', '-')}.bin"
+                            parts, text = yjs.stepwise(updates, path, PARTS)
+                            check_text(f"{name}, Yjs", text, typed)
+                        samples.setdefault((name, kind), []).append(parts)
+                        say(
+                            f"run {run}, {name}, {kind}: {' '.join(us(p) for p in parts)} µs per update"
+                        )
+    except Mismatch as error:
+        say(f"FAILED: {error}")
+        sys.exit(1)
+    rows = []
+    for (name, kind), runs in samples.items():
+        parts = [median(run[k] for run in runs) for k in range(PARTS)]
+        growth = parts[-1] / parts[0] if parts[0] else float("nan")
+        rows.append([name, kind, *(us(p) for p in parts), f"{growth:.1f}"])
     commit = provenance.commit(
         ["collab_engine", "benchmarks/append_run.py"], "(with uncommitted changes)"
     )
@@ -238,22 +194,24 @@ def main() -> None:
             f"({(time.time() - started) / 60:.1f} min)",
             f"- date: {provenance.utc_now()}",
             f"- Python {sys.version.split()[0]}, pycrdt {provenance.version('pycrdt')}; "
-            + (f"Node {node}, yjs {provenance.yjs_version()}" if node else "Yjs not run")
-            + f"; collab-engine commit {commit}",
+            f"{provenance.yjs_in_node(node)}; collab-engine commit {commit}",
             f"- {options.updates:,} updates per history, each one insert of `#e<i># ` at the "
-            f"end of the text ({len(cases[0].text):,} characters in the end); {options.runs} "
+            f"end of the text ({len(typed):,} characters in the end); {options.runs} "
             "runs, the median of each figure; method: the docstring of "
             "`benchmarks/append_run.py`",
             "",
             "Mean time to apply one update, in µs, in each quarter of the history (in order):",
             "",
-            table(cases, medians),
+            *table(
+                ["history", "implementation", "part 1 (µs)", "part 2", "part 3", "part 4",
+                 "part 4 / part 1"],
+                rows,
+                "llrrrrr",
+            ),
             "",
         ]
-    )
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(text)
-    print(text)
+    )  # fmt: skip
+    publish(text, options.output)
 
 
 if __name__ == "__main__":

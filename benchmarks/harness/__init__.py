@@ -13,13 +13,18 @@
 - `cursors`: the cursor load (senders moving cursors, observers reading awareness)
   run once against ours and measured: latency, staleness, convergence.
 - `sampling`: CPU and scheduler readings from /proc (the machine, threads, run queue).
-- `profiling`: py-spy and cProfile of our server, and their summaries.
+- `profiling`: py-spy and cProfile of our server, and their summaries; cProfile of calls.
 - `stats`: percentiles and medians that skip NaN.
 - `report`: number formats and the parts of a results file every script writes.
 - `plots`: PNG figures of results by size (matplotlib).
 - `provenance`: package versions, the commit measured, the machine.
-- `traces`: the editing traces (josephg/editing-traces) and reading them.
-- `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`.
+- `traces`: the editing traces (josephg/editing-traces): reading them, their patches
+  in code points, UTF-8 and UTF-16, and what each replica of a concurrent one receives.
+- `replay`: a trace replayed and timed in this process: raw pycrdt, our engine's
+  embedding API, one pycrdt replica per agent; every final text checked.
+- `remote`: the remote path: a trace's updates applied one by one, and merged.
+- `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`, one function per mode.
+- `timings`: the seconds of trace replays over the runs, as tables, bars and JSON.
 - `stores`: a fresh SQLite file or PostgreSQL schema per run; SQLite files on disk.
 - `scheduling`: the load generator's scheduling policy, and the servers'.
 

@@ -1,5 +1,6 @@
-"""Profiles of our server: py-spy attached during a run, or cProfile for a whole
-process; each summarised as Markdown tables next to the raw output."""
+"""Profiles: of our server, py-spy attached during a run or cProfile for a whole
+process, each summarised as Markdown tables next to the raw output; and cProfile of
+calls in the benchmark's own process."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.sampling import thread_cpu
 from harness.servers import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(slots=True)
@@ -152,3 +155,36 @@ def summarise_cprofile(path: Path, top: int = 30) -> str:
         body = text[text.find("   ncalls") :] if "   ncalls" in text else text
         out += [f"## Top {top} by {title}", "", "```", body.rstrip(), "```", ""]
     return "\n".join(out)
+
+
+def cprofile_calls(targets: Sequence[tuple[str, Callable[[], object], str | None]]) -> str:
+    """cProfile of each call in this process, a Markdown section per label: the top 14
+    functions by own time and, when the target names a path pattern, the functions of
+    files that match it by cumulative time; paths relative to site-packages and to the
+    repository."""
+    import cProfile
+    import io
+    import pstats
+    import sysconfig
+
+    prefixes = (sysconfig.get_paths()["purelib"] + "/", str(REPO) + "/")
+    sections: list[str] = []
+    for label, target, focus in targets:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        target()
+        profiler.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(14)
+        if focus is not None:
+            stats.sort_stats("cumulative").print_stats(focus, 12)
+        lines = [
+            line
+            for line in out.getvalue().splitlines()
+            if line.strip() and not line.startswith(("   Ordered by", "   List reduced"))
+        ]
+        for prefix in prefixes:
+            lines = [line.replace(prefix, "") for line in lines]
+        sections += [f"### {label}", "", "```", *lines, "```", ""]
+    return "\n".join(sections)

@@ -117,3 +117,10 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
+
+
+def yjs_in_node(node: str | None) -> str:
+    """Which Yjs a result measured, given `node_version()`, or why none was."""
+    if node is None:
+        return "Yjs not run (no node, or no tests/interop/node_modules/yjs, or --no-node)"
+    return f"Node {node} with yjs {yjs_version()} (tests/interop/node_modules)"

@@ -1,5 +1,6 @@
 """The parts of a results file the benchmarks share: number formats, medians over
-runs, every run's figures as JSON, and the errors the servers logged."""
+runs and their ratios, Markdown tables, every run's figures as JSON, and the errors
+the servers logged."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,34 @@ def publish(text: str, output: Path | None) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
+    """A Markdown table's lines; `align` has an `l` or an `r` per column."""
+    rules = {"l": "---", "r": "---:"}
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "".join(rules[a] + "|" for a in align),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def rate(count: int, seconds: float) -> str:
+    """`count` a second, whole; `n/a` without a time."""
+    if math.isnan(seconds) or seconds <= 0:
+        return "n/a"
+    return f"{count / seconds:,.0f}"
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median (min–max, how many), in seconds."""
+    if not values:
+        return "n/a"
+    return f"{median(values):.3f} ({min(values):.3f}–{max(values):.3f}, {len(values)})"
+
+
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> str:
+    """The ratio of two medians."""
+    if not numerator or not denominator:
+        return "n/a"
+    return f"{median(numerator) / median(denominator):.2f}"
