@@ -1,10 +1,12 @@
 """The stores a benchmark writes to: a fresh SQLite file or PostgreSQL schema per run
 (`Backend`), and SQLite files checkpointed, measured on disk, broken down by table and
-index."""
+index, copied."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -112,3 +114,15 @@ def file_bytes(path: Path) -> int:
     """The database file and its write-ahead log (the -shm index holds no data)."""
     wal = Path(f"{path}-wal")
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite file, write-ahead log included (backup API)."""
+    with contextlib.closing(sqlite3.connect(source)) as src:
+        with contextlib.closing(sqlite3.connect(target)) as dst:
+            src.backup(dst)
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
