@@ -16,8 +16,8 @@ PostgreSQL connection.
 Per backend (SQLite in a file of a temporary directory, with the store's
 `synchronous=FULL`; PostgreSQL at 127.0.0.1:5432 when it answers, each run in a
 fresh schema dropped afterwards) and per layout (W writers in 1 room, or spread
-over R rooms), two engine configurations are measured in the same run, one after
-the other, on a fresh database (or schema) each:
+over R rooms), three engine configurations are measured in the same run, one after
+the other, on a fresh database (or schema) each, compaction out of reach:
 
 * "one commit per update": `EngineConfig(journal_max_batch=1, journal_linger=0)`;
 * "group commit": the default `journal_max_batch` (2,000), `journal_linger=0`;
@@ -26,64 +26,27 @@ the other, on a fresh database (or schema) each:
   they send more (y-websocket clients do not), so lingering costs them throughput:
   this row shows the price a client that waits for durability pays.
 
-Compaction is switched off in both (its thresholds are set out of reach) so that
-only the journal writes. Each writer is a `Peer` joined to its room, as a
-WebSocket connection's would be; it first sends `RequestPersisted()`, then, for
-each of its updates: `await journal.room_for_more()` (what the server's
-connection reader does), `room.receive(peer, SyncUpdate(update))`, and it waits,
-reading its outbox (`peer.batches()`), for the `Persisted`
-frame whose count covers that update. So each writer has exactly one update in
-flight, like a client that waits for durability before it sends more. Every
-writer also reads (and drops) the other writers' updates that the room fans out
-to it, as a connection's writer task would.
-
-The updates are made with pycrdt before any run: per writer, a document of its
-own (its own client id) and a sequence of transactions each appending two
-characters to one `Text`; each transaction's update (21 to 27 bytes) is one
-message. The same sequences are replayed in every run, into fresh rooms.
-
-Figures, per run, over a measuring window of `--duration` seconds that starts
-`--warmup` seconds after the writers:
-
-* acknowledged updates/s: `Persisted` acknowledgements the writers received in
-  the window, divided by its length;
-* commits and updates per commit: from the journal's `commits` counter and its
-  written ticket, read at both ends of the window; ms per commit is the window's
-  length divided by its commits (the journal's writer is never idle under this
-  load, so this is the time one commit takes, waits for the event loop included);
-* ack latency p50/p99: from just before `room.receive` to the moment the writer
-  reads the acknowledgement, for the updates sent in the window;
-* CPU: this process's CPU time over the window as a share of one core (all of its
-  threads: the event loop and the SQLite driver's thread; PostgreSQL's own
-  processes are not counted);
-* event loop on CPU / queued: the share of the window the event loop's thread ran
-  on a CPU, and was runnable but waiting for one (/proc/self/schedstat). On CPU
-  near 100 % means Python, not the disk, set the pace; a large "queued" share
-  means other processes on the machine took the CPU it needed.
-
-The table shows the median of each figure over `--runs` runs, and the speedup is
-the ratio of the two medians.
+Each writer has one update in flight: it sends the next once the journal's
+`Persisted` acknowledgement covers the last (`harness/writers.py`: the writers,
+their updates, and what each figure of a run means). A run is measured over
+`--duration` seconds that start `--warmup` seconds after the writers; the table
+shows the median of each figure over `--runs` runs, and the speedup is the ratio
+of the two medians.
 
 The layouts differ in what each update costs besides the disk. In 1 room, every
 update is fanned out to all W peers (W frames queued, W reader tasks woken), as
 the server would to W connections. In R rooms, a group commit holds updates of up
 to R documents, and `SQLStore.append` runs three statements per document in it
-(the `documents` upsert, the `last_seq` update, the insert).
-
-For reference, the same run also times `SQLStore.append` alone, without the
-engine, one call at a time on a fresh database: one entry, and W entries over 1
-and over R documents (the shapes of the batches above), for about
-`--append-seconds` per shape; the table gives the median call and its CPU time.
+(the `documents` upsert, the `last_seq` update, the insert). For reference, the
+same run times `SQLStore.append` alone, one call at a time on a fresh database:
+one entry, and W entries over 1 and over R documents (the shapes of the batches
+above), for about `--append-seconds` per shape.
 
 2. Loading a long history
 -------------------------
-The `automerge-paper` editing trace (/work/shared/traces, 259,778 one-character
-edits; ASCII, so pycrdt's UTF-8 indexes are the trace's code-point positions, and
-the script asserts it) is replayed into a pycrdt `Text`, one transaction per
-edit, and each transaction's update (`Doc.observe`) is kept. The replayed text
-must equal the trace's `endContent`. The updates are appended with
-`SQLStore.append` in batches of 10,000 (one transaction each) to three SQLite
-files, one per case:
+The `automerge-paper` editing trace (259,778 one-character edits) is replayed with
+pycrdt, one update per edit, checked against the trace's text, and appended in
+batches of 10,000 (`harness/history.py`) to three SQLite files, one per case:
 
 * (a) log only: every update, no snapshot;
 * (b) snapshot at the end: the whole log, then `Engine.compact` (a snapshot at
@@ -92,479 +55,67 @@ files, one per case:
   `Engine.compact`, then the last ones.
 
 Then, per run and per case (cases interleaved within each run), three timings:
-`store.load()` alone; `engine.rebuild` of what it returned (in a worker thread,
-as the engine does); and a cold open, `async with engine.room(name)`, in a new
-`Engine` each time (compaction off, so opening does not write a snapshot), which
-is the two together plus the room's set-up. Every open checks the room's text
-against `endContent`. "Cold" is the room's state: the file is in the operating
-system's page cache, as a recently written database would be.
+`store.load()` alone; `rebuild` of what it returned (in a worker thread, as the
+engine does); and a cold open, `engine.room(name)` in a new `Engine` (compaction
+off, so opening does not write a snapshot): the two together plus the room's
+set-up. Every rebuild and open checks the text.
 
 3. Bytes on disk
 ----------------
-After `PRAGMA wal_checkpoint(TRUNCATE)`, the size of each SQLite file (its -wal
-file included, empty after the checkpoint), per 1,000 edits of the history; next
-to them, the raw update bytes per 1,000 edits and the snapshots' sizes, and where
-the bytes of the file with the snapshot are, table by table and index by index
-(SQLite's `dbstat`). Every update is logged with the author "trace".
+After `PRAGMA wal_checkpoint(TRUNCATE)`, the size of each SQLite file per 1,000
+edits of the history; next to them, the raw update bytes and the snapshots' sizes,
+and where the bytes of the file with the snapshot are, table by table and index by
+index (SQLite's `dbstat`). Every update is logged with the author "trace".
 
-With `--quick` (a smoke run), part 2 uses the first 20,000 edits of the trace
-(the expected text is then the same edits applied to a Python string), and the
-table is printed only, not written, unless `--output` is given.
+With `--quick` (a smoke run), part 2 uses the first 20,000 edits of the trace,
+and the table is printed only, not written, unless `--output` is given.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
-import os
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 from harness import provenance
-from harness.provenance import filesystem_of, load_average, version
-from harness.report import ms, number, publish, say, seconds
-from harness.sampling import loop_schedstat
-from harness.stats import median, pct, percentile
-from harness.stores import (
-    POSTGRES_URL,
-    Backend,
-    checkpoint,
-    file_bytes,
-    postgres_answers,
-    postgres_backend,
-    postgres_execute,
-    space_by_object,
-    sqlite_backend,
+from harness.history import (
+    APPEND_BATCH,
+    DOC,
+    Case,
+    History,
+    build_case,
+    engine_config,
+    measure_opening,
+    read_history,
 )
-from harness.traces import AUTOMERGE_PAPER, read_trace
-from pycrdt import Doc, Text, TransactionEvent
+from harness.provenance import load_average, version
+from harness.report import ms, number, publish, say, seconds
+from harness.stats import median, pct
+from harness.stores import POSTGRES_URL, AppendResult, appends_once, backends, space_by_object
+from harness.traces import AUTOMERGE_PAPER
+from harness.writers import ThroughputResult, prepare_updates, throughput_once
 
-from collab_engine import Engine, EngineConfig, Peer, Room
-from collab_engine.identity import Identity
-from collab_engine.journal import Journal
-from collab_engine.protocol import Persisted, RequestPersisted, SyncUpdate, decode
-from collab_engine.store import Entry, rebuild
-from collab_engine.types import Frame, Update
-from storage.sql import SQLStore, sqlite_url
+from storage.sql import SQLStore
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "durable_storage.md"
 DEFAULT_TRACE = AUTOMERGE_PAPER
 
-PERSISTED_PREFIX = b"\x64\x01"
-"""The first two bytes of a `Persisted` frame (collab message type 100, kind 1)."""
-APPEND_BATCH = 10_000
-"""Updates per `SQLStore.append` (one transaction) when the history is written."""
-NEVER = 10**15
-"""A compaction threshold never reached: the benchmarks decide when snapshots are made."""
-TEXT = "text"
-"""The root `Text` of every document here."""
-
 SINGLE = "one commit per update"
 GROUP = "group commit"
 LINGER = "group commit, 50 ms linger (default)"
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-def prepare_updates(writers: int, per_writer: int) -> list[list[Update]]:
-    """Per writer, `per_writer` updates of its own document: each appends "ab"."""
-    sequences: list[list[Update]] = []
-    for _ in range(writers):
-        doc: Doc[Any] = Doc()
-        text = doc.get(TEXT, type=Text)
-        updates: list[Update] = []
-
-        def keep(event: TransactionEvent, updates: list[Update] = updates) -> None:
-            updates.append(event.update)
-
-        subscription = doc.observe(keep)
-        for index in range(per_writer):
-            with doc.transaction():
-                text.insert(2 * index, "ab")
-        doc.unobserve(subscription)
-        assert len(updates) == per_writer
-        sequences.append(updates)
-    return sequences
-
-
-# -- 1. durable updates per second -----------------------------------------------------
-
-
-@dataclass(slots=True)
-class Counters:
-    """What the writers of one run update."""
-
-    acked: int = 0
-    latencies: list[float] = field(default_factory=list)
-    exhausted: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    start: float
-    end: float
-
-
-@dataclass(frozen=True, slots=True)
-class ThroughputResult:
-    updates_per_second: float
-    commits: int
-    updates_per_commit: float
-    commit_time: float
-    p50: float
-    p99: float
-    cpu_share: float
-    loop_busy: float
-    loop_queued: float
-    acked: int
-    problems: tuple[str, ...]
-
-
-async def wait_acked(peer: Peer, batches: AsyncIterator[list[Frame]], count: int) -> None:
-    """Read `peer`'s outbox until a `Persisted` frame says `count` updates are durable.
-
-    Raises:
-        RuntimeError: the peer was closed (evicted, or its room failed).
-    """
-    while True:
-        try:
-            batch = await anext(batches)
-        except StopAsyncIteration:
-            reason = peer.error.reason if peer.error is not None else "closed"
-            raise RuntimeError(f"{peer.label} was closed: {reason}") from None
-        for frame in batch:
-            if frame.startswith(PERSISTED_PREFIX):
-                message = decode(frame)
-                assert isinstance(message, Persisted)
-                if message.count >= count:
-                    return
-
-
-async def write(
-    room: Room,
-    peer: Peer,
-    journal: Journal,
-    updates: Sequence[Update],
-    window: Window,
-    counters: Counters,
-) -> None:
-    """One writer: send an update, wait for its acknowledgement, until the window ends."""
-    frames = cast(AsyncGenerator[list[Frame], None], peer.batches())
-    try:
-        room.receive(peer, RequestPersisted())
-        await wait_acked(peer, frames, 0)
-        sent = 0
-        while time.perf_counter() < window.end:
-            if sent == len(updates):
-                counters.exhausted += 1
-                break
-            await journal.room_for_more()
-            sent_at = time.perf_counter()
-            room.receive(peer, SyncUpdate(updates[sent]))
-            sent += 1
-            await wait_acked(peer, frames, sent)
-            acked_at = time.perf_counter()
-            counters.acked += 1
-            if window.start <= sent_at < window.end:
-                counters.latencies.append(acked_at - sent_at)
-    except RuntimeError as exc:
-        counters.problems.append(str(exc))
-    finally:
-        await frames.aclose()
-        room.leave(peer)
-        peer.close()
-
-
-async def throughput_once(
-    backend: Backend,
-    *,
-    max_batch: int | None,
-    linger: float | None,
-    writers: int,
-    rooms: int,
-    updates: Sequence[Sequence[Update]],
-    warmup: float,
-    duration: float,
-) -> ThroughputResult:
-    """One run of W writers over R fresh rooms of a fresh store; see the module docstring."""
-    limits: dict[str, Any] = {} if max_batch is None else {"journal_max_batch": max_batch}
-    if linger is not None:
-        limits["journal_linger"] = linger
-    config = EngineConfig(compact_after_updates=NEVER, compact_after_bytes=NEVER, **limits)
-    store, cleanup = await backend.open()
-    counters = Counters()
-    prefix = f"throughput-{uuid.uuid4().hex[:8]}"
-    try:
-        with anyio.fail_after(warmup + duration + 120):
-            async with Engine(config, store) as engine, contextlib.AsyncExitStack() as stack:
-                journal = engine.journal
-                assert journal is not None
-                opened = [
-                    await stack.enter_async_context(engine.room(f"{prefix}-{r}"))
-                    for r in range(rooms)
-                ]
-                peers = []
-                for index in range(writers):
-                    name = f"writer-{index}"
-                    peer = Peer(label=name, identity=Identity(name, name))
-                    opened[index % rooms].join(peer)
-                    peer.drain()  # sync step 1: the room is empty, nothing to answer
-                    peers.append(peer)
-                begin = time.perf_counter()
-                window = Window(begin + warmup, begin + warmup + duration)
-                marks: list[tuple[float, int, int, int, float, tuple[int, int]]] = []
-
-                def mark() -> None:
-                    marks.append(
-                        (
-                            time.perf_counter(),
-                            counters.acked,
-                            journal.commits,
-                            journal.written,
-                            time.process_time(),
-                            loop_schedstat(),
-                        )
-                    )
-
-                async with anyio.create_task_group() as group:
-                    for index, peer in enumerate(peers):
-                        group.start_soon(
-                            write,
-                            opened[index % rooms],
-                            peer,
-                            journal,
-                            updates[index],
-                            window,
-                            counters,
-                        )
-                    await anyio.sleep(window.start - time.perf_counter())
-                    mark()
-                    await anyio.sleep(window.end - time.perf_counter())
-                    mark()
-    finally:
-        await cleanup()
-    (
-        (t0, acked0, commits0, written0, cpu0, sched0),
-        (t1, acked1, commits1, written1, cpu1, sched1),
-    ) = marks
-    commits = commits1 - commits0
-    problems = list(dict.fromkeys(counters.problems))
-    if counters.exhausted:
-        problems.append(
-            f"{counters.exhausted} writer(s) ran out of prepared updates before the window "
-            "ended: raise --updates-per-writer"
-        )
-    return ThroughputResult(
-        updates_per_second=(acked1 - acked0) / (t1 - t0),
-        commits=commits,
-        updates_per_commit=(written1 - written0) / commits if commits else math.nan,
-        commit_time=(t1 - t0) / commits if commits else math.nan,
-        p50=percentile(counters.latencies, 50),
-        p99=percentile(counters.latencies, 99),
-        cpu_share=(cpu1 - cpu0) / (t1 - t0),
-        loop_busy=(sched1[0] - sched0[0]) / 1e9 / (t1 - t0),
-        loop_queued=(sched1[1] - sched0[1]) / 1e9 / (t1 - t0),
-        acked=acked1 - acked0,
-        problems=tuple(problems),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    per_call: float
-    cpu_per_call: float
-    calls: int
-
-
-async def appends_once(
-    backend: Backend,
-    shapes: Sequence[tuple[int, int]],
-    updates: Sequence[Sequence[Update]],
-    budget: float,
-) -> dict[tuple[int, int], AppendResult]:
-    """`SQLStore.append` alone, one call at a time, per (entries, documents) shape:
-    calls for about `budget` seconds (5 at least), the first left out (it creates the
-    documents' rows)."""
-    store, cleanup = await backend.open()
-    results: dict[tuple[int, int], AppendResult] = {}
-    try:
-        for entries, documents in shapes:
-            prefix = f"append-{uuid.uuid4().hex[:8]}"
-            durations: list[float] = []
-            cpu = 0.0
-            call = 0
-            deadline = time.perf_counter() + budget
-            while call < 6 or (time.perf_counter() < deadline and call < 1000):
-                batch = [
-                    Entry(
-                        f"{prefix}-{index % documents}",
-                        updates[index % len(updates)][call % len(updates[0])],
-                        f"writer-{index}",
-                    )
-                    for index in range(entries)
-                ]
-                cpu_before, started = time.process_time(), time.perf_counter()
-                await store.append(batch)
-                if call:
-                    durations.append(time.perf_counter() - started)
-                    cpu += time.process_time() - cpu_before
-                call += 1
-            results[(entries, documents)] = AppendResult(
-                statistics.median(durations), cpu / len(durations), len(durations)
-            )
-    finally:
-        await cleanup()
-    return results
-
-
-# -- 2. and 3. a long history ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    updates: list[Update]
-    expected: str
-    edits: int
-    replay_seconds: float
-
-
-def read_history(path: Path, limit: int | None) -> History:
-    """Replay the trace (its first `limit` transactions) with pycrdt, one transaction each."""
-    trace = read_trace(path)
-    assert trace.get("startContent", "") == "", "the trace must start from an empty text"
-    txns = trace["txns"] if limit is None else trace["txns"][:limit]
-    patches = [
-        (int(position), int(deleted), str(inserted))
-        for txn in txns
-        for position, deleted, inserted in txn["patches"]
-    ]
-    # pycrdt indexes Text by UTF-8 bytes, the trace by code points: equal for ASCII only.
-    assert trace["endContent"].isascii(), "endContent is not ASCII"
-    assert all(inserted.isascii() for _, _, inserted in patches), "an insert is not ASCII"
-    if limit is None or limit >= len(trace["txns"]):
-        expected: str = trace["endContent"]
-    else:
-        chars: list[str] = []
-        for position, deleted, inserted in patches:
-            chars[position : position + deleted] = inserted
-        expected = "".join(chars)
-
-    started = time.perf_counter()
-    doc: Doc[Any] = Doc()
-    text = doc.get(TEXT, type=Text)
-    updates: list[Update] = []
-
-    def keep(event: TransactionEvent) -> None:
-        updates.append(event.update)
-
-    subscription = doc.observe(keep)
-    for txn in txns:
-        with doc.transaction():
-            for position, deleted, inserted in txn["patches"]:
-                if deleted:
-                    del text[position : position + deleted]
-                if inserted:
-                    text.insert(position, inserted)
-    doc.unobserve(subscription)
-    replay_seconds = time.perf_counter() - started
-    assert str(text) == expected, "the replayed text differs from the trace's content"
-    assert len(updates) == len(txns), f"{len(updates)} updates for {len(txns)} transactions"
-    return History(updates, expected, len(txns), replay_seconds)
-
-
-@dataclass(slots=True)
-class Case:
-    """One SQLite file holding the history, and what it was built with."""
-
-    key: str
-    label: str
-    path: Path
-    snapshot_after: int | None
-    store: SQLStore | None = None
-    append_seconds: float = math.nan
-    compact_seconds: float = math.nan
-    file_bytes: int = 0
-    snapshot_bytes: int = 0
-    replayed_on_load: int = 0
-    space: dict[str, int] = field(default_factory=dict)
-    """Bytes of pages per table and index (SQLite's dbstat), "(free pages)" included."""
-    load: list[float] = field(default_factory=list)
-    rebuild: list[float] = field(default_factory=list)
-    open: list[float] = field(default_factory=list)
-
-
-HISTORY_DOC = "automerge-paper"
-
-
-def history_config() -> EngineConfig:
-    return EngineConfig(compact_after_updates=NEVER, compact_after_bytes=NEVER)
-
-
-async def append_all(store: SQLStore, updates: Sequence[Update]) -> None:
-    for start in range(0, len(updates), APPEND_BATCH):
-        batch = updates[start : start + APPEND_BATCH]
-        await store.append([Entry(HISTORY_DOC, update, "trace") for update in batch])
-
-
-async def build_case(case: Case, history: History) -> None:
-    """Write the history to a new SQLite file, with the case's snapshot."""
-    store = case.store = await SQLStore.connect(sqlite_url(str(case.path)))
-    head = (
-        history.updates if case.snapshot_after is None else history.updates[: case.snapshot_after]
-    )
-    started = time.perf_counter()
-    await append_all(store, head)
-    case.append_seconds = time.perf_counter() - started
-    if case.snapshot_after is not None:
-        started = time.perf_counter()
-        async with Engine(history_config(), store) as engine:
-            seq = await engine.compact(HISTORY_DOC)
-        case.compact_seconds = time.perf_counter() - started
-        assert seq == case.snapshot_after, (seq, case.snapshot_after)
-        await append_all(store, history.updates[case.snapshot_after :])
-    await checkpoint(store)
-    case.file_bytes = file_bytes(case.path)
-    case.space = await space_by_object(store)
-    stored = await store.load(HISTORY_DOC)
-    case.snapshot_bytes = len(stored.snapshot) if stored.snapshot is not None else 0
-    case.replayed_on_load = len(stored.updates)
-    assert stored.last_seq == history.edits
-
-
-async def measure_case(case: Case, expected: str) -> None:
-    """One run: store.load, rebuild, and a cold open through a new Engine."""
-    store = case.store
-    assert store is not None
-    started = time.perf_counter()
-    stored = await store.load(HISTORY_DOC)
-    loaded = time.perf_counter()
-    doc = await anyio.to_thread.run_sync(rebuild, HISTORY_DOC, stored)
-    rebuilt = time.perf_counter()
-    assert str(doc.get(TEXT, type=Text)) == expected, f"{case.key}: rebuilt text differs"
-    case.load.append(loaded - started)
-    case.rebuild.append(rebuilt - loaded)
-    del doc, stored
-
-    async with Engine(history_config(), store) as engine:
-        started = time.perf_counter()
-        async with engine.room(HISTORY_DOC) as room:
-            opened = time.perf_counter()
-            text = str(room.doc.get(TEXT, type=Text))
-        assert text == expected, f"{case.key}: the opened room's text differs"
-    case.open.append(opened - started)
+MODES = ((SINGLE, 1, 0.0), (GROUP, None, 0.0), (LINGER, None, None))
+"""Each mode's `journal_max_batch` and `journal_linger` (None: the engine's default)."""
+AUTHOR = "trace"
+"""The author of every update of the long history."""
 
 
 # -- the report ------------------------------------------------------------------------
@@ -587,30 +138,21 @@ class Options:
     skip_throughput: bool
     skip_history: bool
     output: Path | None
-    quick: bool
 
 
 def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: list[str]) -> str:
     commit = provenance.commit(
         ["collab_engine", "storage"], "plus uncommitted changes to collab_engine/ or storage/"
     )
-    now = provenance.utc_now()
-    command = provenance.command_line(argv)
-    tmp = tempfile.gettempdir()
-    lines = [
-        "# Durable storage: group commit, loading a long history, bytes on disk",
-        "",
-        f"- command: `{command}`",
-        f"- date: {now}",
-        f"- machine: {provenance.machine()}; "
-        f"1-minute load average {load[0]} before, {load[1]} after; temporary files in {tmp} "
-        f"({filesystem_of(os.path.realpath(tmp))})",
-        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
-        f"{version('sqlalchemy')}, aiosqlite {version('aiosqlite')} (SQLite "
-        f"{sqlite3.sqlite_version}), asyncpg {version('asyncpg')}, collab-engine commit {commit}",
-        *(f"- {note}" for note in notes),
-    ]
-    return "\n".join(lines)
+    extra = f", asyncpg {version('asyncpg')}"
+    return "\n".join(
+        [
+            "# Durable storage: group commit, loading a long history, bytes on disk",
+            "",
+            *provenance.storage_lines(argv, load, commit, extra),
+            *(f"- {note}" for note in notes),
+        ]
+    )
 
 
 def throughput_table(
@@ -686,12 +228,14 @@ def append_table(options: Options, appends: dict[tuple[str, int, int], list[Appe
     return "\n".join(lines)
 
 
-def history_tables(history: History, cases: Sequence[Case], runs: int) -> str:
+def history_tables(
+    history: History, cases: Sequence[Case], space: dict[str, int], runs: int
+) -> str:
     edits = history.edits
     raw = sum(len(update) for update in history.updates)
     per_thousand = 1000 / edits
     lines = [
-        f"## 2. Opening a room with a long history: `{HISTORY_DOC}`, {edits:,} edits",
+        f"## 2. Opening a room with a long history: `{DOC}`, {edits:,} edits",
         "",
         f"Replay with pycrdt (one transaction per edit): {history.replay_seconds:.1f} s; "
         f"final text {len(history.expected):,} characters, equal to the trace's. "
@@ -702,8 +246,8 @@ def history_tables(history: History, cases: Sequence[Case], runs: int) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     lines.extend(
-        f"| {case.label} | {case.replayed_on_load:,} | {seconds(median(case.load))} "
-        f"| {seconds(median(case.rebuild))} | {seconds(median(case.open))} |"
+        f"| {case.label} | {case.replayed_on_load:,} | {seconds(median(case.times['load']))} "
+        f"| {seconds(median(case.times['rebuild']))} | {seconds(median(case.times['open']))} |"
         for case in cases
     )
     log_only = next(c for c in cases if c.key == "a")
@@ -712,13 +256,13 @@ def history_tables(history: History, cases: Sequence[Case], runs: int) -> str:
         f"Writing the history: {edits:,} updates appended in batches of {APPEND_BATCH:,} took "
         f"{log_only.append_seconds:.2f} s ({edits / log_only.append_seconds:,.0f} updates/s); "
         + "; ".join(
-            f"`Engine.compact` for ({c.key}) {c.compact_seconds:.2f} s"
+            f"`Engine.compact` for ({c.key}) {c.snapshot_seconds:.2f} s"
             for c in cases
-            if not math.isnan(c.compact_seconds)
+            if c.snapshot_count
         )
         + ".",
         "",
-        f"## 3. Bytes on disk for `{HISTORY_DOC}` (SQLite, after `wal_checkpoint(TRUNCATE)`)",
+        f"## 3. Bytes on disk for `{DOC}` (SQLite, after `wal_checkpoint(TRUNCATE)`)",
         "",
         "| what | bytes | bytes per 1,000 edits |",
         "|---|---:|---:|",
@@ -741,14 +285,14 @@ def history_tables(history: History, cases: Sequence[Case], runs: int) -> str:
         f"| {len(history.expected):,} | {len(history.expected) * per_thousand:,.0f} |"
     )
     with_snapshot = next(c for c in cases if c.key == "b")
-    if with_snapshot.space:
+    if space:
         names = {
             "updates": "`updates` table (rowid B-tree: document, seq, data, author, created_at)",
             "sqlite_autoindex_updates_1": "`updates` primary key index (document, seq)",
             "snapshots": "`snapshots` table",
             "sqlite_autoindex_snapshots_1": "`snapshots` primary key index",
         }
-        space = dict(with_snapshot.space)
+        space = dict(space)
         rows = [(label, space.pop(name, 0)) for name, label in names.items()]
         rows.append(("everything else (schema, `documents`, free pages)", sum(space.values())))
         lines += [
@@ -830,7 +374,6 @@ def parse_options(argv: Sequence[str]) -> Options:
         skip_throughput=args.skip_throughput,
         skip_history=args.skip_history,
         output=args.output if args.output or quick else DEFAULT_OUTPUT,
-        quick=quick,
     )
     if (
         options.runs < 1
@@ -854,27 +397,7 @@ async def throughput_part(
     dict[tuple[str, int, str], list[ThroughputResult]],
     dict[tuple[str, int, int], list[AppendResult]],
 ]:
-    backends: list[Backend] = []
-    for name in options.backends:
-        if name == "sqlite":
-            backends.append(sqlite_backend(directory))
-        elif not postgres_answers():
-            reason = "PostgreSQL skipped: nothing answers at 127.0.0.1:5432"
-            say(reason)
-            notes.append(reason)
-        else:
-            settings = await postgres_execute(
-                options.postgres_url,
-                "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
-                " current_setting('fsync'), current_setting('wal_sync_method')",
-            )
-            server_version, synchronous_commit, fsync, wal_sync = settings[0]
-            notes.append(
-                f"PostgreSQL {server_version.split()[0]} at {options.postgres_url} "
-                f"(synchronous_commit={synchronous_commit}, fsync={fsync}, "
-                f"wal_sync_method={wal_sync}); each run in a fresh schema, dropped after it"
-            )
-            backends.append(postgres_backend(options.postgres_url))
+    chosen = await backends(options.backends, directory, options.postgres_url, notes)
     say(f"preparing {options.writers} x {options.updates_per_writer} updates ...")
     started = time.perf_counter()
     updates = prepare_updates(options.writers, options.updates_per_writer)
@@ -884,18 +407,12 @@ async def throughput_part(
         f"{time.perf_counter() - started:.1f} s, {min(sizes)}-{max(sizes)} bytes each "
         f"(median {statistics.median(sizes):g})"
     )
-    results: dict[tuple[str, int, str], list[ThroughputResult]] = {}
-    appends: dict[tuple[str, int, int], list[AppendResult]] = {}
-    shapes = [(1, 1), *((options.writers, rooms) for rooms in options.rooms)]
-    shapes = list(dict.fromkeys(shapes))
-    for backend in backends:
-        for entries, documents in shapes:
-            appends[(backend.name, entries, documents)] = []
-        for rooms in options.rooms:
-            for mode in (SINGLE, GROUP, LINGER):
-                results[(backend.name, rooms, mode)] = []
+    # Keyed (backend, rooms, mode) and (backend, entries, documents), in table order.
+    results: dict[tuple[str, int, str], list[ThroughputResult]] = defaultdict(list)
+    appends: dict[tuple[str, int, int], list[AppendResult]] = defaultdict(list)
+    shapes = list(dict.fromkeys([(1, 1), *((options.writers, r) for r in options.rooms)]))
     for run in range(1, options.runs + 1):
-        for backend in backends:
+        for backend in chosen:
             shaped = await appends_once(backend, shapes, updates, options.append_budget)
             for (entries, documents), timing in shaped.items():
                 appends[(backend.name, entries, documents)].append(timing)
@@ -904,11 +421,7 @@ async def throughput_part(
                     f"document(s): {ms(timing.per_call)} ms ({timing.calls} calls)"
                 )
             for rooms in options.rooms:
-                for mode, max_batch, linger in (
-                    (SINGLE, 1, 0.0),
-                    (GROUP, None, 0.0),
-                    (LINGER, None, None),
-                ):
+                for mode, max_batch, linger in MODES:
                     result = await throughput_once(
                         backend,
                         max_batch=max_batch,
@@ -924,47 +437,37 @@ async def throughput_part(
                         f"{backend.name}, {rooms} room(s), {mode}, run {run}: {p}"
                         for p in result.problems
                     )
-                    say(
-                        f"run {run} {backend.name} rooms={rooms} {mode}: "
-                        f"{result.updates_per_second:,.0f} acked/s, "
-                        f"{result.updates_per_commit:.1f} per commit, "
-                        f"p50 {ms(result.p50)} ms, p99 {ms(result.p99)} ms, "
-                        f"CPU {pct(result.cpu_share)}, loop on CPU {pct(result.loop_busy)} "
-                        f"queued {pct(result.loop_queued)}"
-                    )
+                    say(f"run {run} {backend.name} rooms={rooms} {mode}: {result.summary()}")
     return results, appends
 
 
-async def history_part(options: Options, directory: Path) -> tuple[History, list[Case]]:
+async def history_part(
+    options: Options, directory: Path
+) -> tuple[History, list[Case], dict[str, int]]:
     say(f"replaying {options.trace.name} ...")
     history = read_history(options.trace, options.edits)
-    edits = history.edits
+    tail = options.tail
     cases = [
-        Case("a", "(a) log only, no snapshot", directory / "log.db", None),
-        Case("b", "(b) snapshot at the last seq", directory / "snapshot.db", edits),
-        Case(
-            "c",
-            f"(c) snapshot + last {options.tail:,} updates",
-            directory / "tail.db",
-            edits - options.tail,
-        ),
+        Case("a", "(a) log only, no snapshot", directory / "log.db"),
+        Case("b", "(b) snapshot at the last seq", directory / "snapshot.db", "end"),
+        Case("c", f"(c) snapshot + last {tail:,} updates", directory / "tail.db", "end", tail),
     ]
+    config = engine_config()
+    stores: list[SQLStore] = []
     try:
         for case in cases:
             say(f"writing {case.label} ...")
-            await build_case(case, history)
+            stores.append(await build_case(case, history, config, [AUTHOR] * history.edits))
+        space = await space_by_object(stores[1])
         for run in range(1, options.runs + 1):
-            for case in cases:
-                await measure_case(case, history.expected)
-                say(
-                    f"run {run} {case.label}: load {case.load[-1]:.3f} s, rebuild "
-                    f"{case.rebuild[-1]:.3f} s, open {case.open[-1]:.3f} s"
-                )
+            for case, store in zip(cases, stores, strict=True):
+                await measure_opening(case, store, config, history.expected)
+                timings = ", ".join(f"{what} {case.times[what][-1]:.3f} s" for what in case.times)
+                say(f"run {run} {case.label}: {timings}")
     finally:
-        for case in cases:
-            if case.store is not None:
-                await case.store.aclose()
-    return history, cases
+        for store in stores:
+            await store.aclose()
+    return history, cases, space
 
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
@@ -981,8 +484,8 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             if appends:
                 sections.append(append_table(options, appends))
         if not options.skip_history:
-            history, cases = await history_part(options, directory)
-            sections.append(history_tables(history, cases, options.runs))
+            history, cases, space = await history_part(options, directory)
+            sections.append(history_tables(history, cases, space, options.runs))
     report = [header(options, argv, (load_before, load_average()), notes), ""]
     for section in sections:
         report += [section, ""]

@@ -25,7 +25,14 @@
 - `remote`: the remote path: a trace's updates applied one by one, and merged.
 - `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`, one function per mode.
 - `timings`: the seconds of trace replays over the runs, as tables, bars and JSON.
-- `stores`: a fresh SQLite file or PostgreSQL schema per run; SQLite files on disk.
+- `stores`: a fresh SQLite file or PostgreSQL schema per run, `SQLStore.append` timed
+  alone; SQLite files on disk.
+- `writers`: writers in an engine in this process, each with one update in flight
+  until the journal acknowledges it, run once and measured.
+- `history`: an editing trace replayed into a document's log, written to SQLite files
+  with or without snapshots, and the room brought back from them, timed.
+- `versions`: version history's calls (content, diff, restore) timed and checked,
+  against loading and rebuilding the whole log and Yjs.
 - `scheduling`: the load generator's scheduling policy, and the servers'.
 
 Scripts import it as `harness` (they run as `python benchmarks/<script>.py`, so

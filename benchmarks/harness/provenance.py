@@ -8,7 +8,10 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,6 +104,22 @@ def filesystem_of(path: str) -> str:
     except OSError:
         pass
     return kind
+
+
+def storage_lines(argv: Sequence[str], load: tuple[str, str], commit: str, extra: str) -> list[str]:
+    """The header lines of a result measured in one process on the engine and its SQL
+    stores: the command, the date, the machine (the load average before and after,
+    where temporary files go) and the versions, `extra` after SQLite's."""
+    tmp = tempfile.gettempdir()
+    return [
+        f"- command: `{command_line(argv)}`",
+        f"- date: {utc_now()}",
+        f"- machine: {machine()}; 1-minute load average {load[0]} before, {load[1]} after; "
+        f"temporary files in {tmp} ({filesystem_of(os.path.realpath(tmp))})",
+        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, SQLAlchemy "
+        f"{version('sqlalchemy')}, aiosqlite {version('aiosqlite')} (SQLite "
+        f"{sqlite3.sqlite_version}){extra}, collab-engine commit {commit}",
+    ]
 
 
 def cpu_model() -> str:

@@ -1,12 +1,16 @@
 """The stores a benchmark writes to: a fresh SQLite file or PostgreSQL schema per run
-(`Backend`), and SQLite files checkpointed, measured on disk, broken down by table and
-index."""
+(`Backend`, `backends`), `SQLStore.append` timed alone on one (`appends_once`), and
+SQLite files checkpointed, measured on disk, broken down by table and index, copied."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sqlite3
+import statistics
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +18,9 @@ from typing import Any, cast
 import anyio
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from collab_engine.store import Entry
+from collab_engine.types import Update
+from harness.report import say
 from storage.sql import SQLStore, sqlite_url
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -73,6 +80,35 @@ def postgres_backend(url: str) -> Backend:
     return Backend("PostgreSQL", open_store)
 
 
+async def backends(
+    names: Sequence[str], directory: Path, postgres_url: str, notes: list[str]
+) -> list[Backend]:
+    """ "sqlite" (files in `directory`) and "postgresql" in the order named; PostgreSQL
+    only when it answers. What was skipped, and the PostgreSQL settings, go to `notes`."""
+    chosen: list[Backend] = []
+    for name in names:
+        if name == "sqlite":
+            chosen.append(sqlite_backend(directory))
+        elif not postgres_answers():
+            reason = "PostgreSQL skipped: nothing answers at 127.0.0.1:5432"
+            say(reason)
+            notes.append(reason)
+        else:
+            settings = await postgres_execute(
+                postgres_url,
+                "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
+                " current_setting('fsync'), current_setting('wal_sync_method')",
+            )
+            server_version, synchronous_commit, fsync, wal_sync = settings[0]
+            notes.append(
+                f"PostgreSQL {server_version.split()[0]} at {postgres_url} "
+                f"(synchronous_commit={synchronous_commit}, fsync={fsync}, "
+                f"wal_sync_method={wal_sync}); each run in a fresh schema, dropped after it"
+            )
+            chosen.append(postgres_backend(postgres_url))
+    return chosen
+
+
 async def postgres_execute(url: str, sql: str) -> list[Any]:
     """Run one statement on its own connection (no schema is created); return its rows."""
     engine = create_async_engine(url)
@@ -112,3 +148,63 @@ def file_bytes(path: Path) -> int:
     """The database file and its write-ahead log (the -shm index holds no data)."""
     wal = Path(f"{path}-wal")
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite file, write-ahead log included (backup API)."""
+    with contextlib.closing(sqlite3.connect(source)) as src:
+        with contextlib.closing(sqlite3.connect(target)) as dst:
+            src.backup(dst)
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    per_call: float
+    cpu_per_call: float
+    calls: int
+
+
+async def appends_once(
+    backend: Backend,
+    shapes: Sequence[tuple[int, int]],
+    updates: Sequence[Sequence[Update]],
+    budget: float,
+) -> dict[tuple[int, int], AppendResult]:
+    """`SQLStore.append` alone, one call at a time, per (entries, documents) shape:
+    calls for about `budget` seconds (5 at least), the first left out (it creates the
+    documents' rows); the median call and the mean CPU time of one."""
+    store, cleanup = await backend.open()
+    results: dict[tuple[int, int], AppendResult] = {}
+    try:
+        for entries, documents in shapes:
+            prefix = f"append-{uuid.uuid4().hex[:8]}"
+            durations: list[float] = []
+            cpu = 0.0
+            call = 0
+            deadline = time.perf_counter() + budget
+            while call < 6 or (time.perf_counter() < deadline and call < 1000):
+                batch = [
+                    Entry(
+                        f"{prefix}-{index % documents}",
+                        updates[index % len(updates)][call % len(updates[0])],
+                        f"writer-{index}",
+                    )
+                    for index in range(entries)
+                ]
+                cpu_before, started = time.process_time(), time.perf_counter()
+                await store.append(batch)
+                if call:
+                    durations.append(time.perf_counter() - started)
+                    cpu += time.process_time() - cpu_before
+                call += 1
+            results[(entries, documents)] = AppendResult(
+                statistics.median(durations), cpu / len(durations), len(durations)
+            )
+    finally:
+        await cleanup()
+    return results

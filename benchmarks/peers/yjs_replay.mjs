@@ -1,6 +1,7 @@
-// Yjs side of benchmarks/merge_throughput.py: replays editing traces with the npm
-// `yjs` package and prints one JSON object on stdout. Timings cover the replay
-// only (reading and parsing the input come first, outside the clock).
+// Yjs side of the benchmarks (merge_throughput.py, append_run.py, version_history.py):
+// replays editing traces with the npm `yjs` package and prints one JSON object on
+// stdout. Timings cover the replay only (reading and parsing the input come first,
+// outside the clock).
 //
 //   node benchmarks/peers/yjs_replay.mjs local PATCHES.json
 //       PATCHES.json: {"patches": [[index, deleteCount, text], ...]} in UTF-16 code
@@ -30,6 +31,9 @@
 //       when `observe`, as a server has), each timed on its own; the updates are
 //       cut into `parts` equal parts in order. -> {part_seconds: [seconds spent
 //       applying each part's updates], updates, text}
+//   node benchmarks/peers/yjs_replay.mjs apply UPDATES.bin
+//       Y.applyUpdate of each update into one new Y.Doc, timed as a whole.
+//       -> {seconds, updates, text}
 //
 // yjs is resolved from tests/interop/node_modules (where the interoperability
 // tests install it), then from a package beside this script, then NODE_PATH.
@@ -90,6 +94,15 @@ function local(path) {
   const used = process.cpuUsage(cpu);
   const cpu_seconds = (used.user + used.system) / 1e6;
   return { seconds, cpu_seconds, patches: patches.length, text: text.toString() };
+}
+
+function apply(path) {
+  const updates = readUpdates(path);
+  const doc = new Y.Doc();
+  const started = performance.now();
+  for (const update of updates) Y.applyUpdate(doc, update);
+  const seconds = (performance.now() - started) / 1000;
+  return { seconds, updates: updates.length, text: doc.getText("text").toString() };
 }
 
 function treeMerge(updates, fanIn) {
@@ -198,9 +211,9 @@ function stepwise(path, options) {
   return { part_seconds, updates: updates.length, text: doc.getText("text").toString() };
 }
 
-const modes = { local, remote, concurrent, stepwise };
+const modes = { local, remote, concurrent, stepwise, apply };
 if (!(mode in modes) || !input) {
-  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent|stepwise FILE [OPTIONS-JSON]\n");
+  process.stderr.write("usage: yjs_replay.mjs local|remote|concurrent|stepwise|apply FILE [OPTIONS-JSON]\n");
   process.exit(2);
 }
 const options = {
