@@ -87,21 +87,32 @@ from typing import Any
 import anyio
 from harness import provenance
 from harness.history import (
-    APPEND_BATCH,
-    DOC,
     Case,
     History,
     build_case,
     engine_config,
+    history_tables,
     measure_opening,
     read_history,
 )
 from harness.provenance import load_average, version
-from harness.report import ms, number, publish, say, seconds
-from harness.stats import median, pct
-from harness.stores import POSTGRES_URL, AppendResult, appends_once, backends, space_by_object
+from harness.report import ms, publish, say
+from harness.stores import (
+    POSTGRES_URL,
+    AppendResult,
+    append_table,
+    appends_once,
+    backends,
+    space_by_object,
+)
 from harness.traces import AUTOMERGE_PAPER
-from harness.writers import ThroughputResult, prepare_updates, throughput_once
+from harness.writers import (
+    MODES,
+    ThroughputResult,
+    prepare_updates,
+    throughput_once,
+    throughput_table,
+)
 
 from storage.sql import SQLStore
 
@@ -109,11 +120,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "durable_storage.md"
 DEFAULT_TRACE = AUTOMERGE_PAPER
 
-SINGLE = "one commit per update"
-GROUP = "group commit"
-LINGER = "group commit, 50 ms linger (default)"
-MODES = ((SINGLE, 1, 0.0), (GROUP, None, 0.0), (LINGER, None, None))
-"""Each mode's `journal_max_batch` and `journal_linger` (None: the engine's default)."""
 AUTHOR = "trace"
 """The author of every update of the long history."""
 
@@ -153,157 +159,6 @@ def header(options: Options, argv: Sequence[str], load: tuple[str, str], notes: 
             *(f"- {note}" for note in notes),
         ]
     )
-
-
-def throughput_table(
-    options: Options, results: dict[tuple[str, int, str], list[ThroughputResult]]
-) -> str:
-    lines = [
-        f"## 1. Durable updates/s: {options.writers} writers, each with one update in flight",
-        "",
-        f"Median of {options.runs} run(s); each run measures {options.duration:g} s after "
-        f"{options.warmup:g} s of warm-up, on a fresh database; the three modes in the same run.",
-        "",
-        "| backend | rooms | mode | acked updates/s | commits in window | updates per commit "
-        "| ms per commit | ack p50 (ms) | ack p99 (ms) | CPU (one core) "
-        "| event loop on CPU / queued |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    speedups: list[str] = []
-    for (backend, rooms, mode), runs in results.items():
-        rate = median([r.updates_per_second for r in runs])
-        lines.append(
-            f"| {backend} | {rooms} | {mode} | {number(rate)} "
-            f"| {number(median([float(r.commits) for r in runs]))} "
-            f"| {number(median([r.updates_per_commit for r in runs]), 1)} "
-            f"| {ms(median([r.commit_time for r in runs]))} "
-            f"| {ms(median([r.p50 for r in runs]))} | {ms(median([r.p99 for r in runs]))} "
-            f"| {pct(median([r.cpu_share for r in runs]))} "
-            f"| {pct(median([r.loop_busy for r in runs]))} / "
-            f"{pct(median([r.loop_queued for r in runs]))} |"
-        )
-        if mode in (GROUP, LINGER) and (backend, rooms, SINGLE) in results:
-            single_runs = results[(backend, rooms, SINGLE)]
-            single = median([r.updates_per_second for r in single_runs])
-            per_run = [
-                g.updates_per_second / s.updates_per_second
-                for g, s in zip(runs, single_runs, strict=False)
-                if s.updates_per_second > 0
-            ]
-            speedups.append(
-                f"| {backend} | {rooms} | {mode} "
-                f"| {number(rate / single, 1) if single else 'n/a'} x "
-                f"| {', '.join(f'{x:.1f}' for x in per_run)} |"
-            )
-    if speedups:
-        lines += [
-            "",
-            "Group commit (without, then with the linger) against one commit per update "
-            "(acknowledged updates/s):",
-            "",
-            "| backend | rooms | mode | speedup (ratio of medians) | per run |",
-            "|---|---:|---|---:|---|",
-            *speedups,
-        ]
-    return "\n".join(lines)
-
-
-def append_table(options: Options, appends: dict[tuple[str, int, int], list[AppendResult]]) -> str:
-    lines = [
-        "Reference: `SQLStore.append` alone (no engine), one call at a time, on a fresh "
-        "database; the median call, median over the runs. A group commit above holds the "
-        f"{options.writers} writers' updates over as many documents as there are rooms.",
-        "",
-        "| backend | entries per append | documents per append | ms per append "
-        "| CPU ms per append (this process) | entries/s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for (backend, entries, documents), runs in appends.items():
-        per_call = median([r.per_call for r in runs])
-        lines.append(
-            f"| {backend} | {entries} | {documents} | {ms(per_call)} "
-            f"| {ms(median([r.cpu_per_call for r in runs]))} "
-            f"| {number(entries / per_call) if per_call else 'n/a'} |"
-        )
-    return "\n".join(lines)
-
-
-def history_tables(
-    history: History, cases: Sequence[Case], space: dict[str, int], runs: int
-) -> str:
-    edits = history.edits
-    raw = sum(len(update) for update in history.updates)
-    per_thousand = 1000 / edits
-    lines = [
-        f"## 2. Opening a room with a long history: `{DOC}`, {edits:,} edits",
-        "",
-        f"Replay with pycrdt (one transaction per edit): {history.replay_seconds:.1f} s; "
-        f"final text {len(history.expected):,} characters, equal to the trace's. "
-        f"Median of {runs} run(s), in seconds; every open checked the text.",
-        "",
-        "| case | updates replayed on load | store.load() | rebuild (thread) "
-        "| cold open `engine.room()` |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines.extend(
-        f"| {case.label} | {case.replayed_on_load:,} | {seconds(median(case.times['load']))} "
-        f"| {seconds(median(case.times['rebuild']))} | {seconds(median(case.times['open']))} |"
-        for case in cases
-    )
-    log_only = next(c for c in cases if c.key == "a")
-    lines += [
-        "",
-        f"Writing the history: {edits:,} updates appended in batches of {APPEND_BATCH:,} took "
-        f"{log_only.append_seconds:.2f} s ({edits / log_only.append_seconds:,.0f} updates/s); "
-        + "; ".join(
-            f"`Engine.compact` for ({c.key}) {c.snapshot_seconds:.2f} s"
-            for c in cases
-            if c.snapshot_count
-        )
-        + ".",
-        "",
-        f"## 3. Bytes on disk for `{DOC}` (SQLite, after `wal_checkpoint(TRUNCATE)`)",
-        "",
-        "| what | bytes | bytes per 1,000 edits |",
-        "|---|---:|---:|",
-        f"| raw update bytes (sum of the {edits:,} updates) | {raw:,} "
-        f"| {raw * per_thousand:,.0f} |",
-    ]
-    for case in cases:
-        lines.append(
-            f"| SQLite file, {case.label} | {case.file_bytes:,} "
-            f"| {case.file_bytes * per_thousand:,.0f} |"
-        )
-    for case in cases:
-        if case.snapshot_bytes:
-            lines.append(
-                f"| the snapshot alone, {case.label} | {case.snapshot_bytes:,} "
-                f"| {case.snapshot_bytes * per_thousand:,.0f} |"
-            )
-    lines.append(
-        f"| the final text ({len(history.expected):,} ASCII characters) "
-        f"| {len(history.expected):,} | {len(history.expected) * per_thousand:,.0f} |"
-    )
-    with_snapshot = next(c for c in cases if c.key == "b")
-    if space:
-        names = {
-            "updates": "`updates` table (rowid B-tree: document, seq, data, author, created_at)",
-            "sqlite_autoindex_updates_1": "`updates` primary key index (document, seq)",
-            "snapshots": "`snapshots` table",
-            "sqlite_autoindex_snapshots_1": "`snapshots` primary key index",
-        }
-        space = dict(space)
-        rows = [(label, space.pop(name, 0)) for name, label in names.items()]
-        rows.append(("everything else (schema, `documents`, free pages)", sum(space.values())))
-        lines += [
-            "",
-            f"Where the bytes of {with_snapshot.label} are (SQLite's `dbstat`, whole pages):",
-            "",
-            "| object | bytes | bytes per 1,000 edits |",
-            "|---|---:|---:|",
-            *(f"| {label} | {size:,} | {size * per_thousand:,.0f} |" for label, size in rows),
-        ]
-    return "\n".join(lines)
 
 
 # -- main ------------------------------------------------------------------------------
@@ -364,7 +219,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         rooms=tuple(pick(args.rooms, [1, 10, 50], [1, 10])),
         duration=pick(args.duration, 3.0, 1.0),
         warmup=pick(args.warmup, 1.0, 0.3),
-        updates_per_writer=pick(args.updates_per_writer, 3000, 1000),
+        updates_per_writer=pick(args.updates_per_writer, 3000, 3000),
         append_budget=pick(args.append_seconds, 0.5, 0.2),
         backends=tuple(dict.fromkeys(args.backends)),
         postgres_url=args.postgres_url,
@@ -480,9 +335,17 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         if not options.skip_throughput:
             results, appends = await throughput_part(options, directory, notes, problems)
             if results:
-                sections.append(throughput_table(options, results))
+                sections.append(
+                    throughput_table(
+                        results,
+                        writers=options.writers,
+                        runs=options.runs,
+                        duration=options.duration,
+                        warmup=options.warmup,
+                    )
+                )
             if appends:
-                sections.append(append_table(options, appends))
+                sections.append(append_table(appends, options.writers))
         if not options.skip_history:
             history, cases, space = await history_part(options, directory)
             sections.append(history_tables(history, cases, space, options.runs))

@@ -42,6 +42,8 @@ from pycrdt import Doc, Text, TransactionEvent
 from collab_engine import Engine, EngineConfig
 from collab_engine.store import Entry, Stored, Version, rebuild
 from collab_engine.types import Update
+from harness.report import seconds
+from harness.stats import median
 from harness.stores import checkpoint, file_bytes
 from harness.traces import read_trace
 from storage.sql import SQLStore, sqlite_url
@@ -277,3 +279,83 @@ async def measure_opening(case: Case, store: SQLStore, config: EngineConfig, exp
     assert text == expected, f"{case.key}: the opened room's text differs"
     for what, value in (("load", loaded), ("rebuild", rebuilt), ("open", opened)):
         case.record(what, value)
+
+
+def history_tables(
+    history: History, cases: Sequence[Case], space: dict[str, int], runs: int
+) -> str:
+    """Parts 2 and 3 of durable_storage: opening the long history, and its bytes on disk
+    (`space`: SQLite's `dbstat` of the file with a snapshot)."""
+    edits = history.edits
+    raw = sum(len(update) for update in history.updates)
+    per_thousand = 1000 / edits
+    lines = [
+        f"## 2. Opening a room with a long history: `{DOC}`, {edits:,} edits",
+        "",
+        f"Replay with pycrdt (one transaction per edit): {history.replay_seconds:.1f} s; "
+        f"final text {len(history.expected):,} characters, equal to the trace's. "
+        f"Median of {runs} run(s), in seconds; every open checked the text.",
+        "",
+        "| case | updates replayed on load | store.load() | rebuild (thread) "
+        "| cold open `engine.room()` |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines.extend(
+        f"| {case.label} | {case.replayed_on_load:,} | {seconds(median(case.times['load']))} "
+        f"| {seconds(median(case.times['rebuild']))} | {seconds(median(case.times['open']))} |"
+        for case in cases
+    )
+    log_only = next(c for c in cases if c.key == "a")
+    lines += [
+        "",
+        f"Writing the history: {edits:,} updates appended in batches of {APPEND_BATCH:,} took "
+        f"{log_only.append_seconds:.2f} s ({edits / log_only.append_seconds:,.0f} updates/s); "
+        + "; ".join(
+            f"`Engine.compact` for ({c.key}) {c.snapshot_seconds:.2f} s"
+            for c in cases
+            if c.snapshot_count
+        )
+        + ".",
+        "",
+        f"## 3. Bytes on disk for `{DOC}` (SQLite, after `wal_checkpoint(TRUNCATE)`)",
+        "",
+        "| what | bytes | bytes per 1,000 edits |",
+        "|---|---:|---:|",
+        f"| raw update bytes (sum of the {edits:,} updates) | {raw:,} "
+        f"| {raw * per_thousand:,.0f} |",
+    ]
+    for case in cases:
+        lines.append(
+            f"| SQLite file, {case.label} | {case.file_bytes:,} "
+            f"| {case.file_bytes * per_thousand:,.0f} |"
+        )
+    for case in cases:
+        if case.snapshot_bytes:
+            lines.append(
+                f"| the snapshot alone, {case.label} | {case.snapshot_bytes:,} "
+                f"| {case.snapshot_bytes * per_thousand:,.0f} |"
+            )
+    lines.append(
+        f"| the final text ({len(history.expected):,} ASCII characters) "
+        f"| {len(history.expected):,} | {len(history.expected) * per_thousand:,.0f} |"
+    )
+    with_snapshot = next(c for c in cases if c.key == "b")
+    if space:
+        names = {
+            "updates": "`updates` table (rowid B-tree: document, seq, data, author, created_at)",
+            "sqlite_autoindex_updates_1": "`updates` primary key index (document, seq)",
+            "snapshots": "`snapshots` table",
+            "sqlite_autoindex_snapshots_1": "`snapshots` primary key index",
+        }
+        space = dict(space)
+        rows = [(label, space.pop(name, 0)) for name, label in names.items()]
+        rows.append(("everything else (schema, `documents`, free pages)", sum(space.values())))
+        lines += [
+            "",
+            f"Where the bytes of {with_snapshot.label} are (SQLite's `dbstat`, whole pages):",
+            "",
+            "| object | bytes | bytes per 1,000 edits |",
+            "|---|---:|---:|",
+            *(f"| {label} | {size:,} | {size * per_thousand:,.0f} |" for label, size in rows),
+        ]
+    return "\n".join(lines)

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine.store import Entry
 from collab_engine.types import Update
-from harness.report import say
+from harness.report import ms, number, say
+from harness.stats import median
 from storage.sql import SQLStore, sqlite_url
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -208,3 +209,24 @@ async def appends_once(
     finally:
         await cleanup()
     return results
+
+
+def append_table(appends: dict[tuple[str, int, int], list[AppendResult]], writers: int) -> str:
+    """The reference rows: `SQLStore.append` alone, medians over the runs."""
+    lines = [
+        "Reference: `SQLStore.append` alone (no engine), one call at a time, on a fresh "
+        "database; the median call, median over the runs. A group commit above holds the "
+        f"{writers} writers' updates over as many documents as there are rooms.",
+        "",
+        "| backend | entries per append | documents per append | ms per append "
+        "| CPU ms per append (this process) | entries/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (backend, entries, documents), runs in appends.items():
+        per_call = median([r.per_call for r in runs])
+        lines.append(
+            f"| {backend} | {entries} | {documents} | {ms(per_call)} "
+            f"| {ms(median([r.cpu_per_call for r in runs]))} "
+            f"| {number(entries / per_call) if per_call else 'n/a'} |"
+        )
+    return "\n".join(lines)

@@ -56,9 +56,9 @@ from collab_engine.journal import Journal
 from collab_engine.protocol import Persisted, RequestPersisted, SyncUpdate, decode
 from collab_engine.types import Frame, Update
 from harness.history import TEXT, engine_config
-from harness.report import ms
+from harness.report import ms, number
 from harness.sampling import loop_schedstat
-from harness.stats import pct, percentile
+from harness.stats import median, pct, percentile
 from harness.stores import Backend
 
 PERSISTED_PREFIX = b"\x64\x01"
@@ -274,3 +274,70 @@ async def throughput_once(
         acked=acked1 - acked0,
         problems=tuple(problems),
     )
+
+
+SINGLE = "one commit per update"
+GROUP = "group commit"
+LINGER = "group commit, 50 ms linger (default)"
+MODES = ((SINGLE, 1, 0.0), (GROUP, None, 0.0), (LINGER, None, None))
+"""Each mode's `journal_max_batch` and `journal_linger` (None: the engine's default)."""
+
+
+def throughput_table(
+    results: dict[tuple[str, int, str], list[ThroughputResult]],
+    *,
+    writers: int,
+    runs: int,
+    duration: float,
+    warmup: float,
+) -> str:
+    """Part 1 of durable_storage: acknowledged updates/s by backend, rooms and mode
+    (`MODES`), medians over the runs, and group commit's speedup per run."""
+    lines = [
+        f"## 1. Durable updates/s: {writers} writers, each with one update in flight",
+        "",
+        f"Median of {runs} run(s); each run measures {duration:g} s after "
+        f"{warmup:g} s of warm-up, on a fresh database; the three modes in the same run.",
+        "",
+        "| backend | rooms | mode | acked updates/s | commits in window | updates per commit "
+        "| ms per commit | ack p50 (ms) | ack p99 (ms) | CPU (one core) "
+        "| event loop on CPU / queued |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    speedups: list[str] = []
+    for (backend, rooms, mode), measured in results.items():
+        rate = median([r.updates_per_second for r in measured])
+        lines.append(
+            f"| {backend} | {rooms} | {mode} | {number(rate)} "
+            f"| {number(median([float(r.commits) for r in measured]))} "
+            f"| {number(median([r.updates_per_commit for r in measured]), 1)} "
+            f"| {ms(median([r.commit_time for r in measured]))} "
+            f"| {ms(median([r.p50 for r in measured]))} | {ms(median([r.p99 for r in measured]))} "
+            f"| {pct(median([r.cpu_share for r in measured]))} "
+            f"| {pct(median([r.loop_busy for r in measured]))} / "
+            f"{pct(median([r.loop_queued for r in measured]))} |"
+        )
+        if mode in (GROUP, LINGER) and (backend, rooms, SINGLE) in results:
+            single_runs = results[(backend, rooms, SINGLE)]
+            single = median([r.updates_per_second for r in single_runs])
+            per_run = [
+                g.updates_per_second / s.updates_per_second
+                for g, s in zip(measured, single_runs, strict=False)
+                if s.updates_per_second > 0
+            ]
+            speedups.append(
+                f"| {backend} | {rooms} | {mode} "
+                f"| {number(rate / single, 1) if single else 'n/a'} x "
+                f"| {', '.join(f'{x:.1f}' for x in per_run)} |"
+            )
+    if speedups:
+        lines += [
+            "",
+            "Group commit (without, then with the linger) against one commit per update "
+            "(acknowledged updates/s):",
+            "",
+            "| backend | rooms | mode | speedup (ratio of medians) | per run |",
+            "|---|---:|---|---:|---|",
+            *speedups,
+        ]
+    return "\n".join(lines)
