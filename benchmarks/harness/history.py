@@ -42,6 +42,7 @@ from pycrdt import Doc, Text, TransactionEvent
 from collab_engine import Engine, EngineConfig
 from collab_engine.store import Entry, Stored, Version, rebuild
 from collab_engine.types import Update
+from harness.replay import TEXT, text_of
 from harness.report import seconds
 from harness.stats import median
 from harness.stores import checkpoint, file_bytes
@@ -50,8 +51,6 @@ from storage.sql import SQLStore, sqlite_url
 
 DOC = "automerge-paper"
 """The document's name in every file (the default trace's)."""
-TEXT = "text"
-"""The root `Text` of every document here."""
 APPEND_BATCH = 10_000
 """Updates per `SQLStore.append` (one transaction) when the log is written."""
 NEVER = 10**15
@@ -245,10 +244,6 @@ async def build_case(
         await store.aclose()
         raise
     return store
-
-
-def text_of(doc: Doc[Any]) -> str:
-    return str(doc.get(TEXT, type=Text))
 
 
 async def load_and_rebuild(store: SQLStore) -> tuple[float, float, Stored, Doc[Any]]:
