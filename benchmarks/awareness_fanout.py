@@ -89,7 +89,8 @@ from harness import provenance, scheduling
 from harness.cursors import Mode, RunResult, run_once
 from harness.provenance import load_average, version
 from harness.report import publish
-from harness.servers import OurServer, settle
+from harness.sampling import settle
+from harness.servers import OurServer
 from harness.stats import median, pct
 
 from collab_engine.presence import PresencePolicy

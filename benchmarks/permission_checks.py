@@ -104,8 +104,8 @@ from harness import provenance
 from harness.clients import open_client, sync
 from harness.provenance import load_average, version
 from harness.report import publish
-from harness.sampling import machine_busy_seconds
-from harness.servers import HOST, OurServer, settle
+from harness.sampling import machine_busy_seconds, settle
+from harness.servers import HOST, OurServer
 from harness.stats import median
 from pycrdt import Doc, Map, Text, TransactionEvent
 from websockets.asyncio.client import ClientConnection

@@ -75,6 +75,7 @@ from harness.report import (
     say,
     write_runs_json,
 )
+from harness.sampling import settle
 from harness.servers import (
     RESULTS,
     SPECS,
@@ -82,7 +83,6 @@ from harness.servers import (
     ensure_peers_installed,
     idle_or_restart,
     parse_servers,
-    settle,
 )
 from harness.stats import pct
 
