@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +127,6 @@ class Options:
     compression: str | None
     outbox_size: int | None
     output: Path
-    quick: bool
     quiet_wait: float
     generator_policy: str = "batch"
 
@@ -159,8 +157,7 @@ def header(
         f"{options.duration:g} s measured per run; {options.runs} runs per N and mode, modes "
         "interleaved (median of each figure)",
     ]
-    for name, server in servers.items():
-        lines.append(f"- {name} server: `{shlex.join(['python', *server.command[1:]])}`")
+    lines += [f"- {name} server: `{server.display_command()}`" for name, server in servers.items()]
     lines.append(
         f"- WebSocket compression offered by the clients: {options.compression or 'none'}; "
         "presence tick every 50 ms (`EngineConfig.presence_interval`); this process's "
@@ -273,7 +270,7 @@ def interpretation(results: dict[tuple[int, str], list[RunResult]], options: Opt
     if off and not math.isnan(cost):
         needed = k * rate * largest * cost
         evicted = max(r.closed for r in off)
-        outcome = (
+        verdict = (
             f"the server cannot keep up: its outboxes grow until observers are evicted as too "
             f"slow (1013; up to {evicted} of {largest} per run here) or, short of that, fall "
             "seconds behind"
@@ -284,7 +281,7 @@ def interpretation(results: dict[tuple[int, str], list[RunResult]], options: Opt
             f"- Cost: with N = {largest} the server spent about {cost * 1e6:.0f} µs of CPU per "
             f"entry delivered to an observer (coalesced run). Forwarding every offered update, "
             f"{num(k * rate * largest)} entries/s, would take about {needed:.1f} cores of its one "
-            f"event-loop thread; {outcome}. Coalescing caps it at "
+            f"event-loop thread; {verdict}. Coalescing caps it at "
             f"{num(k * capped * largest)} entries/s, about {k * capped * largest * cost:.1f} core."
         )
     lines.append(
@@ -329,9 +326,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--timeout", type=float, default=10.0,
         help="seconds to wait after the last send for every observer to converge",
     )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
-    )
+    flags.add_connect_timeout(parser)
     parser.add_argument(
         "--sample-interval", type=float, default=0.025,
         help="mean seconds between two staleness samples",

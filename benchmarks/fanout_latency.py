@@ -61,7 +61,6 @@ exits with status 1.
 from __future__ import annotations
 
 import argparse
-import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,9 +100,7 @@ def ms(seconds: float) -> str:
     return milliseconds(seconds, 2)
 
 
-def header(
-    options: Options, argv: Sequence[str], server_command: Sequence[str], loads: Sequence[str]
-) -> str:
+def header(options: Options, argv: Sequence[str], server: OurServer, loads: Sequence[str]) -> str:
     lines = [
         *heading("Fan-out latency: one update to N clients in one room", argv),
         machine(loads),
@@ -112,7 +109,7 @@ def header(
         f"- load: {options.edits} measured edits after {options.warmup} warm-up edits, "
         f"{options.rate:g} edits/s, one writer + N observers, {options.runs} runs per N "
         f"(median of each figure; deliveries summed over the runs)",
-        f"- server: `{shlex.join(['python', *server_command[1:]])}` (its own process); "
+        f"- server: `{server.display_command()}` (its own process); "
         f"WebSocket compression offered by the clients: {options.compression or 'none'}",
         f"- this process's scheduling policy: {scheduling.current()} (the server's: normal; "
         "see `benchmarks/harness/scheduling.py`)",
@@ -178,9 +175,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--timeout", type=float, default=10.0,
         help="seconds to wait for missing deliveries after the last edit",
     )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
-    )
+    flags.add_connect_timeout(parser)
     flags.add_compression(parser)
     flags.add_outbox_size(parser)
     scheduling.add_option(parser)
@@ -215,7 +210,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         server_log, shutdown_log = server.log_lines()
     loads.append(load_average())
     report = [
-        header(options, argv, server.command, loads),
+        header(options, argv, server, loads),
         "",
         tables(results) if results else "(no results)",
         "",

@@ -35,7 +35,8 @@ The clients are the `Observer`s of `harness/fleet.py` (on its minimal asyncio
 WebSocket client), `--connect-concurrency` handshakes at once. Like browsers they offer
 permessage-deflate (`--compression none`: they do not), and each server accepts or
 declines it as its default configuration does (the header says which); a server that
-accepts keeps compression state per connection.
+accepts keeps compression state per connection. One measurement, and the figures
+below: `harness/footprint.py`.
 
 RSS is `memory_info().rss` (psutil) of the server process plus its children, read once
 it has settled: 1 s after the server listens or after the last client synced (or sent

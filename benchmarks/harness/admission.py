@@ -14,7 +14,6 @@ the token and the grants cost alone: `server.auth.verify` and
 from __future__ import annotations
 
 import asyncio
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -120,7 +119,7 @@ async def admission(
         }
         tokens = {"open mode": None, "token + grants": mint(SECRET, user="alice")}
         commands = [
-            f"{mode}: `{shlex.join(['python', *server.command[1:]]).replace(SECRET, '<secret>')}`"
+            f"{mode}: `{server.display_command().replace(SECRET, '<secret>')}`"
             for mode, server in servers.items()
         ]
         async with running(servers, problems, "admission "):

@@ -65,6 +65,12 @@ def add_connect_concurrency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes at once")
 
 
+def add_connect_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
+    )
+
+
 def add_quiet_wait(parser: argparse.ArgumentParser, default: float) -> None:
     parser.add_argument(
         "--quiet-wait", type=float, default=default,

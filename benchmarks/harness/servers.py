@@ -328,6 +328,9 @@ class OurServer:
             "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
         ]  # fmt: skip
 
+    def display_command(self) -> str:
+        return shlex.join(["python", *self.command[1:]])
+
     async def start(self, timeout: float) -> int:
         """Start the server and return its port once it prints that it listens."""
         with self.log_path.open("wb") as log:
