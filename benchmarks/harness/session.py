@@ -83,9 +83,8 @@ async def size_and_mode(
         for server in servers.values():
             await server.start()
         if size.clients > session.most_clients:
-            # The generator's first run with more clients than ever before costs it twice
-            # the CPU of the next ones (94 % of a core against 45 % at 500 clients, its
-            # p50 20-30 ms against 9-10): it, not the server, would set that run's
+            # The generator's first run with more clients than ever before costs it about
+            # twice the CPU of the next ones: it, not the server, would set that run's
             # latency, and it is always the first server's. One run, not counted, first.
             session.most_clients = size.clients
             leader = servers[options.servers[0]]
