@@ -205,8 +205,8 @@ def main() -> None:
             *table(
                 ["history", "implementation", "part 1 (µs)", "part 2", "part 3", "part 4",
                  "part 4 / part 1"],
-                rows,
                 "llrrrrr",
+                rows,
             ),
             "",
         ]

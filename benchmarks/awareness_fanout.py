@@ -76,38 +76,39 @@ staleness; its CPU share in the diagnostics says when it was the busy side.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
-import shlex
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import options as flags
 from harness import provenance, scheduling
 from harness.cursors import Mode, RunResult, run_once
-from harness.provenance import load_average, version
-from harness.report import publish
-from harness.servers import OurServer, settle
-from harness.stats import median, pct
+from harness.provenance import load_average
+from harness.report import (
+    code,
+    heading,
+    listed,
+    machine,
+    median_of,
+    ms,
+    num,
+    outcome,
+    publish,
+    say,
+    table,
+)
+from harness.sampling import settle
+from harness.servers import RESULTS, OurServer, running
+from harness.stats import pct
 
 from collab_engine.presence import PresencePolicy
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "awareness_fanout.md"
+DEFAULT_OUTPUT = RESULTS / "awareness_fanout.md"
 
 UNLIMITED = 1_000_000
 """Presence rate and burst of the uncoalesced server: never reached."""
-
-
-# -- clients --------------------------------------------------------------------------
-
-
-# -- CPU accounting -------------------------------------------------------------------
-
-
-# -- one run --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,57 +127,37 @@ class Options:
     compression: str | None
     outbox_size: int | None
     output: Path
-    quick: bool
     quiet_wait: float
     generator_policy: str = "batch"
 
 
-# -- statistics and report ------------------------------------------------------------
-
-
-def median_of(results: Sequence[RunResult], name: str) -> float:
-    return median(float(getattr(r, name)) for r in results)
-
-
-def ms(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
-
-
-def num(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.0f}"
+# -- the report -----------------------------------------------------------------------
 
 
 def header(
     options: Options,
     argv: Sequence[str],
     servers: dict[str, OurServer],
-    modes: Sequence[Mode],
-    load: tuple[str, str],
+    loads: Sequence[str],
 ) -> str:
-    commit = provenance.commit(
-        ["collab_engine", "server"], "plus uncommitted changes to the server"
-    )
-    now = provenance.utc_now()
-    command = provenance.command_line(argv)
     lines = [
-        "# Awareness fan-out: cursors to N clients in one room, with and without coalescing",
-        "",
-        f"- command: `{command}`",
-        f"- date: {now}",
-        f"- machine: {provenance.machine()}; "
-        f"1-minute load average {load[0]} before the runs, {load[1]} after; each run waits "
-        f"(up to {options.quiet_wait:g} s) for the machine to be idle first, and the CPU other "
-        "processes used during each window is in the diagnostics",
-        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
-        f"{version('websockets')}, hypercorn {version('hypercorn')}, collab-engine commit {commit}",
+        *heading(
+            "Awareness fan-out: cursors to N clients in one room, with and without coalescing",
+            argv,
+        ),
+        machine(
+            loads,
+            f"; each run waits (up to {options.quiet_wait:g} s) for the machine to be idle "
+            "first, and the CPU other processes used during each window is in the diagnostics",
+        ),
+        f"- {provenance.software('pycrdt', 'websockets', 'hypercorn')}, "
+        f"collab-engine commit {provenance.server_commit()}",
         f"- load: {options.senders} senders each moving a cursor at {options.rate:g} awareness "
         f"messages/s, N observers that only read; {options.warmup:g} s warm-up then "
         f"{options.duration:g} s measured per run; {options.runs} runs per N and mode, modes "
         "interleaved (median of each figure)",
     ]
-    for mode in modes:
-        command_line = shlex.join(["python", *servers[mode.name].command[1:]])
-        lines.append(f"- {mode.name} server: `{command_line}`")
+    lines += [f"- {name} server: `{server.display_command()}`" for name, server in servers.items()]
     lines.append(
         f"- WebSocket compression offered by the clients: {options.compression or 'none'}; "
         "presence tick every 50 ms (`EngineConfig.presence_interval`); this process's "
@@ -187,13 +168,11 @@ def header(
 
 
 def tables(results: dict[tuple[int, str], list[RunResult]], options: Options) -> str:
-    lines = [
-        "| N observers | mode | offered updates/s | awareness frames / observer / s "
-        "| delivered entry-updates/s (all observers) | latency p50 (ms) | latency p99 (ms) "
-        "| staleness p50 (ms) | staleness p99 (ms) | server CPU (one core) "
-        "| converged observers (per run) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    head = ["N observers", "mode", "offered updates/s", "awareness frames / observer / s",
+            "delivered entry-updates/s (all observers)", "latency p50 (ms)", "latency p99 (ms)",
+            "staleness p50 (ms)", "staleness p99 (ms)", "server CPU (one core)",
+            "converged observers (per run)"]  # fmt: skip
+    rows = []
     for (clients, mode), runs in results.items():
         if all(r.converged == clients for r in runs):
             converged = f"{clients} / {clients} in every run"
@@ -201,14 +180,14 @@ def tables(results: dict[tuple[int, str], list[RunResult]], options: Options) ->
             converged = f"{', '.join(str(r.converged) for r in runs)} / {clients}"
         if any(r.closed for r in runs):
             converged += f" ({', '.join(str(r.closed) for r in runs)} evicted)"
-        lines.append(
-            f"| {clients} | {mode} | {num(median_of(runs, 'offered_rate'))} "
-            f"| {median_of(runs, 'frames_per_observer'):,.1f} "
-            f"| {num(median_of(runs, 'delivered_rate'))} "
-            f"| {ms(median_of(runs, 'latency_p50'))} | {ms(median_of(runs, 'latency_p99'))} "
-            f"| {ms(median_of(runs, 'staleness_p50'))} | {ms(median_of(runs, 'staleness_p99'))} "
-            f"| {pct(median_of(runs, 'server_cpu_share'))} | {converged} |"
-        )
+        rows.append([
+            clients, mode, num(median_of(runs, "offered_rate")),
+            f"{median_of(runs, 'frames_per_observer'):,.1f}", num(median_of(runs, "delivered_rate")),
+            *(ms(median_of(runs, name)) for name in
+              ("latency_p50", "latency_p99", "staleness_p50", "staleness_p99")),
+            pct(median_of(runs, "server_cpu_share")), converged,
+        ])  # fmt: skip
+    lines = table(head, "rl" + "r" * 9, rows)
     lines += [
         "",
         "Diagnostics (median over runs). CPU as a share of one core over the measured window;",
@@ -219,25 +198,23 @@ def tables(results: dict[tuple[int, str], list[RunResult]], options: Options) ->
         f"included; the measured window is {options.warmup:g} s to "
         f"{options.warmup + options.duration:g} s) to the first and the last observer closed, per run.",
         "",
-        "| N observers | mode | entries / frame | staleness max (ms) | final p50 (ms) "
-        "| final max (ms) | server CPU per offered update (ms) "
-        "| server CPU per delivered entry (µs) | generator CPU | other CPU "
-        "| not-newer entries | sender lag p99 (ms) | observers evicted after (s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for (clients, mode), runs in results.items():
-        lines.append(
-            f"| {clients} | {mode} | {median_of(runs, 'entries_per_frame'):.2f} "
-            f"| {ms(median_of(runs, 'staleness_max'))} "
-            f"| {ms(median_of(runs, 'final_p50'))} | {ms(median_of(runs, 'final_max'))} "
-            f"| {median_of(runs, 'server_cpu_per_offered') * 1000:.3f} "
-            f"| {median_of(runs, 'server_cpu_per_entry') * 1e6:.1f} "
-            f"| {pct(median_of(runs, 'generator_cpu_share'))} "
-            f"| {pct(median_of(runs, 'other_cpu_share'))} "
-            f"| {sum(r.not_newer for r in runs)} "
-            f"| {ms(median_of(runs, 'send_lag_p99'))} | {evictions(runs)} |"
-        )
-    return "\n".join(lines)
+    head = ["N observers", "mode", "entries / frame", "staleness max (ms)", "final p50 (ms)",
+            "final max (ms)", "server CPU per offered update (ms)",
+            "server CPU per delivered entry (µs)", "generator CPU", "other CPU",
+            "not-newer entries", "sender lag p99 (ms)", "observers evicted after (s)"]  # fmt: skip
+    rows = [
+        [
+            clients, mode, f"{median_of(runs, 'entries_per_frame'):.2f}",
+            *(ms(median_of(runs, name)) for name in ("staleness_max", "final_p50", "final_max")),
+            f"{median_of(runs, 'server_cpu_per_offered') * 1000:.3f}",
+            f"{median_of(runs, 'server_cpu_per_entry') * 1e6:.1f}",
+            pct(median_of(runs, "generator_cpu_share")), pct(median_of(runs, "other_cpu_share")),
+            sum(r.not_newer for r in runs), ms(median_of(runs, "send_lag_p99")), evictions(runs),
+        ]
+        for (clients, mode), runs in results.items()
+    ]  # fmt: skip
+    return "\n".join(lines + table(head, "rl" + "r" * 10 + "l", rows))
 
 
 def evictions(runs: Sequence[RunResult]) -> str:
@@ -293,7 +270,7 @@ def interpretation(results: dict[tuple[int, str], list[RunResult]], options: Opt
     if off and not math.isnan(cost):
         needed = k * rate * largest * cost
         evicted = max(r.closed for r in off)
-        outcome = (
+        verdict = (
             f"the server cannot keep up: its outboxes grow until observers are evicted as too "
             f"slow (1013; up to {evicted} of {largest} per run here) or, short of that, fall "
             "seconds behind"
@@ -304,7 +281,7 @@ def interpretation(results: dict[tuple[int, str], list[RunResult]], options: Opt
             f"- Cost: with N = {largest} the server spent about {cost * 1e6:.0f} µs of CPU per "
             f"entry delivered to an observer (coalesced run). Forwarding every offered update, "
             f"{num(k * rate * largest)} entries/s, would take about {needed:.1f} cores of its one "
-            f"event-loop thread; {outcome}. Coalescing caps it at "
+            f"event-loop thread; {verdict}. Coalescing caps it at "
             f"{num(k * capped * largest)} entries/s, about {k * capped * largest * cost:.1f} core."
         )
     lines.append(
@@ -349,69 +326,40 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--timeout", type=float, default=10.0,
         help="seconds to wait after the last send for every observer to converge",
     )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
-    )
+    flags.add_connect_timeout(parser)
     parser.add_argument(
         "--sample-interval", type=float, default=0.025,
         help="mean seconds between two staleness samples",
     )  # fmt: skip
-    parser.add_argument(
-        "--compression", choices=["deflate", "none"], default="deflate",
-        help="offer permessage-deflate like browsers do (default) or not",
-    )  # fmt: skip
-    parser.add_argument(
-        "--outbox-size", type=int,
-        help="pass --outbox-size to both servers (default: the server's own default)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--quiet-wait", type=float, default=120.0,
-        help="before each run, wait up to this many seconds for the machine to be idle",
-    )  # fmt: skip
+    flags.add_compression(parser)
+    flags.add_outbox_size(parser, "both servers")
+    flags.add_quiet_wait(parser, 120.0)
     parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: N = 10, 1 run, 0.5 s warm-up, 2 s measured (explicit flags win)",
     )  # fmt: skip
     scheduling.add_option(parser)
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
-    )
+    flags.add_output(parser, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
-    sizes = args.sizes or ([10] if args.quick else [10, 100])
-    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    duration = args.duration if args.duration is not None else (2.0 if args.quick else 5.0)
-    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    quick = args.quick
+    options = flags.from_args(
+        Options,
+        args,
+        sizes=tuple(args.sizes or ([10] if quick else [10, 100])),
+        runs=flags.given(args.runs, 1 if quick else 3),
+        duration=flags.given(args.duration, 2.0 if quick else 5.0),
+        warmup=flags.given(args.warmup, 0.5 if quick else 2.0),
+        compression=flags.websockets_compression(args),
+    )
     if (
-        min(sizes) < 1
-        or runs < 1
-        or args.senders < 1
-        or args.rate <= 0
-        or duration <= 0
-        or warmup < 0
-        or args.presence_rate <= 0
-        or args.presence_burst < 1
-        or args.sample_interval <= 0
+        min(options.sizes) < 1
+        or min(options.runs, options.senders, options.presence_burst) < 1
+        or min(options.rate, options.duration, options.presence_rate) <= 0
+        or options.warmup < 0
+        or options.sample_interval <= 0
     ):
         parser.error("sizes, runs, senders, rates, duration and burst must be positive")
-    return Options(
-        sizes=tuple(sizes),
-        senders=args.senders,
-        rate=args.rate,
-        duration=duration,
-        warmup=warmup,
-        runs=runs,
-        presence_rate=args.presence_rate,
-        presence_burst=args.presence_burst,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
-        sample_interval=args.sample_interval,
-        compression=None if args.compression == "none" else args.compression,
-        outbox_size=args.outbox_size,
-        output=args.output,
-        quick=args.quick,
-        quiet_wait=args.quiet_wait,
-        generator_policy=args.generator_policy,
-    )
+    return options
 
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
@@ -419,107 +367,62 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         Mode("coalesced", options.presence_rate, options.presence_burst),
         Mode("uncoalesced", UNLIMITED, UNLIMITED),
     ]
-    results: dict[tuple[int, str], list[RunResult]] = {}
+    results: dict[tuple[int, str], list[RunResult]] = {
+        (clients, mode.name): [] for clients in options.sizes for mode in modes
+    }
     problems: list[str] = []
     overloaded: list[str] = []
-    load_before = load_average()
-    servers: dict[str, OurServer] = {}
+    loads = [load_average()]
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in modes:
-            extra = ["--db", str(Path(tmp) / f"{mode.name}.db"), *mode.server_args]
-            if options.outbox_size is not None:
-                extra += ["--outbox-size", str(options.outbox_size)]
-            servers[mode.name] = OurServer(Path(tmp) / f"{mode.name}.log", extra)
-        try:
-            for server in servers.values():
-                await server.start(timeout=30)
+        servers = {
+            mode.name: OurServer(
+                Path(tmp) / f"{mode.name}.log",
+                ["--db", str(Path(tmp) / f"{mode.name}.db"), *mode.server_args,
+                 *flags.outbox_args(options.outbox_size)],
+            )
+            for mode in modes
+        }  # fmt: skip
+        async with running(servers, problems):
             for run in range(1, options.runs + 1):
                 for clients in options.sizes:
                     for mode in modes:
                         await settle(servers.values(), options.quiet_wait)
                         result = await run_once(servers[mode.name], mode, clients, options)
-                        results.setdefault((clients, mode.name), []).append(result)
-                        print(
-                            f"N={clients} {mode.name} run {run}: "
-                            f"{result.delivered_rate:,.0f} entry-updates/s, "
-                            f"{result.frames_per_observer:.1f} frames/observer/s, "
-                            f"latency p50 {ms(result.latency_p50)} ms p99 "
-                            f"{ms(result.latency_p99)} ms, staleness p50 "
-                            f"{ms(result.staleness_p50)} ms p99 {ms(result.staleness_p99)} ms, "
-                            f"server CPU {pct(result.server_cpu_share)}, generator CPU "
-                            f"{pct(result.generator_cpu_share)}, other CPU "
-                            f"{pct(result.other_cpu_share)}, converged "
-                            f"{result.converged}/{clients}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+                        results[(clients, mode.name)].append(result)
                         label = f"N={clients} {mode.name} run {run}"
+                        say(f"{label}: {result.summary()}")
                         problems.extend(f"{label}: {p}" for p in result.problems)
                         # Without coalescing, overload is what is being shown, not a failure.
                         outcomes = overloaded if mode.name == "uncoalesced" else problems
                         outcomes.extend(f"{label}: {p}" for p in result.overload)
-        except (RuntimeError, OSError, TimeoutError) as exc:
-            problems.append(f"aborted: {exc!r}")
-        finally:
-            for server in servers.values():
-                await server.stop(timeout=15)
-        logs = {name: server.log_lines() for name, server in servers.items()}
-
-    for name, (server_log, _) in logs.items():
-        if any("ERROR" in line or "Traceback" in line for line in server_log):
-            problems.append(f"the {name} server logged errors during the runs (see its log below)")
-    for name, server in servers.items():
-        if server.returncode not in (0, None):
-            problems.append(f"the {name} server exited with status {server.returncode}")
-    ordered = {
-        (clients, mode.name): results[(clients, mode.name)]
-        for clients in options.sizes
-        for mode in modes
-        if (clients, mode.name) in results
-    }
+        logs = {name: server.log_lines()[0] for name, server in servers.items()}
+    loads.append(load_average())
+    ordered = {key: runs for key, runs in results.items() if runs}
     report = [
-        header(options, argv, servers, modes, (load_before, load_average())),
+        header(options, argv, servers, loads),
         "",
         tables(ordered, options) if ordered else "(no results)",
         "",
         interpretation(ordered, options),
         "",
     ]
-    for name, (server_log, _) in logs.items():
-        if server_log:
-            report += [f"The {name} server's log during the runs:", "", "```"]
-            report += [*server_log[:40], "```", ""]
-    if overloaded:
-        report += [
-            "Overload without coalescing (what coalescing prevents; not counted as a failure):",
-            "",
-            *(f"- {p}" for p in overloaded[:50]),
-            "",
-        ]
-    if problems:
-        report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
-    elif overloaded:
-        report += [
-            "With coalescing, every observer converged to every sender's final state and no "
-            "connection was closed; no state was re-issued by the server in either mode.",
-            "",
-        ]
-    else:
-        report += [
-            "Every observer converged to every sender's final state; no connection was "
-            "closed during a run; no state was re-issued by the server.",
-            "",
-        ]
-    text = "\n".join(report)
-    publish(text, options.output)
+    for name, server_log in logs.items():
+        report += code(f"The {name} server's log during the runs:", server_log)
+    report += listed(
+        "Overload without coalescing (what coalescing prevents; not counted as a failure):",
+        overloaded,
+    )
+    report += outcome(
+        problems,
+        "With coalescing, every observer converged to every sender's final state and no "
+        "connection was closed; no state was re-issued by the server in either mode."
+        if overloaded
+        else "Every observer converged to every sender's final state; no connection was "
+        "closed during a run; no state was re-issued by the server.",
+    )
+    publish("\n".join(report), options.output)
     return 1 if problems else 0
 
 
-def main() -> None:
-    options = parse_options(sys.argv[1:])
-    scheduling.apply(options.generator_policy)
-    sys.exit(asyncio.run(benchmark(options, sys.argv)))
-
-
 if __name__ == "__main__":
-    main()
+    flags.main(parse_options, benchmark)

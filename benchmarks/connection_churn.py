@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 import uuid
@@ -33,18 +32,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from harness import options as flags
 from harness import provenance
 from harness.fleet import MeasurementFailed, Observer, Peer, Room, RunState, close_all, connect
-from harness.provenance import load_average, version
-from harness.report import publish
-from harness.servers import (
-    RESULTS,
-    SPECS,
-    ServerProcess,
-    ensure_peers_installed,
-    parse_servers,
-    settled_rss,
-)
+from harness.footprint import settled_rss
+from harness.provenance import load_average
+from harness.report import heading, listed, mb, publish, say, table
+from harness.servers import RESULTS, SPECS, ServerProcess, commands, ensure_peers_installed
 
 DEFAULT_OUTPUT = RESULTS / "connection_churn.md"
 AFTER_CLOSE = 3.0
@@ -96,11 +90,9 @@ async def churn(name: str, options: Options, tmp: Path, notes: list[str]) -> Chu
             result.closed.append(await settled_rss(server, f"{name} round {index} closed", notes))
             if not server.alive:
                 raise MeasurementFailed(f"the server exited in round {index}")
-            print(
-                f"{name}, round {index}: {result.connected[-1] / 1e6:.1f} MB with "
-                f"{options.clients} clients, {result.closed[-1] / 1e6:.1f} MB after they closed",
-                file=sys.stderr,
-                flush=True,
+            say(
+                f"{name}, round {index}: {mb(result.connected[-1])} MB with "
+                f"{options.clients} clients, {mb(result.closed[-1])} MB after they closed"
             )
         return result
     finally:
@@ -109,76 +101,57 @@ async def churn(name: str, options: Options, tmp: Path, notes: list[str]) -> Chu
 
 def report(results: dict[str, Churn], failures: dict[str, str], options: Options) -> str:
     rounds = range(1, options.rounds + 1)
-    lines = [
-        "| server | at rest (MB) | "
-        + " | ".join(f"after round {r} closed (MB)" for r in rounds)
-        + " | growth per round after the first (MB) |",
-        "|---|---:|" + "---:|" * options.rounds + "---:|",
-    ]
+    head = ["server", "at rest (MB)", *(f"after round {r} closed (MB)" for r in rounds),
+            "growth per round after the first (MB)"]  # fmt: skip
+    rows = []
     for name, result in results.items():
         closed = result.closed
         per_round = (closed[-1] - closed[0]) / (len(closed) - 1) if len(closed) > 1 else 0.0
-        lines.append(
-            f"| {SPECS[name].label} | {result.at_rest / 1e6:.1f} | "
-            + " | ".join(f"{value / 1e6:.1f}" for value in closed)
-            + f" | {per_round / 1e6:+.1f} |"
-        )
+        rows.append([SPECS[name].label, mb(result.at_rest), *map(mb, closed),
+                     f"{per_round / 1e6:+.1f}"])  # fmt: skip
+    lines = table(head, "l" + "r" * (len(head) - 1), rows)
     for name, why in failures.items():
         lines.append(f"| {SPECS[name].label} | failed: {why} |" + " |" * (options.rounds + 1))
-    lines += [
-        "",
-        "With the clients connected (MB): "
-        + "; ".join(
-            f"{SPECS[name].label} " + ", ".join(f"{value / 1e6:.1f}" for value in r.connected)
-            for name, r in results.items()
-        )
-        + ".",
-    ]
+    connected = "; ".join(
+        f"{SPECS[name].label} " + ", ".join(map(mb, r.connected)) for name, r in results.items()
+    )
+    lines += ["", f"With the clients connected (MB): {connected}."]
     return "\n".join(lines)
 
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
     started = time.time()
-    if any(name in ("node", "hocuspocus") for name in options.servers):
-        ensure_peers_installed()
+    ensure_peers_installed(options.servers)
     loads = [load_average()]
     results: dict[str, Churn] = {}
     failures: dict[str, str] = {}
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        commands = {
-            name: ServerProcess(SPECS[name], tmp).display_command() for name in options.servers
-        }
+        started_as = commands(options.servers, tmp)
         for name in options.servers:
             try:
                 results[name] = await churn(name, options, tmp, notes)
             except (RuntimeError, OSError, TimeoutError) as exc:
                 failures[name] = str(exc) or repr(exc)
-                print(f"{name}: failed: {failures[name]}", file=sys.stderr, flush=True)
+                say(f"{name}: failed: {failures[name]}")
     loads.append(load_average())
-    commit = provenance.commit(
-        ["collab_engine", "server", "storage"], "plus uncommitted changes to the server"
-    )
     text = "\n".join(
         [
-            "# Connection churn: memory after connections close",
-            "",
-            f"- command: `{provenance.command_line(argv)}`",
-            f"- date: {provenance.utc_now()}; took {(time.time() - started) / 60:.1f} min",
+            *heading("Connection churn: memory after connections close", argv, started),
             f"- machine: {provenance.machine()}; "
             f"1-minute load average before and after: {' and '.join(loads)}",
-            f"- Python {sys.version.split()[0]}, hypercorn {version('hypercorn')}; "
-            f"collab-engine commit {commit}",
+            f"- {provenance.software('hypercorn')}; "
+            f"collab-engine commit {provenance.server_commit(True)}",
             f"- per round: {options.clients:,} clients over {options.documents:,} documents "
             f"connect ({options.connect_concurrency} handshakes at once), sync and close; "
             f"{options.rounds} rounds on one server process; RSS read once settled, after "
             f"at least {AFTER_CLOSE:g} s once the clients closed",
-            *(f"- {name}: `{command}`" for name, command in commands.items()),
+            *(f"- {name}: `{command}`" for name, command in started_as.items()),
             "",
             report(results, failures, options),
             "",
-            *(["Notes:", "", *(f"- {n}" for n in notes), ""] if notes else []),
+            *listed("Notes:", notes, None),
         ]
     )
     publish(text, options.output)
@@ -189,34 +162,17 @@ def parse_options(argv: Sequence[str]) -> Options:
     parser = argparse.ArgumentParser(
         description="Memory after rounds of connections opened and closed, per server."
     )
-    parser.add_argument(
-        "--servers", default="ours,node",
-        help=f"comma-separated, from {','.join(SPECS)} (default: ours,node)",
-    )  # fmt: skip
+    flags.add_servers(parser, ("ours", "node"))
     parser.add_argument("--clients", type=int, default=1000, help="clients per round")
     parser.add_argument("--documents", type=int, default=100, help="documents they spread over")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per server")
-    parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes at once")
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
-    )
+    flags.add_connect_concurrency(parser)
+    flags.add_output(parser, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if min(args.clients, args.documents, args.rounds, args.connect_concurrency) < 1:
         parser.error("clients, documents, rounds and the concurrency must be positive")
-    return Options(
-        servers=parse_servers(parser, args.servers),
-        clients=args.clients,
-        documents=args.documents,
-        rounds=args.rounds,
-        connect_concurrency=args.connect_concurrency,
-        output=args.output,
-    )
-
-
-def main() -> None:
-    options = parse_options(sys.argv[1:])
-    sys.exit(asyncio.run(benchmark(options, sys.argv)))
+    return flags.from_args(Options, args, servers=flags.servers(parser, args))
 
 
 if __name__ == "__main__":
-    main()
+    flags.main(parse_options, benchmark)

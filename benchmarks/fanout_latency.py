@@ -61,33 +61,21 @@ exits with status 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import math
-import shlex
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import options as flags
 from harness import provenance, scheduling
 from harness.one_writer import RunResult, run_once
-from harness.provenance import load_average, version
-from harness.report import publish
-from harness.servers import OurServer
-from harness.stats import median, pct
+from harness.provenance import load_average
+from harness.report import code, heading, machine, median_of, outcome, publish, say, table
+from harness.report import ms as milliseconds
+from harness.servers import RESULTS, OurServer, running
+from harness.stats import pct
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "fanout_latency.md"
-
-
-# -- the server process ---------------------------------------------------------------
-
-
-# -- clients --------------------------------------------------------------------------
-
-
-# -- one run --------------------------------------------------------------------------
+DEFAULT_OUTPUT = RESULTS / "fanout_latency.md"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,38 +93,23 @@ class Options:
     generator_policy: str = "batch"
 
 
-# -- statistics and report ------------------------------------------------------------
-
-
-def median_of(results: Sequence[RunResult], name: str) -> float:
-    return median(getattr(r, name) for r in results)
+# -- the report -----------------------------------------------------------------------
 
 
 def ms(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
+    return milliseconds(seconds, 2)
 
 
-def header(
-    options: Options, argv: Sequence[str], server_command: Sequence[str], load: tuple[str, str]
-) -> str:
-    commit = provenance.commit(
-        ["collab_engine", "server"], "plus uncommitted changes to the server"
-    )
-    now = provenance.utc_now()
-    command = provenance.command_line(argv)
+def header(options: Options, argv: Sequence[str], server: OurServer, loads: Sequence[str]) -> str:
     lines = [
-        "# Fan-out latency: one update to N clients in one room",
-        "",
-        f"- command: `{command}`",
-        f"- date: {now}",
-        f"- machine: {provenance.machine()}; "
-        f"1-minute load average {load[0]} before the runs, {load[1]} after",
-        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
-        f"{version('websockets')}, hypercorn {version('hypercorn')}, collab-engine commit {commit}",
+        *heading("Fan-out latency: one update to N clients in one room", argv),
+        machine(loads),
+        f"- {provenance.software('pycrdt', 'websockets', 'hypercorn')}, "
+        f"collab-engine commit {provenance.server_commit()}",
         f"- load: {options.edits} measured edits after {options.warmup} warm-up edits, "
         f"{options.rate:g} edits/s, one writer + N observers, {options.runs} runs per N "
         f"(median of each figure; deliveries summed over the runs)",
-        f"- server: `{shlex.join(['python', *server_command[1:]])}` (its own process); "
+        f"- server: `{server.display_command()}` (its own process); "
         f"WebSocket compression offered by the clients: {options.compression or 'none'}",
         f"- this process's scheduling policy: {scheduling.current()} (the server's: normal; "
         "see `benchmarks/harness/scheduling.py`)",
@@ -145,21 +118,19 @@ def header(
 
 
 def tables(results: dict[int, list[RunResult]]) -> str:
-    lines = [
-        "| N clients | edits/run | deliveries received / expected | all observers p50 (ms) "
-        "| all observers p99 (ms) | all observers max (ms) | per delivery p50 (ms) "
-        "| per delivery p99 (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for clients, runs in results.items():
-        delivered = sum(r.delivered for r in runs)
-        expected = sum(r.expected for r in runs)
-        lines.append(
-            f"| {clients} | {runs[0].edits} | {delivered} / {expected} "
-            f"| {ms(median_of(runs, 'fanout_p50'))} | {ms(median_of(runs, 'fanout_p99'))} "
-            f"| {ms(median_of(runs, 'fanout_max'))} | {ms(median_of(runs, 'delivery_p50'))} "
-            f"| {ms(median_of(runs, 'delivery_p99'))} |"
-        )
+    head = ["N clients", "edits/run", "deliveries received / expected", "all observers p50 (ms)",
+            "all observers p99 (ms)", "all observers max (ms)", "per delivery p50 (ms)",
+            "per delivery p99 (ms)"]  # fmt: skip
+    rows = [
+        [
+            clients, runs[0].edits,
+            f"{sum(r.delivered for r in runs)} / {sum(r.expected for r in runs)}",
+            *(ms(median_of(runs, name)) for name in
+              ("fanout_p50", "fanout_p99", "fanout_max", "delivery_p50", "delivery_p99")),
+        ]
+        for clients, runs in results.items()
+    ]  # fmt: skip
+    lines = table(head, "r" * 8, rows)
     lines += [
         "",
         "Diagnostics (median over runs). CPU: share of one core over the whole measured",
@@ -168,24 +139,24 @@ def tables(results: dict[int, list[RunResult]]) -> str:
         "runnable but waiting for one (queued); a process busy most of that time is the one",
         "that set the pace.",
         "",
-        "| N clients | server CPU | generator CPU | server CPU per edit (ms) "
-        "| generator CPU per edit (ms) | during fan-out: server busy / queued "
-        "| during fan-out: generator busy / queued | writer send lag p99 (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for clients, runs in results.items():
-        lines.append(
-            f"| {clients} | {pct(median_of(runs, 'server_cpu_share'))} "
-            f"| {pct(median_of(runs, 'generator_cpu_share'))} "
-            f"| {ms(median_of(runs, 'server_cpu_per_edit'))} "
-            f"| {ms(median_of(runs, 'generator_cpu_per_edit'))} "
-            f"| {pct(median_of(runs, 'fanout_server_busy'))} / "
-            f"{pct(median_of(runs, 'fanout_server_waiting'))} "
-            f"| {pct(median_of(runs, 'fanout_generator_busy'))} / "
-            f"{pct(median_of(runs, 'fanout_generator_waiting'))} "
-            f"| {ms(median_of(runs, 'send_lag_p99'))} |"
-        )
-    return "\n".join(lines)
+    head = ["N clients", "server CPU", "generator CPU", "server CPU per edit (ms)",
+            "generator CPU per edit (ms)", "during fan-out: server busy / queued",
+            "during fan-out: generator busy / queued", "writer send lag p99 (ms)"]  # fmt: skip
+    rows = [
+        [
+            clients, pct(median_of(runs, "server_cpu_share")),
+            pct(median_of(runs, "generator_cpu_share")),
+            ms(median_of(runs, "server_cpu_per_edit")), ms(median_of(runs, "generator_cpu_per_edit")),
+            f"{pct(median_of(runs, 'fanout_server_busy'))} / "
+            f"{pct(median_of(runs, 'fanout_server_waiting'))}",
+            f"{pct(median_of(runs, 'fanout_generator_busy'))} / "
+            f"{pct(median_of(runs, 'fanout_generator_waiting'))}",
+            ms(median_of(runs, "send_lag_p99")),
+        ]
+        for clients, runs in results.items()
+    ]  # fmt: skip
+    return "\n".join(lines + table(head, "r" * 8, rows))
 
 
 # -- main -----------------------------------------------------------------------------
@@ -204,107 +175,59 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--timeout", type=float, default=10.0,
         help="seconds to wait for missing deliveries after the last edit",
     )  # fmt: skip
-    parser.add_argument(
-        "--connect-timeout", type=float, default=20.0, help="seconds to connect and sync a client"
-    )
-    parser.add_argument(
-        "--compression", choices=["deflate", "none"], default="deflate",
-        help="offer permessage-deflate like browsers do (default) or not",
-    )  # fmt: skip
-    parser.add_argument(
-        "--outbox-size",
-        type=int,
-        help="pass --outbox-size to the server (default: the server's own default)",
-    )
+    flags.add_connect_timeout(parser)
+    flags.add_compression(parser)
+    flags.add_outbox_size(parser)
     scheduling.add_option(parser)
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
-    )
+    flags.add_output(parser, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.runs < 1 or args.edits < 1 or args.warmup < 0 or args.rate <= 0:
         parser.error("sizes, runs and edits must be positive, warmup not negative, rate > 0")
-    return Options(
-        sizes=tuple(args.sizes),
-        runs=args.runs,
-        edits=args.edits,
-        warmup=args.warmup,
-        rate=args.rate,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout,
-        compression=None if args.compression == "none" else args.compression,
-        outbox_size=args.outbox_size,
-        output=args.output,
-        generator_policy=args.generator_policy,
+    return flags.from_args(
+        Options, args, sizes=tuple(args.sizes), compression=flags.websockets_compression(args)
     )
 
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
     results: dict[int, list[RunResult]] = {}
     problems: list[str] = []
-    load_before = load_average()
+    loads = [load_average()]
     with tempfile.TemporaryDirectory() as tmp:
-        extra = [] if options.outbox_size is None else ["--outbox-size", str(options.outbox_size)]
-        server = OurServer(Path(tmp) / "server.log", extra)
-        try:
-            await server.start(timeout=30)
+        server = OurServer(Path(tmp) / "server.log", flags.outbox_args(options.outbox_size))
+        async with running({"": server}, problems):
             for clients in options.sizes:
                 for run in range(1, options.runs + 1):
                     result = await run_once(server, clients, options)
                     results.setdefault(clients, []).append(result)
-                    print(
+                    say(
                         f"N={clients} run {run}: {result.delivered}/{result.expected} delivered, "
                         f"all-observers p50 {ms(result.fanout_p50)} ms, "
                         f"p99 {ms(result.fanout_p99)} ms, "
                         f"server CPU {pct(result.server_cpu_share)}, "
-                        f"generator CPU {pct(result.generator_cpu_share)}",
-                        file=sys.stderr,
-                        flush=True,
+                        f"generator CPU {pct(result.generator_cpu_share)}"
                     )
                     problems.extend(f"N={clients} run {run}: {p}" for p in result.problems)
-        except (RuntimeError, OSError, TimeoutError) as exc:
-            problems.append(f"aborted: {exc!r}")
-        finally:
-            await server.stop(timeout=15)
         server_log, shutdown_log = server.log_lines()
-
-    if any("ERROR" in line or "Traceback" in line for line in server_log):
-        problems.append("the server logged errors during the runs (see its log below)")
-    if server.returncode not in (0, None):
-        problems.append(f"server exited with status {server.returncode} after SIGTERM")
-    load = (load_before, load_average())
+    loads.append(load_average())
     report = [
-        header(options, argv, server.command, load),
+        header(options, argv, server, loads),
         "",
         tables(results) if results else "(no results)",
         "",
+        *code("Server log during the runs:", server_log),
     ]
-    if server_log:
-        report += ["Server log during the runs:", "", "```", *server_log[:40], "```", ""]
     if shutdown_log:
         errors = sum("ERROR" in line for line in shutdown_log)
-        report += [
+        report += code(
             f"Server log after SIGTERM (not counted as a failure): {len(shutdown_log)} lines, "
             f"{errors} ERROR records; the first ones:",
-            "",
-            "```",
-            *shutdown_log[:8],
-            "```",
-            "",
-        ]
-    if problems:
-        report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
-    else:
-        report += ["Every delivery arrived; no connection was closed during a run.", ""]
-    text = "\n".join(report)
-    publish(text, options.output)
+            shutdown_log,
+            8,
+        )
+    report += outcome(problems, "Every delivery arrived; no connection was closed during a run.")
+    publish("\n".join(report), options.output)
     return 1 if problems else 0
 
 
-def main() -> None:
-    options = parse_options(sys.argv[1:])
-    scheduling.apply(options.generator_policy)
-    sys.exit(asyncio.run(benchmark(options, sys.argv)))
-
-
 if __name__ == "__main__":
-    main()
+    flags.main(parse_options, benchmark)

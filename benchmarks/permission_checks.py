@@ -79,348 +79,34 @@ times, in this process, `server.auth.verify` of the token and
 `collab_engine.permissions.decide` alone.
 
 Every run waits first (up to `--quiet-wait` seconds) until the machine is quiet
-(`awareness_fanout.settle`), and the CPU other processes used during each window
-is reported (`awareness_fanout.machine_busy_seconds`).
+(`harness/sampling.py`, `settle`), and the CPU other processes used during each
+window is reported. The workload, the peers and a measured run:
+`harness/throughput.py`; the admission runs: `harness/admission.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
-import random
-import shlex
-import subprocess
-import sys
-import tempfile
 import time
-import timeit
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from harness import options as flags
 from harness import provenance
-from harness.clients import open_client, sync
-from harness.provenance import load_average, version
-from harness.report import publish
-from harness.sampling import machine_busy_seconds
-from harness.servers import HOST, OurServer, settle
+from harness.admission import AdmissionResult, admission, admission_table, checks
+from harness.provenance import load_average
+from harness.report import heading, machine, outcome, publish, say, us
+from harness.sampling import settle
+from harness.servers import RESULTS
 from harness.stats import median
-from pycrdt import Doc, Map, Text, TransactionEvent
-from websockets.asyncio.client import ClientConnection
+from harness.throughput import CONFIGS, RunResult, build_workload, run_once
 
-from collab_engine import Engine, EngineConfig, Peer
+from collab_engine import Engine, EngineConfig
 from collab_engine import room as room_module
-from collab_engine.identity import Identity
-from collab_engine.permissions import Credentials, Grant, Role, decide
-from collab_engine.protocol import SyncUpdate
-from collab_engine.room import Room
-from server.auth import mint, verify
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "permission_checks.md"
-
-SECRET = "permission-checks-benchmark-secret-0123456789"
-DENIED_PREFIX = b"\x02\x00"
-"""The first bytes of a PermissionDenied frame (y-protocols auth, permission denied)."""
-ALICE = Identity("alice", "Alice")
-BOB = Identity("bob", "Bob")
-CAROL = Identity("carol", "Carol")
-GRANTS = (
-    Grant("user:alice", Role.EDITOR),
-    Grant("user:bob", Role.EDITOR),
-    Grant("user:carol", Role.VIEWER),
-)
-LOCKED = ("notes", "intro")
-DRAIN_EVERY = 256
-
-CONFIGS = {
-    "a": "(a) checks off: open-mode peer (owner)",
-    "b": "(b) editor with grants, no lease",
-    "c": "(c) editor, lease held by another user elsewhere",
-    "d": "(d) viewer: every update denied and rolled back",
-}
-
-
-# -- the prepared documents ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    kilobytes: int
-    base: bytes
-    """The document's state before the run (`Doc.get_update()`)."""
-    base_text: str
-    updates: list[SyncUpdate]
-
-
-def build_workload(kilobytes: int, count: int) -> Workload:
-    """The base document of `kilobytes` KB of text, and `count` updates of a writer."""
-    rng = random.Random(5)
-    doc: Doc[Any] = Doc(client_id=1)
-    body = doc.get("body", type=Text)
-    notes = doc.get("notes", type=Map)
-    notes["intro"] = "an introduction, locked by bob"
-    target = kilobytes * 1024
-    letters = "abcdefghijklmnopqrstuvwxyz "
-    while len(body) < target:
-        chunk = "".join(rng.choice(letters) for _ in range(min(100, target - len(body))))
-        body.insert(rng.randint(0, len(body)), chunk)
-    base = doc.get_update()
-    base_text = str(body)
-
-    writer: Doc[Any] = Doc(client_id=2)
-    writer.apply_update(base)
-    text = writer.get("body", type=Text)
-    updates: list[SyncUpdate] = []
-
-    def capture(event: TransactionEvent) -> None:
-        updates.append(SyncUpdate(event.update))
-
-    subscription = writer.observe(capture)
-    position = len(text) // 2
-    for index in range(count):
-        with writer.transaction():
-            text.insert(position, "xy" if index % 2 else "yz")
-        position += 2
-    writer.unobserve(subscription)
-    return Workload(kilobytes, base, base_text, updates)
-
-
-# -- one measured run ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    config: str
-    kilobytes: int
-    updates: int
-    rooms: int
-    """Fresh rooms the run went through (each takes at most `--per-room` updates)."""
-    rate: float
-    """Updates (denials for d) per second of wall time."""
-    cpu_per_update: float
-    """Seconds of this process's CPU per update."""
-    other_cpu_share: float
-    """CPU other processes used during the window, as a share of one core."""
-    problems: tuple[str, ...]
-
-
-async def make_peer(engine: Engine, room: Room, config: str) -> Peer:
-    """The peer of configuration `config`, joined to `room` (with its grants and lease)."""
-    size = engine.config.outbox_size
-    if config == "a":
-        peer = Peer(outbox_size=size, label="open")
-    else:
-        for grant in GRANTS:
-            await engine.grant(room.name, grant)
-        identity = CAROL if config == "d" else ALICE
-        credentials = Credentials(identity, Role.EDITOR, "*", time.time() + 3600)
-        role = await engine.role(room.name, credentials)
-        assert role is not None
-        peer = Peer(
-            outbox_size=size,
-            label=identity.user_id,
-            identity=identity,
-            role=role,
-            expires_at=credentials.expires_at,
-            credentials=credentials,
-        )
-        if config == "c":
-            room.lock("acquire", LOCKED, identity=BOB, role=Role.EDITOR, ttl=3600)
-    room.join(peer)
-    peer.drain()
-    return peer
-
-
-def drained_denials(peer: Peer) -> int:
-    return sum(frame.startswith(DENIED_PREFIX) for frame in peer.drain())
-
-
-async def run_once(
-    engine: Engine, workload: Workload, config: str, options: Options, index: int
-) -> RunResult:
-    problems: list[str] = []
-    elapsed = own = other = 0.0
-    measured = rooms = 0
-    while elapsed < options.duration:
-        rooms += 1
-        name = f"bench-{workload.kilobytes}k-{config}-{index}-{rooms}"
-        async with engine.room(name) as room:
-            room.apply(workload.base)
-            peer = await make_peer(engine, room, config)
-            if config == "c" and len(room.locks.leases) != 1:
-                problems.append(f"{name}: expected one lease, found {room.locks.leases}")
-            messages = workload.updates
-            denials = 0
-            for message in messages[: options.warmup]:
-                room.receive(peer, message)
-            denials += drained_denials(peer)
-            done = options.warmup
-            busy0, own0 = machine_busy_seconds(), time.process_time()
-            start = time.perf_counter()
-            deadline = start + options.duration - elapsed
-            for message in messages[options.warmup :]:
-                room.receive(peer, message)
-                done += 1
-                if done % DRAIN_EVERY == 0:
-                    denials += drained_denials(peer)
-                if time.perf_counter() >= deadline:
-                    break
-            window = time.perf_counter() - start
-            room_own = time.process_time() - own0
-            other += machine_busy_seconds() - busy0 - room_own
-            elapsed += window
-            own += room_own
-            measured += done - options.warmup
-            denials += drained_denials(peer)
-            problems.extend(check(room, peer, workload, config, done, denials))
-            room.leave(peer)
-        await asyncio.sleep(0)  # let the sweeper unload the rooms that are done
-    return RunResult(
-        config=config,
-        kilobytes=workload.kilobytes,
-        updates=measured,
-        rooms=rooms,
-        rate=measured / elapsed,
-        cpu_per_update=own / measured,
-        other_cpu_share=max(0.0, other) / elapsed,
-        problems=tuple(problems),
-    )
-
-
-def check(
-    room: Room, peer: Peer, workload: Workload, config: str, done: int, denials: int
-) -> list[str]:
-    """What went wrong in one room: updates denied or applied against expectations."""
-    problems = []
-    body = str(room.doc.get("body", type=Text))
-    if peer.closed:
-        problems.append(f"{room.name}: the peer was closed: {peer.error}")
-    if config == "d":
-        if denials != done:
-            problems.append(f"{room.name}: {denials} PermissionDenied for {done} updates")
-        if body != workload.base_text:
-            problems.append(f"{room.name}: the viewer's text was not rolled back")
-    else:
-        if denials:
-            problems.append(f"{room.name}: {denials} updates denied")
-        if len(body) != len(workload.base_text) + 2 * done:
-            problems.append(
-                f"{room.name}: text of {len(body)} characters, expected "
-                f"{len(workload.base_text) + 2 * done}"
-            )
-    return problems
-
-
-# -- admission through the real server -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AdmissionResult:
-    mode: str
-    connections: int
-    rate: float
-    server_cpu_per_connection: float
-    other_cpu_share: float
-
-
-async def admission_once(
-    server: OurServer, mode: str, token: str | None, options: Options
-) -> AdmissionResult:
-    query = "" if token is None else f"?token={token}"
-    url = f"ws://{HOST}:{server.port}/bench-admission{query}"
-    anchor = await open_client(url, compression=None, timeout=10)
-    await sync(anchor, Doc())
-    try:
-        count = 0
-        server0, busy0, own0 = server.cpu_seconds(), machine_busy_seconds(), time.process_time()
-        start = time.perf_counter()
-        while time.perf_counter() - start < options.duration:
-            ws: ClientConnection = await open_client(url, compression=None, timeout=10)
-            await asyncio.wait_for(sync(ws, Doc()), 10)
-            await ws.close()
-            count += 1
-        elapsed = time.perf_counter() - start
-        server_cpu = server.cpu_seconds() - server0
-        other = machine_busy_seconds() - busy0 - server_cpu - (time.process_time() - own0)
-    finally:
-        await anchor.close()
-    return AdmissionResult(
-        mode=mode,
-        connections=count,
-        rate=count / elapsed,
-        server_cpu_per_connection=server_cpu / count,
-        other_cpu_share=max(0.0, other) / elapsed,
-    )
-
-
-def in_process_admission() -> tuple[float, float]:
-    """Seconds per `verify` of a token, and per `decide` with the stored grants."""
-    token = mint(SECRET, user="alice", role=Role.EDITOR)
-    credentials = verify(SECRET, token)
-    rounds = 2000
-    per_verify = min(timeit.repeat(lambda: verify(SECRET, token), number=rounds, repeat=5)) / rounds
-    per_decide = (
-        min(timeit.repeat(lambda: decide(credentials, "doc", GRANTS), number=rounds, repeat=5))
-        / rounds
-    )
-    return per_verify, per_decide
-
-
-async def admission(
-    options: Options, problems: list[str]
-) -> tuple[dict[str, list[AdmissionResult]], list[str]]:
-    results: dict[str, list[AdmissionResult]] = {}
-    commands: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        secret_db = str(Path(tmp) / "secret.db")
-        for grant in GRANTS:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server", "grants", "set", "bench-admission",
-                grant.principal, str(grant.role), "--db", secret_db,
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            if await process.wait() != 0:
-                problems.append(f"could not store the grant {grant} for the admission run")
-        servers = {
-            "open mode": OurServer(Path(tmp) / "open.log", ["--db", str(Path(tmp) / "open.db")]),
-            "token + grants": OurServer(
-                Path(tmp) / "secret.log", ["--db", secret_db, "--secret", SECRET]
-            ),
-        }
-        tokens = {"open mode": None, "token + grants": mint(SECRET, user="alice")}
-        try:
-            for server in servers.values():
-                await server.start(timeout=30)
-            for mode, server in servers.items():
-                command = shlex.join(["python", *server.command[1:]])
-                commands.append(f"{mode}: `{command.replace(SECRET, '<secret>')}`")
-            for run in range(1, options.runs + 1):
-                for mode, server in servers.items():
-                    await settle(servers.values(), options.quiet_wait)
-                    result = await admission_once(server, mode, tokens[mode], options)
-                    results.setdefault(mode, []).append(result)
-                    print(
-                        f"admission {mode} run {run}: {result.rate:,.0f} connections/s, "
-                        f"server CPU {result.server_cpu_per_connection * 1000:.2f} ms/connection",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        except (RuntimeError, OSError, TimeoutError) as exc:
-            problems.append(f"admission aborted: {exc!r}")
-        finally:
-            for server in servers.values():
-                await server.stop(timeout=15)
-        for mode, server in servers.items():
-            log, _ = server.log_lines()
-            if any("ERROR" in line or "Traceback" in line for line in log):
-                problems.append(f"the {mode} server logged errors: {log[:5]}")
-    return results, commands
-
-
-# -- report ----------------------------------------------------------------------------
+DEFAULT_OUTPUT = RESULTS / "permission_checks.md"
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,30 +123,21 @@ class Options:
     quick: bool
 
 
-def us(seconds: float) -> str:
-    return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:,.1f}"
+# -- report ----------------------------------------------------------------------------
 
 
-def header(options: Options, argv: Sequence[str], load: tuple[str, str]) -> str:
-    commit = provenance.commit(
-        ["collab_engine", "server"], "plus uncommitted changes to the server"
-    )
-    now = provenance.utc_now()
-    command = provenance.command_line(argv)
+def header(options: Options, argv: Sequence[str], load: Sequence[str]) -> str:
     return "\n".join(
         [
-            "# Permission and lock checks: their cost on update throughput (issue 5)",
-            "",
-            f"- command: `{command}`",
-            f"- date: {now}",
-            f"- machine: {provenance.machine()}; "
-            f"1-minute load average {load[0]} before the runs, {load[1]} "
-            f"after; each run waits (up to {options.quiet_wait:g} s) for the machine to be "
-            "quiet first, and the CPU other processes used during each window is in the "
-            "tables",
-            f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, websockets "
-            f"{version('websockets')}, hypercorn {version('hypercorn')}, PyJWT "
-            f"{version('PyJWT')}, collab-engine commit {commit}",
+            *heading("Permission and lock checks: their cost on update throughput (issue 5)", argv),
+            machine(
+                load,
+                f"; each run waits (up to {options.quiet_wait:g} s) for the machine to be "
+                "quiet first, and the CPU other processes used during each window is in the "
+                "tables",
+            ),
+            f"- {provenance.software('pycrdt', 'websockets', 'hypercorn', 'PyJWT')}, "
+            f"collab-engine commit {provenance.server_commit()}",
             f"- load: one writer streaming 2-character text updates into one room, in "
             f"process (`Engine` without a store, `room.receive(peer, SyncUpdate(update))`); "
             f"per room {options.warmup} warm-up updates then at most {options.per_room:,} "
@@ -491,29 +168,6 @@ def update_table(results: dict[tuple[int, str], list[RunResult]]) -> str:
             f"({median([float(r.rooms) for r in runs]):,.0f}) "
             f"| {median([r.other_cpu_share for r in runs]) * 100:.0f} % |"
         )
-    return "\n".join(lines)
-
-
-def admission_table(
-    results: dict[str, list[AdmissionResult]], per_verify: float, per_decide: float
-) -> str:
-    lines = [
-        "| server | connections/s (connect + sync + close, one at a time) "
-        "| server CPU per connection (ms) | per run, in order (ms) | other CPU during runs |",
-        "|---|---:|---:|---|---:|",
-    ]
-    for mode, runs in results.items():
-        lines.append(
-            f"| {mode} | {median([r.rate for r in runs]):,.0f} "
-            f"| {median([r.server_cpu_per_connection for r in runs]) * 1000:.2f} "
-            f"| {', '.join(f'{r.server_cpu_per_connection * 1000:.2f}' for r in runs)} "
-            f"| {median([r.other_cpu_share for r in runs]) * 100:.0f} % |"
-        )
-    lines += [
-        "",
-        f"In this process, for scale: `verify` of a token {us(per_verify)} µs, `decide` with "
-        f"three stored grants {us(per_decide)} µs (best of 5 x 2,000 calls).",
-    ]
     return "\n".join(lines)
 
 
@@ -595,10 +249,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         default=2_000,
         help="measured updates per room: a run goes on in a fresh room after as many",
     )
-    parser.add_argument(
-        "--quiet-wait", type=float, default=10.0,
-        help="seconds each run waits at most for the machine to be quiet",
-    )  # fmt: skip
+    flags.add_quiet_wait(parser, 10.0)
     parser.add_argument(
         "--no-server", action="store_true", help="skip the admission part (real server)"
     )
@@ -616,17 +267,13 @@ def parse_options(argv: Sequence[str]) -> Options:
     output = args.output
     if output is None and not args.quick:
         output = DEFAULT_OUTPUT
-    return Options(
+    return flags.from_args(
+        Options,
+        args,
         sizes=tuple(args.sizes),
         configs=tuple(args.configs),
-        runs=args.runs,
-        duration=args.duration,
-        warmup=args.warmup,
-        per_room=args.per_room,
-        quiet_wait=args.quiet_wait,
         server=not args.no_server,
         output=output,
-        quick=args.quick,
     )
 
 
@@ -637,11 +284,9 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     for kilobytes in options.sizes:
         started = time.perf_counter()
         workloads[kilobytes] = build_workload(kilobytes, options.warmup + options.per_room)
-        print(
+        say(
             f"prepared {kilobytes} KB: {len(workloads[kilobytes].updates)} updates in "
-            f"{time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-            flush=True,
+            f"{time.perf_counter() - started:.1f} s"
         )
     results: dict[tuple[int, str], list[RunResult]] = {}
     # The sweeper never runs inside a measured loop (it has no await); its interval only
@@ -654,12 +299,10 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                     result = await run_once(engine, workloads[kilobytes], config, options, run)
                     results.setdefault((kilobytes, config), []).append(result)
                     problems.extend(result.problems)
-                    print(
+                    say(
                         f"run {run} {kilobytes} KB ({config}): {result.rate:,.0f}/s, "
-                        f"{result.cpu_per_update * 1e6:,.1f} µs CPU/update, "
-                        f"other CPU {result.other_cpu_share * 100:.0f} %",
-                        file=sys.stderr,
-                        flush=True,
+                        f"{us(result.cpu_per_update)} µs CPU/update, "
+                        f"other CPU {result.other_cpu_share * 100:.0f} %"
                     )
     ordered = {
         (k, c): results[(k, c)] for k in options.sizes for c in options.configs if (k, c) in results
@@ -667,9 +310,11 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
     admissions: dict[str, list[AdmissionResult]] = {}
     commands: list[str] = []
     if options.server:
-        admissions, commands = await admission(options, problems)
+        admissions, commands = await admission(
+            options.runs, options.duration, options.quiet_wait, problems
+        )
     report = [
-        header(options, argv, (load_before, load_average())),
+        header(options, argv, [load_before, load_average()]),
         "",
         "## Update throughput, one room, in process",
         "",
@@ -677,7 +322,7 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         "",
     ]
     if options.server:
-        per_verify, per_decide = in_process_admission()
+        per_verify, per_decide = checks()
         report += [
             "## Admission through the real server",
             "",
@@ -687,24 +332,19 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
             "",
         ]
     report += [interpretation(ordered, admissions), ""]
-    if problems:
-        report += ["**Problems:**", "", *(f"- {p}" for p in problems[:50]), ""]
-    else:
-        report += [
-            "Every run checked out: (a) to (c) applied every update and denied none; (d) "
-            "denied every update and left the text as it was.",
-            "",
-        ]
-    text = "\n".join(report)
-    publish(text, options.output)
+    report += outcome(
+        problems,
+        "Every run checked out: (a) to (c) applied every update and denied none; (d) "
+        "denied every update and left the text as it was.",
+    )
+    publish("\n".join(report), options.output)
     return 1 if problems else 0
 
 
 def main() -> None:
     # Measure the rollback itself: no closing of the viewer after 30 denials.
     room_module.MAX_DENIALS = 10**9
-    options = parse_options(sys.argv[1:])
-    sys.exit(asyncio.run(benchmark(options, sys.argv)))
+    flags.main(parse_options, benchmark)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Usage:
 The servers and how they are started: `harness/servers.py`. The load (writers and
 observers per room, awareness) and what each figure means: `harness/load.py`. The
 clients: `harness/fleet.py` on the minimal WebSocket client of `harness/wire.py`.
+The runs at each size and mode: `harness/session.py`.
 
 Runs
 ----
@@ -48,23 +49,22 @@ connect phase (`--connect-timeout`), the wait for convergence (`--timeout`), clo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shlex
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from harness import options as flags
 from harness import plots, provenance, scheduling
-from harness.load import RunResult, Size, parse_size, run_once, size_label
-from harness.profiling import summarise_cprofile
-from harness.provenance import load_average, version
+from harness.load import RunResult, Size, parse_size, size_label
+from harness.provenance import load_average
 from harness.report import (
     converged_text,
+    deflate_accepted,
+    heading,
+    listed,
     logged_errors,
     median_latency,
     median_of,
@@ -72,18 +72,12 @@ from harness.report import (
     num,
     publish,
     relative,
-    say,
+    row,
+    table,
     write_runs_json,
 )
-from harness.servers import (
-    RESULTS,
-    SPECS,
-    ServerProcess,
-    ensure_peers_installed,
-    idle_or_restart,
-    parse_servers,
-    settle,
-)
+from harness.servers import RESULTS, ServerProcess, ensure_peers_installed
+from harness.session import Session, size_and_mode
 from harness.stats import pct
 
 DEFAULT_OUTPUT = RESULTS / "server_fanout.md"
@@ -121,23 +115,16 @@ def header(
     load: list[str],
     started: float,
 ) -> str:
-    commit = provenance.commit(
-        ["collab_engine", "server", "storage"], "plus uncommitted changes to the server"
-    )
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    title = "Server fan-out: ours, the Node y-websocket server, Hocuspocus and pycrdt-websocket"
     lines = [
-        "# Server fan-out: ours, the Node y-websocket server, Hocuspocus and pycrdt-websocket",
-        "",
-        f"- command: `{provenance.command_line(argv)}`",
-        f"- date: {provenance.utc_now()}; took {(time.time() - started) / 60:.1f} min",
+        *heading(title, argv, started),
         f"- machine: {provenance.machine()}; "
         f"1-minute load average before each size and mode: {', '.join(load)}; each run waits "
         f"(up to {options.quiet_wait:g} s) for the machine to be quiet first, and the CPU "
         "the rest of the machine used during each run is in the diagnostics",
-        f"- Python {sys.version.split()[0]}, pycrdt {version('pycrdt')}, hypercorn "
-        f"{version('hypercorn')}, pycrdt-websocket {version('pycrdt-websocket')}, psutil "
-        f"{version('psutil')}; Node {node}, @y/websocket-server 0.1.1, @hocuspocus/server "
-        f"3.4.4, yjs 13.6.33 (benchmarks/peers/package-lock.json); collab-engine commit {commit}",
+        f"- {provenance.software('pycrdt', 'hypercorn', 'pycrdt-websocket', 'psutil')}; "
+        f"{provenance.peer_versions(yjs=True)}; "
+        f"collab-engine commit {provenance.server_commit(True)}",
         f"- load: per room W writers (full pycrdt clients) at {options.rate:g} edits/s each, "
         f"the other clients light observers; {options.warmup:g} s of warm-up edits then "
         f"{options.duration:g} s measured per run; up to {options.runs} runs per server, size "
@@ -146,34 +133,28 @@ def header(
         f"convergence capped at {options.timeout:g} s after the last edit",
         f"- generator's scheduling policy: {scheduling.current()} (the servers': normal; see "
         "'Scheduling' in the script's docstring)",
-        f"- clients offer permessage-deflate: {'yes' if options.compression else 'no'}; "
-        "accepted by: "
-        + ", ".join(
-            f"{name} {'yes' if 'deflate' in ext else 'no'}" for name, ext in extensions.items()
-        ),
+        deflate_accepted(options.compression, extensions),
     ]
-    for name, server in servers.items():
-        lines.append(f"- {name}: `{server.display_command()}`")
+    lines += [f"- {name}: `{server.display_command()}`" for name, server in servers.items()]
     return "\n".join(lines)
 
 
 def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Options) -> str:
-    lines = [
-        "| clients | awareness | W | server | fan-out p50 (ms) | fan-out p99 (ms) "
-        "| delivered / offered (updates/s) | converged | CPU s | CPU % (one core) "
-        "| peak RSS (MB) | runs |",
-        "|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for (size, awareness, server), runs in results.items():
-        lines.append(
-            f"| {size_label(size)} | {'on' if awareness else 'off'} | {runs[0].writers} "
-            f"| {server} | {ms(median_latency(runs, 'fanout_p50'))} "
-            f"| {ms(median_latency(runs, 'fanout_p99'))} "
-            f"| {num(median_of(runs, 'delivered_rate'))} / {num(runs[0].offered_rate)} "
-            f"| {converged_text(runs)} | {median_of(runs, 'server_cpu'):.1f} "
-            f"| {pct(median_of(runs, 'server_cpu_share'))} "
-            f"| {median_of(runs, 'peak_rss'):.0f} | {len(runs)} |"
-        )
+    head = ["clients", "awareness", "W", "server", "fan-out p50 (ms)", "fan-out p99 (ms)",
+            "delivered / offered (updates/s)", "converged", "CPU s", "CPU % (one core)",
+            "peak RSS (MB)", "runs"]  # fmt: skip
+    rows = [
+        [
+            size_label(size), "on" if awareness else "off", runs[0].writers, server,
+            ms(median_latency(runs, "fanout_p50")), ms(median_latency(runs, "fanout_p99")),
+            f"{num(median_of(runs, 'delivered_rate'))} / {num(runs[0].offered_rate)}",
+            converged_text(runs), f"{median_of(runs, 'server_cpu'):.1f}",
+            pct(median_of(runs, "server_cpu_share")), f"{median_of(runs, 'peak_rss'):.0f}",
+            len(runs),
+        ]
+        for (size, awareness, server), runs in results.items()
+    ]  # fmt: skip
+    lines = table(head, "llrlrrrlrrrr", rows)
     lines += [
         "",
         "W: writers in all (one room: min(clients, 10); with rooms: 1 per room), 5 edits/s "
@@ -190,23 +171,22 @@ def tables(results: dict[tuple[str, bool, str], list[RunResult]], options: Optio
         "context switches) in that window; the writers' send lag p99; seconds to connect "
         "and sync every client.",
         "",
-        "| clients | awareness | server | fan-out p95 (ms) | fan-out max (ms) "
-        "| per delivery p50 (ms) | per delivery p99 (ms) | deliveries received / expected "
-        "| generator CPU | other CPU | server preempted (/s) | send lag p99 (ms) "
-        "| connect + sync (s) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    head = ["clients", "awareness", "server", "fan-out p95 (ms)", "fan-out max (ms)",
+            "per delivery p50 (ms)", "per delivery p99 (ms)",
+            "deliveries received / expected", "generator CPU", "other CPU",
+            "server preempted (/s)", "send lag p99 (ms)", "connect + sync (s)"]  # fmt: skip
+    lines += table(head, "lll" + "r" * 10)
     for (size, awareness, server), runs in results.items():
-        lines.append(
-            f"| {size_label(size)} | {'on' if awareness else 'off'} | {server} "
-            f"| {ms(median_latency(runs, 'fanout_p95'))} | {ms(median_latency(runs, 'fanout_max'))} "
-            f"| {ms(median_of(runs, 'delivery_p50'))} | {ms(median_of(runs, 'delivery_p99'))} "
-            f"| {sum(r.delivered for r in runs):,} / {sum(r.expected for r in runs):,} "
-            f"| {pct(median_of(runs, 'generator_cpu_share'))} "
-            f"| {pct(median_of(runs, 'other_cpu_share'))} "
-            f"| {num(median_of(runs, 'preempted_rate'))} "
-            f"| {ms(median_of(runs, 'send_lag_p99'))} | {median_of(runs, 'setup_seconds'):.1f} |"
-        )
+        lines.append(row([
+            size_label(size), "on" if awareness else "off", server,
+            ms(median_latency(runs, "fanout_p95")), ms(median_latency(runs, "fanout_max")),
+            ms(median_of(runs, "delivery_p50")), ms(median_of(runs, "delivery_p99")),
+            f"{sum(r.delivered for r in runs):,} / {sum(r.expected for r in runs):,}",
+            pct(median_of(runs, "generator_cpu_share")), pct(median_of(runs, "other_cpu_share")),
+            num(median_of(runs, "preempted_rate")), ms(median_of(runs, "send_lag_p99")),
+            f"{median_of(runs, 'setup_seconds'):.1f}",
+        ]))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -239,10 +219,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         description="Fan-out of document updates to N clients: ours, the Node y-websocket "
         "server, Hocuspocus and pycrdt-websocket side by side.",
     )
-    parser.add_argument(
-        "--servers", default="ours,node,hocuspocus,pycrdt",
-        help="comma-separated, from ours,node,hocuspocus,pycrdt (default: all)",
-    )  # fmt: skip
+    flags.add_servers(parser)
     parser.add_argument(
         "--sizes", type=parse_size, nargs="+",
         help="client counts: N (one room) or N/ROOMS (default 10 50 100 500 1000/100; "
@@ -271,15 +248,9 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--connect-timeout", type=float,
         help="seconds to connect and sync every client of a run (default 20 + 0.05 per client)",
     )  # fmt: skip
-    parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes at once")
-    parser.add_argument(
-        "--compression", choices=["deflate", "none"], default="deflate",
-        help="offer permessage-deflate like browsers do (default) or not",
-    )  # fmt: skip
-    parser.add_argument(
-        "--quiet-wait", type=float, default=3.0,
-        help="before each run, wait up to this many seconds for the machine to be quiet",
-    )  # fmt: skip
+    flags.add_connect_concurrency(parser)
+    flags.add_compression(parser)
+    flags.add_quiet_wait(parser, 3.0)
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument(
         "--profile", type=Path,
@@ -301,11 +272,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         "--quick", action="store_true",
         help="smoke run: sizes 10 and 50, 1 run of 3 s (explicit flags win)",
     )  # fmt: skip
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file to write the results to"
-    )
+    flags.add_output(parser, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
-    servers = parse_servers(parser, args.servers)
     modes = {"off": False, "on": True}
     try:
         awareness = tuple(modes[m.strip()] for m in args.awareness.split(","))
@@ -315,137 +283,33 @@ def parse_options(argv: Sequence[str]) -> Options:
         parse_size(s)
         for s in (["10", "50"] if args.quick else ["10", "50", "100", "500", "1000/100"])
     ]
-    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    duration = args.duration if args.duration is not None else (3.0 if args.quick else 5.0)
-    warmup = args.warmup if args.warmup is not None else 1.0
+    runs = flags.given(args.runs, 1 if args.quick else 3)
+    duration = flags.given(args.duration, 3.0 if args.quick else 5.0)
+    warmup = flags.given(args.warmup, 1.0)
     if runs < 1 or duration <= 0 or warmup < 0 or args.rate <= 0:
         parser.error("runs, duration and rate must be positive, warmup not negative")
-    return Options(
-        servers=servers,
+    return flags.from_args(
+        Options,
+        args,
+        servers=flags.servers(parser, args),
         sizes=tuple(sizes),
         awareness=awareness,
         runs=runs,
         duration=duration,
         warmup=warmup,
-        rate=args.rate,
-        writers=args.writers,
-        timeout=args.timeout,
-        connect_timeout=args.connect_timeout
-        if args.connect_timeout is not None
-        else 20 + 0.05 * max(s.clients for s in sizes),
-        connect_concurrency=args.connect_concurrency,
-        compression=args.compression == "deflate",
-        quiet_wait=args.quiet_wait,
-        output=args.output,
+        connect_timeout=flags.given(
+            args.connect_timeout, 20 + 0.05 * max(s.clients for s in sizes)
+        ),
+        compression=flags.deflate(args),
         plots=not args.no_plots,
         profile=args.profile.resolve() if args.profile is not None else None,
-        profiler=args.profiler,
-        quick=args.quick,
         ours_args=tuple(shlex.split(args.ours_args)),
-        generator_policy=args.generator_policy,
     )
-
-
-@dataclass(slots=True)
-class Session:
-    """What the runs of one invocation leave for the report."""
-
-    results: dict[tuple[str, bool, str], list[RunResult]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    loads: list[str] = field(default_factory=list)
-    extensions: dict[str, str] = field(default_factory=dict)
-    logs: dict[str, str] = field(default_factory=dict)
-    servers: dict[str, ServerProcess] = field(default_factory=dict)
-    most_clients: int = 0
-    """The most clients the generator has held so far (see the warm-up run)."""
-
-
-async def size_and_mode(
-    session: Session, options: Options, size: Size, awareness: bool, tmp: Path
-) -> None:
-    """A fresh set of servers, the warm-up run if due, then the interleaved runs."""
-    mode = f"awareness {'on' if awareness else 'off'}"
-    session.loads.append(f"{load_average()} ({size.key}, {mode})")
-    group = Path(tempfile.mkdtemp(dir=tmp))
-    cprofile = None
-    if options.profile is not None and options.profiler == "cprofile":
-        options.profile.mkdir(parents=True, exist_ok=True)
-        cprofile = (
-            options.profile / f"ours-{size.key.replace('/', 'x')}-{mode.replace(' ', '-')}.prof"
-        )
-    servers = {
-        name: ServerProcess(
-            SPECS[name],
-            group,
-            cprofile if name == "ours" else None,
-            options.ours_args if name == "ours" else (),
-        )
-        for name in options.servers
-    }
-    session.servers.update(servers)
-    failed: set[str] = set()
-    problems, notes = session.problems, session.notes
-    try:
-        for server in servers.values():
-            await server.start()
-        if size.clients > session.most_clients:
-            # The generator's first run with more clients than ever before costs it twice
-            # the CPU of the next ones (94 % of a core against 45 % at 500 clients, its
-            # p50 20-30 ms against 9-10): it, not the server, would set that run's
-            # latency, and it is always the first server's. One run, not counted, first.
-            session.most_clients = size.clients
-            leader = servers[options.servers[0]]
-            await settle(list(servers.values()), options.quiet_wait)
-            try:
-                await run_once(leader, size, awareness, options, 0)
-            except (RuntimeError, OSError, TimeoutError) as exc:
-                print(f"{size.label}: warm-up run aborted: {exc!r}", file=sys.stderr)
-            await idle_or_restart(leader)
-        for attempt in range(1, options.runs + 1):
-            shift = (attempt - 1) % len(options.servers)
-            for name in options.servers[shift:] + options.servers[:shift]:
-                if name in failed:
-                    continue
-                server = servers[name]
-                await settle(list(servers.values()), options.quiet_wait)
-                label = f"{size.label}, {mode}, {name} run {attempt}"
-                try:
-                    result = await run_once(server, size, awareness, options, attempt)
-                except (RuntimeError, OSError, TimeoutError) as exc:
-                    problems.append(f"{label}: aborted: {exc!r}")
-                    say(f"{label}: aborted: {exc!r}")
-                    failed.add(name)
-                    await server.restart()
-                    continue
-                session.results.setdefault((size.key, awareness, name), []).append(result)
-                session.extensions.setdefault(name, result.extensions)
-                say(f"{label}: {result.summary()}")
-                problems.extend(f"{label}: {p}" for p in result.problems)
-                if not result.converged:
-                    failed.add(name)
-                    notes.append(f"{label}: did not converge ({result.why_not}); "
-                                 "no further runs of it at this size and mode")  # fmt: skip
-                if await idle_or_restart(server):
-                    notes.append(f"{label}: still busy 10 s after the run; restarted")
-    finally:
-        for name, server in servers.items():
-            await server.stop()
-            if server.cprofile is not None and server.cprofile.exists():
-                server.cprofile.with_suffix(".md").write_text(summarise_cprofile(server.cprofile))
-            session.logs[f"{name} ({size.key}, {mode})"] = server.log_text()
-            if any(rc not in (0, None, -signal.SIGTERM, -signal.SIGKILL)
-                   for rc in server.returncodes):  # fmt: skip
-                problems.append(f"{name} ({size.label}): exit statuses {server.returncodes}")
-            elif -signal.SIGKILL in server.returncodes:
-                notes.append(f"{name} ({size.label}, {mode}): did not exit within 15 s of "
-                             "SIGTERM and was killed")  # fmt: skip
 
 
 async def benchmark(options: Options, argv: Sequence[str]) -> int:
     started = time.time()
-    if any(s in ("node", "hocuspocus") for s in options.servers):
-        ensure_peers_installed()
+    ensure_peers_installed(options.servers)
     session = Session()
     with tempfile.TemporaryDirectory() as tmp:
         for size in options.sizes:
@@ -479,20 +343,12 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         )
         report += [f"Plots: {', '.join(f'`{relative(p)}`' for p in written)}", ""]
     problems = session.problems
-    if session.notes:
-        report += ["Notes:", "", *(f"- {n}" for n in session.notes), ""]
+    report += listed("Notes:", session.notes, None)
     report += logged_errors(session.logs, problems)
-    if problems:
-        report += ["**Problems:**", "", *(f"- {p}" for p in problems[:60]), ""]
+    report += listed("**Problems:**", problems, 60)
     publish("\n".join(report), options.output)
     return 1 if problems else 0
 
 
-def main() -> None:
-    options = parse_options(sys.argv[1:])
-    scheduling.apply(options.generator_policy)
-    sys.exit(asyncio.run(benchmark(options, sys.argv)))
-
-
 if __name__ == "__main__":
-    main()
+    flags.main(parse_options, benchmark)

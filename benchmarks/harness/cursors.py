@@ -48,9 +48,10 @@ from collab_engine import protocol
 from collab_engine.protocol import AwarenessEntry, AwarenessUpdate
 from collab_engine.types import ClientId
 from harness.clients import close_connections, describe_close, open_client, sync
+from harness.report import ms
 from harness.sampling import machine_busy_seconds
 from harness.servers import HOST, OurServer
-from harness.stats import percentile
+from harness.stats import pct, percentile
 
 SEQ = re.compile(r'"seq":(\d+)')
 """The sender's message index inside a state's JSON text."""
@@ -306,6 +307,17 @@ class RunResult:
     """Closed connections and observers that did not converge."""
     problems: tuple[str, ...]
     """Anything else that went wrong (a state re-issued by the server)."""
+
+    def summary(self) -> str:
+        """The run's figures on one line, as progress."""
+        return (
+            f"{self.delivered_rate:,.0f} entry-updates/s, {self.frames_per_observer:.1f} "
+            f"frames/observer/s, latency p50 {ms(self.latency_p50)} ms p99 "
+            f"{ms(self.latency_p99)} ms, staleness p50 {ms(self.staleness_p50)} ms p99 "
+            f"{ms(self.staleness_p99)} ms, server CPU {pct(self.server_cpu_share)}, generator "
+            f"CPU {pct(self.generator_cpu_share)}, other CPU {pct(self.other_cpu_share)}, "
+            f"converged {self.converged}/{self.clients}"
+        )
 
 
 async def run_once(

@@ -47,6 +47,17 @@ def commit(paths: Sequence[str], dirty: str) -> str:
     return label
 
 
+def server_commit(storage: bool = False) -> str:
+    """`commit` of the server's sources (and the storage's, if it is measured too)."""
+    paths = ["collab_engine", "server", *(["storage"] if storage else [])]
+    return commit(paths, "plus uncommitted changes to the server")
+
+
+def software(*packages: str) -> str:
+    """Python's version and each package's, as a results header lists them."""
+    return ", ".join([f"Python {sys.version.split()[0]}", *(f"{p} {version(p)}" for p in packages)])
+
+
 def command_line(argv: Sequence[str]) -> str:
     """The command that produced a result, as a user would type it from the repository."""
     return shlex.join(["python", os.path.relpath(argv[0], REPO), *argv[1:]])
@@ -82,6 +93,16 @@ def yjs_version() -> str:
         return str(json.loads(package.read_text())["version"])
     except (OSError, ValueError, KeyError):
         return "?"
+
+
+def peer_versions(yjs: bool = False) -> str:
+    """Node's version and the peers' npm packages, as a results header lists them."""
+    node = shutil.which("node")
+    found = "?" if node is None else subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=10
+    ).stdout.strip()  # fmt: skip
+    packages = "@y/websocket-server 0.1.1, @hocuspocus/server 3.4.4" + (", yjs 13.6.33" * yjs)
+    return f"Node {found}, {packages} (benchmarks/peers/package-lock.json)"
 
 
 def machine() -> str:

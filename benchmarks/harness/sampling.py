@@ -1,11 +1,16 @@
 """CPU and scheduler readings from /proc: the whole machine's, a process's threads',
-and the event-loop threads' time on a CPU and waiting for one."""
+and the event-loop threads' time on a CPU and waiting for one; waiting, on those
+readings, for the machine to be quiet before a run."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -59,3 +64,27 @@ def loop_schedstat() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return int(on_cpu), int(waiting)
+
+
+class Busy(Protocol):
+    """A server under test, as `settle` reads it."""
+
+    def cpu_seconds(self) -> float: ...
+
+
+async def settle(servers: Iterable[Busy], limit: float) -> None:
+    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
+    a core together and everything else (other processes included) under a quarter
+    of one, over half a second. One run's aftermath then does not load the next, and
+    a run does not start while something else on the machine is busy; if it never
+    gets quiet, the run goes ahead and the diagnostics show the other load."""
+    servers = list(servers)
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
+        own0 = time.process_time()
+        await asyncio.sleep(0.5)
+        server = sum(s.cpu_seconds() for s in servers) - server0
+        other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
+        if server < 0.05 and other < 0.125:
+            return

@@ -17,7 +17,8 @@ is absent. Servers start under the normal scheduling policy (`scheduling.normal`
 whatever the generator's.
 
 `ServerProcess` runs any of the four (psutil for CPU and memory of its process tree);
-`OurServer` runs ours alone on port 0 (CPU from /proc, its log split at SIGTERM).
+`OurServer` runs ours alone on port 0 (CPU from /proc, its log split at SIGTERM);
+`running` holds a few of them up for a block of runs, then checks logs and exits.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
 from harness import scheduling
-from harness.sampling import CLOCK_TICKS, machine_busy_seconds
+from harness.report import error_lines
+from harness.sampling import CLOCK_TICKS
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -78,8 +80,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ensure_peers_installed() -> None:
-    """`npm ci` the peers' packages when they are missing (the lock file pins them)."""
+def ensure_peers_installed(names: Iterable[str] | None = None) -> None:
+    """`npm ci` the peers' packages when they are missing (the lock file pins them) and,
+    if `names` are given, one of those servers runs on Node."""
+    if names is not None and not {"node", "hocuspocus"} & set(names):
+        return
     if (PEERS / "node_modules" / "@hocuspocus" / "server").is_dir() and (
         PEERS / "node_modules" / "@y" / "websocket-server"
     ).is_dir():
@@ -260,8 +265,26 @@ class ServerProcess:
         await self.stop()
         await self.start()
 
+    @property
+    def unclean_exits(self) -> bool:
+        """Whether it ever exited with a status other than 0 or SIGTERM's or SIGKILL's."""
+        clean = (0, None, -signal.SIGTERM, -signal.SIGKILL)
+        return any(rc not in clean for rc in self.returncodes)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def rotated(names: Sequence[str], attempt: int) -> list[str]:
+    """`names` in the order of run `attempt` (from 1): each run starts one further on,
+    so that no server always runs first."""
+    shift = (attempt - 1) % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
+def commands(names: Iterable[str], tmp: Path) -> dict[str, str]:
+    """How each server is started, as a results header shows it."""
+    return {name: ServerProcess(SPECS[name], tmp).display_command() for name in names}
 
 
 def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
@@ -271,24 +294,6 @@ def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]
     if unknown or not servers:
         parser.error(f"unknown servers {unknown}: choose from {', '.join(SPECS)}")
     return servers
-
-
-async def settle(servers: Iterable[ServerProcess | OurServer], limit: float) -> None:
-    """Wait (up to `limit` s) until the machine is quiet: the servers under a tenth of
-    a core together and everything else (other processes included) under a quarter
-    of one, over half a second. One run's aftermath then does not load the next, and
-    a run does not start while something else on the machine is busy; if it never
-    gets quiet, the run goes ahead and the diagnostics show the other load."""
-    servers = list(servers)
-    deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline:
-        server0, busy0 = sum(s.cpu_seconds() for s in servers), machine_busy_seconds()
-        own0 = time.process_time()
-        await asyncio.sleep(0.5)
-        server = sum(s.cpu_seconds() for s in servers) - server0
-        other = machine_busy_seconds() - busy0 - server - (time.process_time() - own0)
-        if server < 0.05 and other < 0.125:
-            return
 
 
 async def idle_or_restart(server: ServerProcess, limit: float = 10.0) -> bool:
@@ -322,6 +327,9 @@ class OurServer:
             sys.executable, "-m", "server", "serve",
             "--host", HOST, "--port", "0", "--log-level", "WARNING", *self.extra_args,
         ]  # fmt: skip
+
+    def display_command(self) -> str:
+        return shlex.join(["python", *self.command[1:]])
 
     async def start(self, timeout: float) -> int:
         """Start the server and return its port once it prints that it listens."""
@@ -375,32 +383,25 @@ class OurServer:
         )
 
 
-SETTLE_PAUSE = 1.0
-
-
-SETTLE_INTERVAL = 0.5
-
-
-SETTLE_TOLERANCE = 0.01
-
-
-SETTLE_LIMIT = 20.0
-"""Settling: first pause, interval and tolerance between readings, limit (seconds)."""
-
-
-async def settled_rss(server: ServerProcess, label: str, notes: list[str]) -> int:
-    """The server's RSS once two readings `SETTLE_INTERVAL` apart agree within 1 %."""
-    await asyncio.sleep(SETTLE_PAUSE)
-    server.refresh_family()
-    deadline = time.perf_counter() + SETTLE_LIMIT
-    previous = server.rss()
-    while True:
-        await asyncio.sleep(SETTLE_INTERVAL)
-        current = server.rss()
-        if abs(current - previous) < SETTLE_TOLERANCE * previous:
-            return current
-        if time.perf_counter() >= deadline:
-            notes.append(f"{label}: RSS still moving after {SETTLE_LIMIT:g} s "
-                         f"({previous / 1e6:.1f} -> {current / 1e6:.1f} MB); last reading kept")  # fmt: skip
-            return current
-        previous = current
+@contextlib.asynccontextmanager
+async def running(
+    servers: Mapping[str, OurServer], problems: list[str], label: str = ""
+) -> AsyncIterator[None]:
+    """Start every server (by name); stop them all on the way out. An error out of a
+    start or out of the body ends the runs ("`label`aborted"), as a problem; so do
+    errors in a server's log before its SIGTERM, and an exit status other than 0."""
+    try:
+        for server in servers.values():
+            await server.start(timeout=30)
+        yield
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        problems.append(f"{label}aborted: {exc!r}")
+    finally:
+        for server in servers.values():
+            await server.stop(timeout=15)
+    for name, server in servers.items():
+        which = f"the {name} server" if name else "the server"
+        if errors := error_lines(server.log_lines()[0]):
+            problems.append(f"{which} logged errors in the runs, the first: {errors[0][:160]!r}")
+        if server.returncode not in (0, None):
+            problems.append(f"{which} exited with status {server.returncode}")

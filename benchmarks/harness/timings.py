@@ -102,13 +102,13 @@ def local_tables(measured: Sequence[Timings]) -> list[str]:
         "",
         *table(
             ["trace", "patches", *IMPLEMENTATIONS, *(label for label, _, _ in RATIOS)],
+            "lr" + "r" * (len(IMPLEMENTATIONS) + len(RATIOS)),
             (
                 [m.trace.name, f"{len(m.trace.patches):,}"]
                 + [rate(len(m.trace.patches), median(m.times.get(k, []))) for k in IMPLEMENTATIONS]
                 + [ratio(m.times.get(a, []), m.times.get(b, [])) for _, a, b in RATIOS]
                 for m in measured
             ),
-            "lr" + "r" * (len(IMPLEMENTATIONS) + len(RATIOS)),
         ),
         "",
         "The same ratios in CPU time (`time.process_time` of this process, all threads; "
@@ -117,11 +117,11 @@ def local_tables(measured: Sequence[Timings]) -> list[str]:
         "",
         *table(
             ["trace", *(f"CPU: {label}" for label, _, _ in RATIOS)],
+            "l" + "r" * len(RATIOS),
             (
                 [m.trace.name, *(ratio(m.cpu.get(a, []), m.cpu.get(b, [])) for _, a, b in RATIOS)]
                 for m in measured
             ),
-            "l" + "r" * len(RATIOS),
         ),
         "",
         "Per run (the implementations of one run measured one after the other), wall "
@@ -129,8 +129,8 @@ def local_tables(measured: Sequence[Timings]) -> list[str]:
         "",
         *table(
             ["trace", *(c for label, _ in PER_RUN for c in (f"{label}, each run", "median"))],
-            each_run,
             "l" + "lr" * len(PER_RUN),
+            each_run,
         ),
     ]
     for title, wall in (("Seconds per replay, wall", True), ("CPU seconds per replay", False)):
@@ -140,12 +140,12 @@ def local_tables(measured: Sequence[Timings]) -> list[str]:
             "",
             *table(
                 ["trace", *IMPLEMENTATIONS],
+                "l" + "r" * len(IMPLEMENTATIONS),
                 (
                     [m.trace.name]
                     + [spread((m.times if wall else m.cpu).get(k, [])) for k in IMPLEMENTATIONS]
                     for m in measured
                 ),
-                "l" + "r" * len(IMPLEMENTATIONS),
             ),
         ]
     return [
@@ -154,12 +154,12 @@ def local_tables(measured: Sequence[Timings]) -> list[str]:
         *table(
             ["trace", "trace transactions", "patches", "patches inserting non-ASCII text",
              "final characters"],
+            "lrrrr",
             (
                 [t.name, f"{t.txns:,}", f"{len(t.patches):,}", str(t.non_ascii),
                  f"{len(t.expected):,}"]
                 for t in (m.trace for m in measured)
             ),
-            "lrrrr",
         ),
     ]  # fmt: skip
 
@@ -212,17 +212,17 @@ def remote_tables(measured: Sequence[Timings], cap: float) -> list[str]:
              "pycrdt / Yjs (apply)", "pycrdt tree merge + apply merged (s)",
              "Yjs tree merge + apply merged (s)", "merged bytes (pycrdt / Yjs)",
              "pycrdt merge all at once (s)", "Yjs merge all at once (s)"],
-            (remote_row(m, cap) for m in measured),
             "l" + "r" * 10,
+            (remote_row(m, cap) for m in measured),
         ),
         "",
         "Seconds: median (min–max, runs).",
         "",
         *table(
             ["trace", *REMOTE_KEYS],
+            "l" + "r" * len(REMOTE_KEYS),
             ([m.trace.name, *(spread(m.remote.times.get(k, [])) for k in REMOTE_KEYS)]
              for m in measured),
-            "l" + "r" * len(REMOTE_KEYS),
         ),
     ]  # fmt: skip
 
@@ -239,6 +239,7 @@ def concurrent_tables(measured: Sequence[ConcurrentTimings]) -> list[str]:
             ["trace", "agents", "transactions", "patches", "merge points", "updates delivered",
              "pycrdt, patches/s", "Yjs, patches/s", "pycrdt / Yjs", "pycrdt converge (s)",
              "Yjs converge (s)"],
+            "l" + "r" * 10,
             (
                 [t.name, str(t.agents), f"{len(t.steps):,}", f"{t.patches:,}", f"{t.merges:,}",
                  f"{t.delivered:,}", rate(t.patches, median(s.get("pycrdt replay", []))),
@@ -248,16 +249,15 @@ def concurrent_tables(measured: Sequence[ConcurrentTimings]) -> list[str]:
                  seconds(median(s.get("Yjs converge", [])))]
                 for t, s in ((m.trace, m.times) for m in measured)
             ),
-            "l" + "r" * 10,
         ),
         "",
         "Seconds: median (min–max, runs).",
         "",
         *table(
             ["trace", *CONCURRENT_KEYS],
+            "l" + "r" * len(CONCURRENT_KEYS),
             ([m.trace.name, *(spread(m.times.get(k, [])) for k in CONCURRENT_KEYS)]
              for m in measured),
-            "l" + "r" * len(CONCURRENT_KEYS),
         ),
     ]  # fmt: skip
 
