@@ -24,7 +24,9 @@ down; a document whose updates still cannot be written is failed with a
 `StorageError` naming it and the sequence number it was to be written at: its
 connections are closed with 1011 and the room is discarded, so the next opening
 reloads exactly what is stored. Its unwritten updates were never acknowledged:
-their authors still hold them and send them again when they reconnect.
+their authors still hold them and send them again when they reconnect. A document
+this node no longer owns (a node of a cluster: `ownership.Deposed`) goes the same
+way, its connections closed with 1012.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from anyio.abc import TaskStatus
 
 from .clock import SYSTEM, Clock
 from .errors import StorageError
+from .ownership import Deposed
 from .store import Entry, Store
 from .types import Update
 
@@ -61,6 +64,12 @@ class Journaled(Protocol):
     @property
     def stored_seq(self) -> int:
         """The sequence number of the room's newest stored update."""
+        ...
+
+    @property
+    def epoch(self) -> int | None:
+        """The ownership epoch the room's node holds the document at, which fences
+        its updates (`store.Entry.epoch`); None outside a cluster."""
         ...
 
     def persisted(self, ticket: int, seq: int, count: int, size: int) -> None:
@@ -146,7 +155,8 @@ class Journal:
     def submit(self, room: Journaled, update: Update, author: str | None = None) -> int:
         """Queue `update` of `room` for writing; return its ticket. Never blocks."""
         self.submitted += 1
-        self._pending.append(_Write(self.submitted, room, Entry(room.name, update, author)))
+        entry = Entry(room.name, update, author, room.epoch)
+        self._pending.append(_Write(self.submitted, room, entry))
         self._pending_bytes += len(update)
         self._wakeup.set()
         if len(self._pending) == self.max_batch:
@@ -325,6 +335,13 @@ class Journal:
 
     def _fail(self, batch: Sequence[_Write], exc: Exception) -> None:
         rooms = {id(write.room): write.room for write in batch}
+        if isinstance(exc, Deposed):
+            # Not a failure of storage: the document moved to another node. Its
+            # connections end (1012) and reconnect; the new owner serves them.
+            log.warning("%s", exc.reason)
+            for room in rooms.values():
+                room.storage_failed(exc)
+            return
         for room in rooms.values():
             count = sum(1 for write in batch if write.room is room)
             error = StorageError(

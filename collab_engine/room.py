@@ -168,6 +168,9 @@ class Room:
         report visits these, not every peer (in a room of one writer and a hundred
         readers, one instead of a hundred and one per commit)."""
         self.stored_seq = stored_seq
+        self.epoch: int | None = None
+        """The ownership epoch this node holds the document at (a node of a cluster):
+        the store refuses the room's updates once it has moved on; None: not fenced."""
         self.snapshot_seq = snapshot_seq
         self.since_snapshot_bytes = since_snapshot_bytes
         self.failed: StorageError | None = None

@@ -28,6 +28,10 @@ class Entry:
     document: str
     update: Update
     author: str | None = None
+    epoch: int | None = None
+    """The ownership epoch the writer holds the document at (a node of a cluster):
+    the store refuses the entry (`ownership.Deposed`) unless it is still current.
+    None: not fenced (one process alone)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,10 @@ class Store(Protocol):
         """Append `entries` (any documents, in order); return the seq given to each.
 
         Once this returns, the entries are durable.
+
+        Raises:
+            Deposed: an entry's `epoch` is no longer its document's (nothing of the
+                call is stored); only stores that keep ownership fence entries.
         """
         ...
 

@@ -5,6 +5,9 @@
     snapshots(document, seq, state, created_at)        PK (document, seq)
     grants(document, principal, role, created_at)      PK (document, principal)
     versions(id, document, seq, label, author, automatic, created_at, editors)
+    nodes(id PK, started_at, expires_at)               a cluster's nodes and their leases
+    owners(document PK, node, epoch)                   each document's owner (node NULL:
+                                                       released) and its ownership epoch
     schema_version(version)                            one row
 
 The same schema runs on SQLite and PostgreSQL. Migrations are keyed by version
@@ -83,6 +86,23 @@ versions = Table(
     Column("editors", Text),  # JSON list: who wrote updates since the version before
 )
 
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(256), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),  # the database's clock, Unix time
+)
+
+owners = Table(
+    "owners",
+    metadata,
+    # No foreign key to documents: a document is owned before its first update.
+    Column("document", String(1024), primary_key=True),
+    Column("node", String(256)),
+    Column("epoch", BigInteger, nullable=False),  # only grows: the fence of appends
+)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 
@@ -104,7 +124,11 @@ def _v4(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE versions ADD COLUMN editors TEXT"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[nodes, owners])
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 """Migration N (1-based) brings the schema from version N - 1 to N."""
 
 

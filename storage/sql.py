@@ -38,11 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import ClauseElement
 
+from collab_engine.ownership import Deposed
 from collab_engine.permissions import Grant, Role
 from collab_engine.store import Entry, Stored, Version
 from collab_engine.types import Update
 
-from .schema import documents, grants, migrate, snapshots, updates, versions
+from .schema import documents, grants, migrate, owners, snapshots, updates, versions
 
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite write waits for another connection's lock before it fails."""
@@ -171,7 +172,8 @@ class SQLStore:
         if not entries:
             return []
         now = time.time()
-        if await self._held_connection("append") is not None:
+        fenced = {entry.document: entry.epoch for entry in entries if entry.epoch is not None}
+        if not fenced and await self._held_connection("append") is not None:
             # The whole transaction in one call on aiosqlite's thread: see
             # `_append_in_thread`.
             seqs: list[int] = await self._on_thread(
@@ -181,6 +183,8 @@ class SQLStore:
         counts = Counter(entry.document for entry in entries)
         names = sorted(counts)  # PostgreSQL locks the rows in this order: no deadlock
         async with self.engine.begin() as connection:
+            if fenced:
+                await _check_fences(connection, fenced)
             # The upsert takes the row lock (PostgreSQL) or the database's write lock
             # (SQLite) before it reads last_seq: two writers never get the same seqs.
             result = await connection.execute(
@@ -440,6 +444,28 @@ def _version_row(
         "created_at": now,
         "editors": json.dumps(editors),
     }
+
+
+async def _check_fences(connection: AsyncConnection, fenced: dict[str, int]) -> None:
+    """Raise `Deposed` unless every document of `fenced` is still at its epoch.
+
+    The owners' rows are read FOR SHARE: a claim that would move one of them (an
+    UPDATE of the row) waits for this transaction to end, and a claim that committed
+    first is seen here. So no update is stored after its document moved on."""
+    names = sorted(fenced)  # the rows locked in one order: no deadlock between writers
+    rows = await connection.execute(
+        select(owners.c.document, owners.c.epoch)
+        .where(owners.c.document.in_(names))
+        .order_by(owners.c.document)
+        .with_for_update(read=True)
+    )
+    current = {row.document: int(row.epoch) for row in rows}
+    for name in names:
+        if current.get(name) != fenced[name]:
+            raise Deposed(
+                f"document {name!r} moved on to ownership epoch {current.get(name)}: "
+                f"this node's epoch {fenced[name]} no longer writes it"
+            )
 
 
 def _numbered(
