@@ -16,12 +16,33 @@ locks, acknowledgements, versions. Errors close the peer with their close code
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from .errors import CollabError, MessageTooBig
 from .peer import Peer
 from .protocol import Message, decode
 from .room import Later, Room
 
-__all__ = ["Connection", "Later"]
+__all__ = ["Carried", "Connection", "Later"]
+
+
+class Carried(Protocol):
+    """What a transport carries: a client's outbox, and where its frames go. A
+    `Connection` to a room of this process, or, on a node of a cluster, a
+    `cluster.Remote` relaying the client to the node that owns its document."""
+
+    @property
+    def peer(self) -> Peer:
+        """The client's outbox, identity and rights; closed when the connection ends."""
+        ...
+
+    def receive(self, data: bytes) -> Later | None:
+        """Act on one frame; what it returns is awaited (`catch_up`) before the next."""
+        ...
+
+    async def catch_up(self, later: Later) -> None:
+        """Await what a frame had to wait for."""
+        ...
 
 
 class Connection:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -47,6 +47,7 @@ from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
 from .locks import LockLimits, Locks
 from .names import normalized
+from .ownership import Deposed, Elsewhere, Lease, Ownership
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
@@ -126,6 +127,11 @@ class Engine:
         store: where documents are kept; None keeps them in memory only.
         clock: where time comes from, for the engine and everything it runs (rooms,
             presence, locks, the journal's linger, history, the sweeper).
+        ownership: the cluster's ownership table, for a node of a cluster (None: one
+            process alone). The engine then loads only the documents this node owns
+            (claiming them; `Elsewhere` names the owner of the others), fences their
+            updates with the lease's epoch, keeps its lease renewed, and gives its
+            documents up when it stops.
     """
 
     def __init__(
@@ -134,10 +140,23 @@ class Engine:
         store: Store | None = None,
         *,
         clock: Clock = SYSTEM,
+        ownership: Ownership | None = None,
     ) -> None:
         self.config = config or EngineConfig()
         self.store = store
         self.clock = clock
+        self.ownership = ownership
+        self.lease_gate: Callable[[], bool] = lambda: True
+        """Whether this node may renew its lease now (a node of a cluster renews only
+        while it can reach the others: see `cluster`)."""
+        self._leases: dict[DocumentName, Lease] = {}
+        """The leases of the documents this node's rooms hold."""
+        self.on_grants: Callable[[str], None] | None = None
+        """Told of each grant change made here (a node of a cluster tells the others)."""
+        self._regranter = Worker(
+            self._regrant, expected=(StorageError,), failed=self._not_regranted
+        )
+        """Rooms whose grants changed elsewhere: read again, then applied to their peers."""
         self.journal: Journal | None = None
         if store is not None:
             self.journal = Journal(
@@ -172,6 +191,10 @@ class Engine:
             self._task_group.start_soon(self._compactor.run)
             self._task_group.start_soon(self.history.run)
         self._task_group.start_soon(self._sweep_forever)
+        self._task_group.start_soon(self._regranter.run)
+        if self.ownership is not None:
+            await self._register(self.ownership)
+            self._task_group.start_soon(self._hold_leases, self.ownership)
         return self
 
     async def __aexit__(
@@ -187,12 +210,78 @@ class Engine:
                 slot.room.close()
         if self.journal is not None:
             await self._drain(self.journal)
+        if self.ownership is not None:
+            await self._deregister(self.ownership)
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
         finally:
             self._task_group = None
             self._slots.clear()
+
+    async def _register(self, ownership: Ownership) -> None:
+        try:
+            await ownership.register()
+        except BaseException:
+            assert self._task_group is not None
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+            raise
+
+    async def _deregister(self, ownership: Ownership) -> None:
+        # Everything accepted is stored: give the documents up at once, rather than
+        # leave them to wait for this node's lease to lapse.
+        with anyio.move_on_after(self.config.drain_timeout, shield=True):
+            try:
+                await ownership.deregister()
+            except StorageError as error:
+                log.warning("leaving the cluster: %s (the lease lapses by itself)", error.reason)
+
+    async def _hold_leases(self, ownership: Ownership) -> None:
+        # Renew this node's lease three times a ttl. A node that cannot (the database
+        # is unreachable, or `lease_gate` says the node is cut off from the others)
+        # stops its rooms before the lease can lapse: what it would take after that
+        # could never be stored, since another node may have claimed the document.
+        renewed_at = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(ownership.ttl / 3)
+            if self.lease_gate():
+                try:
+                    with anyio.CancelScope(shield=True):
+                        current = await ownership.renew()
+                    renewed_at = self.clock.monotonic()
+                    if not current:
+                        await self._check_leases(ownership)
+                    continue
+                except StorageError as error:
+                    log.warning("cannot renew the lease of node %r: %s", ownership.node, error)
+            else:
+                log.warning("node %r does not renew its lease: it is cut off", ownership.node)
+            if self.clock.monotonic() - renewed_at >= ownership.ttl * 2 / 3:
+                self._depose(
+                    list(self._leases),
+                    f"node {ownership.node!r} could not renew its lease: it stops serving "
+                    "its documents before another node may claim them",
+                )
+
+    async def _check_leases(self, ownership: Ownership) -> None:
+        # This node's lease had lapsed: the documents claimed since by others are lost.
+        leases = list(self._leases.values())
+        held = set(await ownership.held(leases))
+        self._depose(
+            [lease.document for lease in leases if lease not in held],
+            f"node {ownership.node!r} lost the document while its lease had lapsed",
+        )
+
+    def _depose(self, names: list[str], reason: str) -> None:
+        for name in names:
+            doc_name = DocumentName(name)
+            self._leases.pop(doc_name, None)
+            room = self.rooms.get(doc_name)
+            if room is not None:
+                log.warning("%s: %r", reason, name)
+                room.storage_failed(Deposed(f"{reason} ({name!r})"))
 
     async def _drain(self, journal: Journal) -> None:
         # Shielded: an engine leaving because it was cancelled still writes what it
@@ -279,6 +368,14 @@ class Engine:
         }
         if self.store is None:
             return Room(name, **options)
+        lease: Lease | None = None
+        if self.ownership is not None:
+            # Shielded as the load below: a claim is one short transaction.
+            with anyio.CancelScope(shield=True):
+                claimed = await self.ownership.claim(name)
+            if claimed.node != self.ownership.node:
+                raise Elsewhere(claimed)
+            lease = claimed
         try:
             # Shielded, as every store call: SQLAlchemy's aiosqlite adapter cannot
             # recover a connection cancelled in the middle of a query (its close then
@@ -303,6 +400,9 @@ class Engine:
             since_snapshot_bytes=sum(len(update) for _, update in stored.updates),
             **options,
         )
+        if lease is not None:
+            room.epoch = lease.epoch
+            self._leases[name] = lease
         return room
 
     # -- permissions ------------------------------------------------------------------
@@ -342,6 +442,8 @@ class Engine:
         current = [g for g in await self.grants(name) if g.principal != grant.principal]
         self._grants[DocumentName(name)] = sorted([*current, grant], key=lambda g: g.principal)
         self._reevaluate(DocumentName(name))
+        if self.on_grants is not None:
+            self.on_grants(name)
 
     async def revoke(self, name: str, principal: str) -> bool:
         """Remove `principal`'s grant on `name`; open connections lose rights now."""
@@ -352,7 +454,28 @@ class Engine:
         current = await self.grants(name)
         self._grants[DocumentName(name)] = [g for g in current if g.principal != principal]
         self._reevaluate(DocumentName(name))
+        if self.on_grants is not None:
+            self.on_grants(name)
         return removed
+
+    def grants_changed(self, name: str | None) -> None:
+        """The grants of document `name` (None: of any document) changed elsewhere (on
+        another node of a cluster): forget them, and read them again for the room's
+        connected peers, who get their new rights (or 4403) once they are read."""
+        names = list(self._grants) if name is None else [DocumentName(normalized(name))]
+        for doc_name in names:
+            self._grants.pop(doc_name, None)
+            if doc_name in self._slots:
+                self._regranter.mark(doc_name)
+
+    async def _regrant(self, name: DocumentName) -> None:
+        await self.grants(name)
+        self._reevaluate(name)
+
+    def _not_regranted(self, name: DocumentName, error: Exception) -> None:
+        # The peers keep their rights until the grants can be read (the next change,
+        # or the next lost notice, tries again).
+        log.error("cannot apply the changed grants of %r: %s", name, error)
 
     def _reevaluate(self, name: DocumentName) -> None:
         room = self.rooms.get(name)
@@ -414,6 +537,7 @@ class Engine:
         ):
             del self._slots[name]
             self._holding.discard(room)
+            self._leases.pop(name, None)  # (the document stays this node's: see `cluster`)
             room.close()
             log.debug("room %r unloaded", name)
             if room.failed is None:

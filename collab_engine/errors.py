@@ -12,6 +12,8 @@
     ├── Forbidden            4403   no right to read this document (or not any more)
     ├── StorageError         1011   the document cannot be read from or written to storage
     │   └── Deposed          1012   (in `ownership`) a node of a cluster no longer owns it
+    │       └── Elsewhere    1012   (in `ownership`) another node owns it
+    ├── Closed               (the owner's) (in `cluster`) a relayed client closed by its owner
     └── (in `locks`, reported in the lock reply, never a close)
         ├── LockConflict     4409   the section is held by someone else
         ├── LockNotHeld      4409   renewing or releasing a lease one does not hold

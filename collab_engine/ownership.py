@@ -52,6 +52,15 @@ class Lease:
     epoch: int
 
 
+class Elsewhere(Deposed):
+    """Another live node owns the document: this node relays its clients there
+    (`cluster`), and refuses to serve it from a room of its own."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(f"document {lease.document!r} is served by node {lease.node!r}")
+        self.lease = lease
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """A node of the cluster as the ownership table knows it."""

@@ -140,6 +140,8 @@ class Peer:
         self.error: CollabError | None = None
         self.closed = False
         self._closed_event = anyio.Event()
+        self.on_close: Callable[[], None] | None = None
+        """Called once, when the peer is closed (by whichever side); must not raise."""
         # Persisted acknowledgements (see protocol.Persisted), kept by the room.
         self.wants_acks = False
         """Whether the client asked for persisted acknowledgements."""
@@ -210,6 +212,9 @@ class Peer:
         # counting when the connection ends, not at the next full collection.
         self._ready = None
         self._closed_event.set()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
     async def wait_closed(self) -> None:
         """Return once the peer is closed, by whichever side."""

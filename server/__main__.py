@@ -265,6 +265,30 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-automatic-versions", action="store_true", help="make no automatic versions"
     )
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="make this process a node of a cluster: the nodes share this Redis and the "
+        "PostgreSQL database of --database-url (see docs/cluster.md)",
+    )
+    serve.add_argument(
+        "--node-id",
+        help="this node's id, unique in the cluster (default: host name, process id and "
+        "a random part)",
+    )
+    serve.add_argument(
+        "--cluster-prefix",
+        default=defaults.cluster_prefix,
+        help="prefix of the cluster's Redis keys: clusters sharing a Redis need "
+        "different ones (default %(default)s)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=defaults.lease_ttl,
+        help="seconds a node's lease lasts without renewal: how long a dead node's "
+        "documents wait before another node takes them (default %(default)s)",
+    )
     secret.add_options(serve, "the HS256 key tokens are signed with (none: open mode)")
     serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
@@ -402,6 +426,15 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.redis_url is not None and (
+        args.memory or not (args.database_url or "").startswith("postgresql")
+    ):
+        _fail(
+            "--redis-url makes a node of a cluster, whose nodes share a PostgreSQL "
+            "database: give it --database-url postgresql+asyncpg://... (not SQLite or --memory)"
+        )
+    if not args.lease_ttl > 0:
+        _fail("--lease-ttl must be a positive number of seconds")
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -412,6 +445,10 @@ def _serve(args: argparse.Namespace) -> None:
         websocket_compression=args.websocket_compression,
         wire=not args.asgi,
         max_buffered=args.max_buffered,
+        redis_url=args.redis_url,
+        node_id=args.node_id,
+        cluster_prefix=args.cluster_prefix,
+        lease_ttl=args.lease_ttl,
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,
             outbox_size=args.outbox_size,

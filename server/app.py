@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import secrets
 import signal
 import socket
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -29,11 +32,14 @@ from sqlalchemy.engine import make_url
 from wsproto.extensions import PerMessageDeflate
 
 from collab_engine.clock import SYSTEM, Clock
+from collab_engine.cluster import Cluster
 from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
 from collab_engine.journal import describe_error
 from collab_engine.store import Store
 from storage import SQLStore
+from storage.ownership import SQLOwnership
+from storage.redis import RedisBus
 
 from . import wire
 from .endpoints import DOCUMENTS, documents_api, respond
@@ -56,15 +62,37 @@ class App:
     def __init__(
         self, settings: Settings | None = None, store: Store | None = None, *, clock: Clock = SYSTEM
     ) -> None:
-        self.settings = settings or Settings()
-        self.engine = Engine(self.settings.engine, store, clock=clock)
+        self.settings = settings = settings or Settings()
+        self.cluster: Cluster | None = None
+        """This node's relays, when it is a node of a cluster (`settings.redis_url`)."""
+        self.bus: RedisBus | None = None
+        if settings.redis_url is None:
+            self.engine = Engine(settings.engine, store, clock=clock)
+        else:
+            if not isinstance(store, SQLStore) or store.engine.dialect.name != "postgresql":
+                raise ValueError("a node of a cluster stores its documents in PostgreSQL")
+            node = settings.node_id or default_node_id()
+            ownership = SQLOwnership(store.engine, node, settings.lease_ttl)
+            self.engine = Engine(settings.engine, store, clock=clock, ownership=ownership)
+            self.cluster = Cluster(self.engine, max_frame_size=settings.max_frame_size)
+            self.bus = RedisBus(
+                settings.redis_url,
+                prefix=settings.cluster_prefix,
+                node=node,
+                listener=self.cluster,
+                clock=clock,
+            )
+            self.cluster.attach(self.bus)
+            bus = self.bus
+            self.engine.lease_gate = lambda: bus.healthy
+            self.engine.on_grants = self.cluster.announce_grants
         self.started = anyio.Event()
         """Set once the engine runs (the ASGI lifespan has started)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            await serve_websocket(self.engine, self.settings, scope, receive, send)
+            await serve_websocket(self.engine, self.settings, scope, receive, send, self.cluster)
         elif kind == "http":
             await self._http(scope, receive, send)
         elif kind == "lifespan":
@@ -73,7 +101,13 @@ class App:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
-        async with self.engine:
+        async with AsyncExitStack() as stack:
+            # Exited in reverse: the engine first (its peers closed, everything written,
+            # its documents given up), then the relays, then the bus that carried them.
+            if self.bus is not None and self.cluster is not None:
+                await stack.enter_async_context(self.bus)
+                await stack.enter_async_context(self.cluster)
+            await stack.enter_async_context(self.engine)
             await send({"type": "lifespan.startup.complete"})
             self.started.set()
             message = await receive()
@@ -86,15 +120,23 @@ class App:
             await documents_api(self.engine, self.settings, scope, receive, send)
         elif path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             rooms = self.engine.rooms
-            await respond(
-                send,
-                200,
-                {
-                    "status": "ok",
-                    "rooms": len(rooms),
-                    "peers": sum(len(room.peers) for room in rooms.values()),
-                },
-            )
+            status: dict[str, object] = {
+                "status": "ok",
+                "rooms": len(rooms),
+                "peers": sum(len(room.peers) for room in rooms.values()),
+            }
+            ownership = self.engine.ownership
+            if ownership is not None and self.cluster is not None:
+                status["node"] = ownership.node
+                status["relayed"] = len(self.cluster.remotes)
+                try:
+                    status["owns"] = [
+                        lease.document for lease in await ownership.leases(ownership.node)
+                    ]
+                except StorageError as error:
+                    status["status"] = "degraded"
+                    status["error"] = error.reason
+            await respond(send, 200, status)
         else:
             await respond(send, 404, {"error": "not found"})
 
@@ -121,6 +163,11 @@ def _safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as the scheme only
         return url.split(":", 1)[0] + "://..."
+
+
+def default_node_id() -> str:
+    """A node id unique enough for a cluster: host name, process id, a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class CannotListen(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import anyio
 
-from collab_engine.connection import Connection
+from collab_engine.connection import Carried
 from collab_engine.errors import ProtocolError
 from collab_engine.peer import Peer
 
@@ -26,7 +26,7 @@ class ASGITransport:
         self._receive = receive
         self._send = send
 
-    async def carry(self, connection: Connection) -> None:
+    async def carry(self, connection: Carried) -> None:
         peer = connection.peer
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read, connection)
@@ -45,7 +45,7 @@ class ASGITransport:
     async def finish(self, left: bool) -> None:
         return None  # the reader saw the client's disconnect, if it left
 
-    async def _read(self, connection: Connection) -> None:
+    async def _read(self, connection: Carried) -> None:
         peer = connection.peer
         while not peer.closed:
             message = await self._receive()

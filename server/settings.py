@@ -46,6 +46,17 @@ class Settings:
     `postgresql+asyncpg://...`); None keeps them in memory only. The command line
     defaults to the SQLite file `./collab.db`."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    redis_url: str | None = None
+    """Make this process a node of a cluster whose nodes share this Redis (and the
+    PostgreSQL database of `database_url`); None: one process alone."""
+    node_id: str | None = None
+    """This node's id in the cluster, unique among its nodes (None: made up from the
+    host name, the process id and a random part)."""
+    cluster_prefix: str = "collab"
+    """The prefix of every Redis key of the cluster: two clusters on one Redis differ."""
+    lease_ttl: float = 5.0
+    """Seconds a node's lease lasts without renewal: how long the documents of a node
+    that died wait before another node may claim them."""
 
     @property
     def wire_pings(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from collab_engine.connection import Connection
+from collab_engine.connection import Carried
 
 
 class Transport(Protocol):
@@ -23,7 +23,7 @@ class Transport(Protocol):
     name: str
     """`wire` or `asgi`: which path serves (for logs and tests)."""
 
-    async def carry(self, connection: Connection) -> None:
+    async def carry(self, connection: Carried) -> None:
         """Hand every binary frame the client sends to `connection.receive` (awaiting
         what it returns before reading on) and send the peer's outbox, in order, until
         the peer is closed: by the client leaving, a bad frame, the room or the engine.

@@ -19,9 +19,11 @@ import logging
 import anyio
 
 from collab_engine import names
+from collab_engine.cluster import Cluster
 from collab_engine.connection import Connection
 from collab_engine.engine import Engine
 from collab_engine.errors import CollabError, Forbidden, StorageError, close_reason
+from collab_engine.ownership import Elsewhere
 from collab_engine.peer import Peer
 from collab_engine.permissions import refusal
 
@@ -48,9 +50,15 @@ def document_name(scope: Scope, max_length: int) -> str:
 
 
 async def serve_websocket(
-    engine: Engine, settings: Settings, scope: Scope, receive: Receive, send: Send
+    engine: Engine,
+    settings: Settings,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    cluster: Cluster | None = None,
 ) -> None:
-    """Serve one y-websocket connection until either side ends it."""
+    """Serve one y-websocket connection until either side ends it. On a node of a
+    `cluster`, a client of a document another node owns is relayed there."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -90,6 +98,16 @@ async def serve_websocket(
                 await transport.carry(connection)
             finally:
                 connection.leave()
+    except Elsewhere as elsewhere:
+        if cluster is None:
+            peer.close(elsewhere)
+        else:
+            remote = cluster.remote(elsewhere, peer)
+            remote.join()
+            try:
+                await transport.carry(remote)
+            finally:
+                remote.leave()
     except StorageError as error:
         # The document could not be loaded: refuse it whole rather than serve part.
         peer.close(error)

@@ -69,7 +69,7 @@ from hypercorn.protocol.ws_stream import WSStream
 from wsproto.connection import Connection as WSConnection
 from wsproto.frame_protocol import FrameDecoder, FrameProtocol
 
-from collab_engine.connection import Connection, Later
+from collab_engine.connection import Carried, Later
 from collab_engine.errors import CollabError, PeerTooSlow, ProtocolError
 from collab_engine.peer import Peer
 from collab_engine.types import Frame
@@ -529,7 +529,7 @@ class WireTransport:
         self._receive = receive
         self._waiting: MemoryObjectSendStream[Later] | None = None
 
-    async def carry(self, connection: Connection) -> None:
+    async def carry(self, connection: Carried) -> None:
         peer = connection.peer
         async with anyio.create_task_group() as tg:
             self.wire.attach(peer, partial(self._on_message, connection, tg))
@@ -555,7 +555,7 @@ class WireTransport:
             # still open when the app returns, would close it with 1011.
             await until_disconnect(self._receive)
 
-    def _on_message(self, connection: Connection, tg: TaskGroup, data: bytes) -> None:
+    def _on_message(self, connection: Carried, tg: TaskGroup, data: bytes) -> None:
         later = connection.receive(data)
         if later is None:
             return
@@ -565,9 +565,7 @@ class WireTransport:
         self.wire.pause()
         self._waiting.send_nowait(later)  # never full: the wire stays paused until taken
 
-    async def _catch_up(
-        self, connection: Connection, taken: MemoryObjectReceiveStream[Later]
-    ) -> None:
+    async def _catch_up(self, connection: Carried, taken: MemoryObjectReceiveStream[Later]) -> None:
         async with taken:
             async for later in taken:
                 await connection.catch_up(later)

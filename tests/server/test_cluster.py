@@ -1,0 +1,373 @@
+"""A cluster of real `collab-engine serve` processes on one PostgreSQL database (a
+fresh one per test) and one Redis (a fresh key prefix per test): clients on every
+node edit one document, and every guarantee of one process holds across nodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from anyio.abc import Process, TaskGroup
+from pycrdt import Doc, Map, Text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from collab_engine import protocol
+from collab_engine.permissions import Role
+from server.auth import mint
+from tests.services import POSTGRES, REDIS, need
+from tests.timing import eventually
+from tests.yclient import YClient, yclient
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+
+@dataclass
+class Node:
+    """One `collab-engine serve` process of the cluster."""
+
+    id: str
+    process: Process
+    url: str
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        return self.url.replace("ws://", "http://")
+
+
+@asynccontextmanager
+async def database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards: its SQLAlchemy URL."""
+    need("PostgreSQL", 5432)
+    name = f"cluster_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            async with admin.connect() as connection:
+                await connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()
+
+
+class Cluster:
+    """Starts nodes on one database and one Redis prefix; stops them all at the end."""
+
+    def __init__(self, database_url: str, group: TaskGroup) -> None:
+        self.database_url = database_url
+        self.prefix = f"test-{uuid.uuid4().hex[:8]}"
+        self.group = group
+        self.nodes: list[Node] = []
+
+    async def start(self, node_id: str, *extra: str) -> Node:
+        command = [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--database-url",
+            self.database_url,
+            "--redis-url",
+            REDIS,
+            "--cluster-prefix",
+            self.prefix,
+            "--node-id",
+            node_id,
+            "--log-level",
+            "WARNING",
+            *extra,
+        ]
+        process = await anyio.open_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        node = Node(node_id, process, "")
+        listening = anyio.Event()
+        self.group.start_soon(self._read_log, node, listening)
+        with anyio.fail_after(30):
+            await listening.wait()
+        assert node.url, f"node {node_id} did not start:\n" + "\n".join(node.log)
+        self.nodes.append(node)
+        return node
+
+    async def _read_log(self, node: Node, listening: anyio.Event) -> None:
+        # Drained to the end: a full pipe would stall the node.
+        assert node.process.stdout is not None
+        buffer = b""
+        async for chunk in node.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                text = line.decode(errors="replace")
+                node.log.append(text)
+                if "listening on " in text and not node.url:
+                    node.url = text.split("listening on ")[1].strip()
+                    listening.set()
+        listening.set()
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            if node.process.returncode is None:
+                node.process.terminate()
+        for node in self.nodes:
+            with anyio.move_on_after(20):
+                await node.process.wait()
+            if node.process.returncode is None:
+                node.process.kill()
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Cluster]:
+    need("Redis", 6379)
+    async with database() as url, anyio.create_task_group() as group:
+        nodes = Cluster(url, group)
+        try:
+            yield nodes
+        finally:
+            await nodes.stop()
+            group.cancel_scope.cancel()
+
+
+async def health(node: Node) -> dict[str, object]:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"{node.http}/healthz")
+    result: dict[str, object] = answer.json()
+    return result
+
+
+def text_of(client: object) -> str:
+    return str(client.doc.get("body", type=Text))  # type: ignore[attr-defined]
+
+
+async def test_clients_on_two_nodes_edit_one_document_and_converge() -> None:
+    async with cluster() as nodes:
+        one = await nodes.start("one")
+        two = await nodes.start("two")
+        async with yclient(one.url, "notes") as a:
+            async with yclient(two.url, "notes") as b:
+                a.doc.get("body", type=Text).insert(0, "from one. ")
+                await a.flush()
+                await b.wait_for(lambda: text_of(b) == "from one. ")
+                b.doc.get("body", type=Text).insert(0, "from two. ")
+                await b.flush()
+                await a.wait_for(lambda: text_of(a) == "from two. from one. ")
+                # Concurrent edits from both sides, acknowledged where they were sent.
+                await a.request_persisted()
+                await b.request_persisted()
+                for i in range(20):
+                    a.doc.get("body", type=Text).insert(0, f"a{i} ")
+                    b.doc.get("body", type=Text).insert(len(text_of(b)), f" b{i}")
+                    await a.flush()
+                    await b.flush()
+                await a.wait_persisted(timeout=30)
+                await b.wait_persisted(timeout=30)
+                await a.wait_for(lambda: text_of(a) == text_of(b) and "b19" in text_of(a))
+                await b.wait_for(lambda: "a19" in text_of(b))
+        owners = [(await health(node)).get("owns") for node in (one, two)]
+        assert owners.count(["notes"]) == 1, f"one node owns the document: {owners}"
+
+
+async def test_awareness_crosses_nodes_and_leaves_with_its_client() -> None:
+    async with cluster() as nodes:
+        one = await nodes.start("one")
+        two = await nodes.start("two")
+        async with yclient(one.url, "room") as watcher:
+            async with yclient(two.url, "room") as mover:
+                await mover.set_awareness({"cursor": 7, "user": {"name": "Mo"}})
+                await watcher.wait_for(
+                    lambda: watcher.awareness.get(mover.doc.client_id, {}).get("cursor") == 7
+                )
+                await watcher.set_awareness({"cursor": 1})
+                await mover.wait_for(lambda: watcher.doc.client_id in mover.awareness)
+            # The mover's node relays its leaving: its state is removed for everyone.
+            await watcher.wait_for(lambda: mover.doc.client_id not in watcher.awareness)
+
+
+async def test_a_lock_taken_through_one_node_holds_on_the_other() -> None:
+    """Ann locks a section through node one; Bob, on node two, cannot take it, and
+    his write into it is rolled back everywhere, his own replica included."""
+    async with cluster() as nodes:
+        one = await nodes.start("one")
+        two = await nodes.start("two")
+        async with yclient(one.url, "locked") as ann, yclient(two.url, "locked") as bob:
+            ann.doc.get("meta", type=Map)["title"] = "Draft"
+            await ann.flush()
+            await bob.wait_for(lambda: bob.doc.get("meta", type=Map).get("title") == "Draft")
+            taken = await lock_request(ann, op="acquire", section=["meta"], id=1)
+            assert taken["ok"] is True, taken
+            refused = await lock_request(bob, op="acquire", section=["meta"], id=2)
+            assert refused["ok"] is False and "locked" in refused["error"], refused
+            bob.doc.get("meta", type=Map)["title"] = "Bob's"
+            await bob.flush()
+            await bob.wait_for(
+                lambda: (
+                    bob.doc.get("meta", type=Map).get("title") == "Draft"
+                    and any(isinstance(m, protocol.PermissionDenied) for m in bob.received)
+                )
+            )
+            await ann.round_trip()
+            assert ann.doc.get("meta", type=Map).get("title") == "Draft"
+
+
+async def lock_request(client: YClient, **request: object) -> dict[str, object]:
+    replies = len([m for m in client.received if isinstance(m, protocol.LockReply)])
+    await client.send(protocol.encode_lock_request(json.dumps(request)))
+    await client.wait_for(
+        lambda: len([m for m in client.received if isinstance(m, protocol.LockReply)]) > replies
+    )
+    reply = [m for m in client.received if isinstance(m, protocol.LockReply)][-1]
+    answer: dict[str, object] = json.loads(reply.body)
+    return answer
+
+
+SECRET = "cluster-test-secret-of-at-least-32-bytes"
+
+
+async def test_a_grant_revoked_on_one_node_closes_the_user_on_another() -> None:
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--secret", SECRET)
+        two = await nodes.start("two", "--secret", SECRET)
+        ann = mint(SECRET, user="ann")
+        olga = mint(SECRET, user="olga", role=Role.OWNER)
+        async with httpx.AsyncClient(base_url=two.http) as http:
+            put = await http.put(
+                "/api/documents/shared/grants/user:olga",
+                headers={"Authorization": f"Bearer {olga}"},
+                json={"role": "owner"},
+            )
+            assert put.status_code == 200, put.text
+            put = await http.put(
+                "/api/documents/shared/grants/user:ann",
+                headers={"Authorization": f"Bearer {olga}"},
+                json={"role": "editor"},
+            )
+            assert put.status_code == 200, put.text
+            async with yclient(one.url, f"shared?token={ann}") as client:
+                client.doc.get("body", type=Text).insert(0, "hello")
+                await client.flush()
+                await client.round_trip()
+                revoked_at = anyio.current_time()
+                gone = await http.delete(
+                    "/api/documents/shared/grants/user:ann",
+                    headers={"Authorization": f"Bearer {olga}"},
+                )
+                assert gone.status_code == 200, gone.text
+                with anyio.fail_after(30):
+                    await client.closed.wait()
+                took = anyio.current_time() - revoked_at
+                assert client.close_code == 4403, (client.close_code, client.close_reason)
+                print(f"closed {took:.3f} s after the revocation on the other node")
+
+
+@dataclass
+class Writer:
+    """Writes numbered markers into a document through one node, and on to the next
+    node of `urls` when its connection ends; keeps which markers were acknowledged
+    (stored) and when each acknowledgement came."""
+
+    name: str
+    urls: list[str]
+    doc: Doc[Any] = field(default_factory=Doc)
+    written: int = 0
+    acked: set[str] = field(default_factory=set)
+    ack_times: list[float] = field(default_factory=list)
+    closes: list[int | None] = field(default_factory=list)
+
+    async def run(self, document: str, until: anyio.Event) -> None:
+        markers = self.doc.get("markers", type=Map)
+        index = 0
+        while not until.is_set():
+            try:
+                async with yclient(self.urls[index], document, doc=self.doc) as client:
+                    await client.request_persisted()
+                    sent: list[tuple[int, str]] = []  # (update message number, marker)
+                    while not until.is_set() and not client.closed.is_set():
+                        marker = f"{self.name}-{self.written}"
+                        markers[marker] = self.written
+                        self.written += 1
+                        await client.flush()
+                        sent.append((client.updates_sent, marker))
+                        await anyio.sleep(0.01)  # (a writer's pace; nothing is timed)
+                        stored = [m for number, m in sent if number <= client.persisted]
+                        if stored:
+                            self.acked.update(stored)
+                            self.ack_times.append(anyio.current_time())
+                            sent = [(n, m) for n, m in sent if n > client.persisted]
+                    self.closes.append(client.close_code)
+            except Exception:  # noqa: BLE001 - a refused or timed-out connection: the next node
+                self.closes.append(None)
+            index = (index + 1) % len(self.urls)
+
+    def longest_stall(self, start: float, end: float) -> float:
+        """The longest time between two acknowledgements in [start, end]."""
+        times = [start, *(t for t in self.ack_times if start <= t <= end), end]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_the_owner_killed_mid_stream_loses_no_acknowledged_update() -> None:
+    """Writers on both nodes, each acknowledged by the document's owner. The owner is
+    killed (SIGKILL). Its writers reconnect to the other node, the other node's
+    writers are closed (1012) when the owner's lease lapses and reconnect; the
+    document moves to the surviving node, and every acknowledged marker is in it."""
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--lease-ttl", "1")
+        two = await nodes.start("two", "--lease-ttl", "1")
+        # The first client makes its node the owner.
+        async with yclient(one.url, "failover"):
+            pass
+        owner, survivor = one, two
+        until = anyio.Event()
+        writers = [
+            Writer("on-owner", [owner.url, survivor.url]),
+            Writer("on-survivor", [survivor.url]),
+        ]
+        async with anyio.create_task_group() as group:
+            for writer in writers:
+                group.start_soon(writer.run, "failover", until)
+            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+            killed_at = anyio.current_time()
+            owner.process.kill()
+            before = {w.name: len(w.acked) for w in writers}
+            await eventually(
+                lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
+                what="writers acknowledged again after the owner died",
+            )
+            until.set()
+        stall = writers[1].longest_stall(killed_at, anyio.current_time())
+        print(f"longest stall of the survivor's writer: {stall:.2f} s (lease ttl 1 s)")
+        async with yclient(survivor.url, "failover") as reader:
+            stored = set(reader.doc.get("markers", type=Map).keys())
+        for writer in writers:
+            missing = writer.acked - stored
+            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+        assert (await health(survivor)).get("owns") == ["failover"]
+        assert 1012 in writers[1].closes, writers[1].closes
+
+
+@pytest.mark.parametrize(
+    "store", [(), ("--memory",), ("--database-url", "sqlite+aiosqlite:///x.db")]
+)
+async def test_a_cluster_node_needs_postgresql(store: tuple[str, ...]) -> None:
+    """--redis-url without a PostgreSQL database is refused in one line, before
+    anything is opened."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "server", "serve", "--redis-url", REDIS, *store], check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "--redis-url" in lines[0] and "PostgreSQL" in lines[0], lines
