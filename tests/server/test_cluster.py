@@ -377,3 +377,22 @@ async def test_a_cluster_node_needs_postgresql(store: tuple[str, ...]) -> None:
     assert result.returncode == 2
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "--redis-url" in lines[0] and "PostgreSQL" in lines[0], lines
+
+
+async def test_the_awareness_of_clients_of_a_dead_node_is_removed() -> None:
+    """The edge a client is on dies (SIGKILL): the owner drops what that node relayed
+    once its lease lapses, and the client's awareness state is removed for the others."""
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--lease-ttl", "1")
+        two = await nodes.start("two", "--lease-ttl", "1")
+        async with yclient(one.url, "presence") as watcher:
+            # The watcher's node owns the document; the mover is relayed from node two.
+            mover_doc = Doc()
+            async with yclient(two.url, "presence", doc=mover_doc) as mover:
+                await mover.set_awareness({"cursor": 3})
+                await watcher.wait_for(lambda: mover_doc.client_id in watcher.awareness)
+                killed_at = anyio.current_time()
+                two.process.kill()
+                await watcher.wait_for(lambda: mover_doc.client_id not in watcher.awareness)
+                took = anyio.current_time() - killed_at
+                print(f"removed {took:.2f} s after its node died (lease ttl 1 s)")
