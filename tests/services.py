@@ -8,6 +8,7 @@ silent pass.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,17 @@ def need(service: str, port: int) -> None:
     reason = f"no {service} answers at 127.0.0.1:{port} (see shared/services.md)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}: CI runs it, so this is a failure")
+    pytest.skip(reason)
+
+
+def need_program(name: str) -> str:
+    """The path of program `name`; skip the test (fail it under CI) where it is missing."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"`{name}` is not installed (see shared/services.md)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}: CI has it, so this is a failure")
     pytest.skip(reason)
 
 

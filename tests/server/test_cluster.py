@@ -5,6 +5,7 @@ node edit one document, and every guarantee of one process holds across nodes.""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from collab_engine import protocol
 from collab_engine.permissions import Role
 from server.auth import mint
-from tests.services import POSTGRES, REDIS, need
+from tests.services import POSTGRES, REDIS, answers, need, need_program
 from tests.timing import eventually
 from tests.yclient import YClient, yclient
 
@@ -66,8 +67,9 @@ async def database() -> AsyncIterator[str]:
 class Cluster:
     """Starts nodes on one database and one Redis prefix; stops them all at the end."""
 
-    def __init__(self, database_url: str, group: TaskGroup) -> None:
+    def __init__(self, database_url: str, group: TaskGroup, redis_url: str = REDIS) -> None:
         self.database_url = database_url
+        self.redis_url = redis_url
         self.prefix = f"test-{uuid.uuid4().hex[:8]}"
         self.group = group
         self.nodes: list[Node] = []
@@ -85,7 +87,7 @@ class Cluster:
             "--database-url",
             self.database_url,
             "--redis-url",
-            REDIS,
+            self.redis_url,
             "--cluster-prefix",
             self.prefix,
             "--node-id",
@@ -133,10 +135,11 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster() -> AsyncIterator[Cluster]:
-    need("Redis", 6379)
+async def cluster(redis_url: str = REDIS) -> AsyncIterator[Cluster]:
+    if redis_url == REDIS:
+        need("Redis", 6379)
     async with database() as url, anyio.create_task_group() as group:
-        nodes = Cluster(url, group)
+        nodes = Cluster(url, group, redis_url)
         try:
             yield nodes
         finally:
@@ -396,3 +399,71 @@ async def test_the_awareness_of_clients_of_a_dead_node_is_removed() -> None:
                 await watcher.wait_for(lambda: mover_doc.client_id not in watcher.awareness)
                 took = anyio.current_time() - killed_at
                 print(f"removed {took:.2f} s after its node died (lease ttl 1 s)")
+
+
+@asynccontextmanager
+async def private_redis(port: int) -> AsyncIterator[Process]:
+    """A Redis of this test's own on `port`, keeping nothing on disk (as the machine's)."""
+    redis_server = need_program("redis-server")
+    process = await anyio.open_process(
+        [
+            redis_server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await eventually(lambda: answers(port), what=f"redis-server on port {port}")
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_redis_restarted_mid_stream_loses_nothing() -> None:
+    """Writers on both nodes while the cluster's Redis is killed and started again
+    (empty: it keeps nothing): the nodes reconnect by themselves, the relayed clients
+    are closed and reconnect, and every acknowledged marker is in the document."""
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    async with private_redis(port) as redis, cluster(redis_url) as nodes:
+        one = await nodes.start("one", "--lease-ttl", "2")
+        two = await nodes.start("two", "--lease-ttl", "2")
+        async with yclient(one.url, "through-a-restart"):
+            pass
+        until = anyio.Event()
+        writers = [Writer("one", [one.url]), Writer("two", [two.url])]
+        async with anyio.create_task_group() as group:
+            for writer in writers:
+                group.start_soon(writer.run, "through-a-restart", until)
+            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+            redis.kill()
+            await redis.wait()
+            async with private_redis(port):
+                before = {w.name: len(w.acked) for w in writers}
+                await eventually(
+                    lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
+                    what="writers acknowledged again after Redis came back",
+                )
+                until.set()
+        async with yclient(one.url, "through-a-restart") as reader:
+            stored = set(reader.doc.get("markers", type=Map).keys())
+        for writer in writers:
+            missing = writer.acked - stored
+            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
