@@ -240,30 +240,39 @@ class Engine:
 
     async def _hold_leases(self, ownership: Ownership) -> None:
         # Renew this node's lease three times a ttl. A node that cannot (the database
-        # is unreachable, or `lease_gate` says the node is cut off from the others)
-        # stops its rooms before the lease can lapse: what it would take after that
-        # could never be stored, since another node may have claimed the document.
+        # is unreachable, or `lease_gate` says it is cut off from the other nodes) holds
+        # its commits before the lease can lapse: another node may claim its documents
+        # after that, and what this one stored and acknowledged then could be refused
+        # (the fence would refuse it anyway; holding means nothing is even tried). Its
+        # rooms go on serving their clients meanwhile. Once it renews again, it drops
+        # the documents it lost (their clients reconnect to the new owner) and commits
+        # what waited for the others.
         renewed_at = self.clock.monotonic()
+        in_doubt = False
         while True:
             await self.clock.sleep(ownership.ttl / 3)
             if self.lease_gate():
                 try:
                     with anyio.CancelScope(shield=True):
                         current = await ownership.renew()
+                        if not current or in_doubt:
+                            await self._check_leases(ownership)
                     renewed_at = self.clock.monotonic()
-                    if not current:
-                        await self._check_leases(ownership)
+                    if in_doubt and self.journal is not None:
+                        self.journal.resume()
+                    in_doubt = False
                     continue
                 except StorageError as error:
                     log.warning("cannot renew the lease of node %r: %s", ownership.node, error)
             else:
                 log.warning("node %r does not renew its lease: it is cut off", ownership.node)
-            if self.clock.monotonic() - renewed_at >= ownership.ttl * 2 / 3:
-                self._depose(
-                    list(self._leases),
-                    f"node {ownership.node!r} could not renew its lease: it stops serving "
-                    "its documents before another node may claim them",
-                )
+            if not in_doubt and self.clock.monotonic() - renewed_at >= ownership.ttl * 2 / 3:
+                in_doubt = True
+                if self.journal is not None:
+                    self.journal.pause(
+                        f"node {ownership.node!r} could not renew its lease: nothing is "
+                        "stored or acknowledged until it has"
+                    )
 
     async def _check_leases(self, ownership: Ownership) -> None:
         # This node's lease had lapsed: the documents claimed since by others are lost.

@@ -27,6 +27,13 @@ reloads exactly what is stored. Its unwritten updates were never acknowledged:
 their authors still hold them and send them again when they reconnect. A document
 this node no longer owns (a node of a cluster: `ownership.Deposed`) goes the same
 way, its connections closed with 1012.
+
+A store that cannot be reached (`store.StoreUnavailable`: the database refuses or
+drops connections) fails no document: the batch is tried again, after a pause that
+doubles up to `RETRY_MAX`, until the store answers. Rooms keep serving meanwhile
+(readers read, edits are shared), nothing is acknowledged, and once the queue is
+full, writers wait. `pause` holds every commit the same way, for as long as the
+node is not sure it may write (a node of a cluster whose lease is in doubt).
 """
 
 from __future__ import annotations
@@ -43,13 +50,17 @@ from anyio.abc import TaskStatus
 from .clock import SYSTEM, Clock
 from .errors import StorageError
 from .ownership import Deposed
-from .store import Entry, Store
+from .store import Entry, Store, StoreUnavailable
 from .types import Update
 
 log = logging.getLogger("collab_engine.journal")
 
 LINGER_GAP = 0.003
 """Seconds without a new update that end the journal's linger early."""
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+"""Seconds between two attempts to write to a store that cannot be reached: from the
+first, doubling up to the most."""
 
 
 class Journaled(Protocol):
@@ -149,6 +160,11 @@ class Journal:
         self._waiters = 0
         """Tasks in `wait_written`."""
         self._running = False
+        self.paused: str | None = None
+        """Why commits are held (`pause`), or None."""
+        self._resumed = anyio.Event()
+        self.unavailable: str | None = None
+        """Why the store cannot be reached, while it cannot; None otherwise."""
 
     # -- the rooms' side ---------------------------------------------------------------
 
@@ -210,6 +226,20 @@ class Journal:
         finally:
             self._draining = False
 
+    def pause(self, reason: str) -> None:
+        """Hold every commit (and so every acknowledgement) until `resume`; what is
+        submitted meanwhile waits in the queue, whose bound then holds writers back."""
+        if self.paused is None:
+            log.warning("the journal holds its commits: %s", reason)
+        self.paused = reason
+
+    def resume(self) -> None:
+        """Commit again what waits."""
+        if self.paused is not None:
+            log.warning("the journal commits again")
+            self.paused = None
+            self._resumed.set()
+
     # -- the writer --------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -229,18 +259,18 @@ class Journal:
                 # cost a commit per commit time instead of one per linger.
                 if self.linger:
                     await self._linger()
+                while self.paused is not None:
+                    self._resumed = anyio.Event()
+                    await self._resumed.wait()
                 batch: list[_Write] = []
                 while self._pending and len(batch) < self.max_batch:
                     write = self._pending.popleft()
                     self._pending_bytes -= len(write.entry.update)
                     batch.append(write)
                 self._changed()  # the queue has room again: senders may go on
-                # Shielded: a batch that has started is finished, so cancelling the
-                # writer (at shutdown, after drain) never leaves acknowledgements unsent.
-                with anyio.CancelScope(shield=True):
-                    await self._write(batch)
-                    self.written = batch[-1].ticket
-                    self._changed()
+                await self._write(batch)
+                self.written = batch[-1].ticket
+                self._changed()
         finally:
             self._running = False
 
@@ -295,7 +325,7 @@ class Journal:
         batch = [write for write in batch if write.room.failed is None]
         if not batch:
             return
-        error = await self._append(batch)
+        error = await self._append_when_available(batch)
         if error is None:
             return
         documents = {write.entry.document for write in batch}
@@ -310,14 +340,39 @@ class Journal:
         )
         for document in documents:
             alone = [write for write in batch if write.entry.document == document]
-            error = await self._append(alone)
+            error = await self._append_when_available(alone)
             if error is not None:
                 self._fail(alone, error)
 
+    async def _append_when_available(self, batch: list[_Write]) -> Exception | None:
+        """`_append`, tried again for as long as the store cannot be reached."""
+        delay = RETRY_FIRST
+        while True:
+            error = await self._append(batch)
+            if not isinstance(error, StoreUnavailable):
+                if self.unavailable is not None:
+                    log.warning("the store answers again: commits and acknowledgements resume")
+                    self.unavailable = None
+                return error
+            if self.unavailable is None:
+                log.error(
+                    "the store cannot be reached (%s): nothing is acknowledged until it "
+                    "answers; %d update(s) wait, the rooms go on serving",
+                    error.reason,
+                    len(self._pending) + len(batch),
+                )
+            self.unavailable = error.reason
+            await self._clock.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
     async def _append(self, batch: list[_Write]) -> Exception | None:
-        """Append `batch` in one transaction and report it; return the error, if any."""
+        """Append `batch` in one transaction and report it; return the error, if any.
+
+        Shielded: an append that has started is finished, so cancelling the writer
+        (at shutdown, after drain) never leaves acknowledgements unsent."""
         try:
-            seqs = await self.store.append([write.entry for write in batch])
+            with anyio.CancelScope(shield=True):
+                seqs = await self.store.append([write.entry for write in batch])
         except Exception as exc:  # noqa: BLE001 - any store failure is the caller's to handle
             return exc
         self.commits += 1

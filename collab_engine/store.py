@@ -21,6 +21,12 @@ from .permissions import Grant
 from .types import Update
 
 
+class StoreUnavailable(StorageError):
+    """The store cannot be reached now (the connection to the database is refused or
+    lost): nothing is wrong with the data, and the same call may succeed later. The
+    journal keeps what it holds and tries again; nothing is acknowledged meanwhile."""
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One update to append to a document's log."""
@@ -98,6 +104,7 @@ class Store(Protocol):
         Raises:
             Deposed: an entry's `epoch` is no longer its document's (nothing of the
                 call is stored); only stores that keep ownership fence entries.
+            StoreUnavailable: the store cannot be reached (nothing is stored).
         """
         ...
 

@@ -31,16 +31,19 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 import anyio
+import asyncpg.exceptions  # type: ignore[import-untyped]
 from sqlalchemy import Select, bindparam, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql import ClauseElement
 
+from collab_engine.journal import describe_error
 from collab_engine.ownership import Deposed
 from collab_engine.permissions import Grant, Role
-from collab_engine.store import Entry, Stored, Version
+from collab_engine.store import Entry, Stored, StoreUnavailable, Version
 from collab_engine.types import Update
 
 from .schema import documents, grants, migrate, owners, snapshots, updates, versions
@@ -182,17 +185,28 @@ class SQLStore:
             return seqs
         counts = Counter(entry.document for entry in entries)
         names = sorted(counts)  # PostgreSQL locks the rows in this order: no deadlock
-        async with self.engine.begin() as connection:
-            if fenced:
-                await _check_fences(connection, fenced)
-            # The upsert takes the row lock (PostgreSQL) or the database's write lock
-            # (SQLite) before it reads last_seq: two writers never get the same seqs.
-            result = await connection.execute(
-                self._advance, [{"name": n, "count": counts[n], "now": now} for n in names]
-            )
-            next_seq = {row.name: int(row.last_seq) - counts[row.name] for row in result}
-            seqs, rows = _numbered(entries, next_seq, now)
-            await connection.execute(updates.insert(), rows)
+        try:
+            async with self.engine.begin() as connection:
+                if fenced:
+                    await _check_fences(connection, fenced)
+                # The upsert takes the row lock (PostgreSQL) or the database's write
+                # lock (SQLite) before it reads last_seq: two writers never get the same
+                # seqs.
+                result = await connection.execute(
+                    self._advance, [{"name": n, "count": counts[n], "now": now} for n in names]
+                )
+                next_seq = {row.name: int(row.last_seq) - counts[row.name] for row in result}
+                seqs, rows = _numbered(entries, next_seq, now)
+                await connection.execute(updates.insert(), rows)
+        except Exception as exc:
+            # A connection lost while the commit was on its way may have committed:
+            # the journal's next attempt then logs the updates twice, which changes
+            # nothing (applying a Yjs update again is a no-op); none is lost.
+            if _unreachable(exc):
+                raise StoreUnavailable(
+                    f"the database is unreachable: {describe_error(exc)}"
+                ) from exc
+            raise
         return seqs
 
     async def _held_connection(self, use: _Use) -> aiosqlite.Connection | None:
@@ -444,6 +458,30 @@ def _version_row(
         "created_at": now,
         "editors": json.dumps(editors),
     }
+
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (refused, lost, shutting
+    down), as opposed to refusing the statement: looked for along its causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, _CONNECTION_ERRORS):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 async def _check_fences(connection: AsyncConnection, fenced: dict[str, int]) -> None:

@@ -26,7 +26,9 @@ from collab_engine.store import Entry
 from collab_engine.types import DocumentName, Update
 from storage import SQLStore
 from storage.ownership import SQLOwnership
+from tests.proxy import Proxy
 from tests.services import POSTGRES, need, postgres_schema
+from tests.timing import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -347,3 +349,53 @@ async def test_a_deposed_room_acknowledges_nothing_and_closes_its_peers(
     acks = [decode(frame) for frame in peer.drain()]
     assert Persisted(2) not in acks
     assert len(await store.log("notes", 0)) == 1
+
+
+async def test_a_database_out_of_reach_holds_acknowledgements_and_fails_no_room(
+    tmp_path: object,
+) -> None:
+    """The connection to PostgreSQL is cut under a room with a writer and a reader:
+    the reader keeps getting the writer's edits, nothing is acknowledged, no room
+    fails; once the database can be reached again, everything is stored and
+    acknowledged."""
+    need("PostgreSQL", 5432)
+    async with Proxy(5432) as proxy, postgres_schema("reach") as options:
+        url = POSTGRES.replace(":5432/", f":{proxy.port}/")
+        store = await SQLStore.connect(url, pool_pre_ping=True, **options)  # type: ignore[arg-type]
+        try:
+            journal = Journal(store)
+            async with anyio.create_task_group() as group:
+                await group.start(journal.run)
+                room = Room(DocumentName("reach"), journal=journal)
+                writer, reader = Peer(), Peer()
+                room.join(writer)
+                room.join(reader)
+                room.receive(writer, RequestPersisted())
+                doc = Doc()
+                body = doc.get("body", type=Text)
+
+                def edit(more: str) -> SyncUpdate:
+                    before = doc.get_state()
+                    body.insert(len(body), more)
+                    return SyncUpdate(Update(doc.get_update(before)))
+
+                room.receive(writer, edit("stored. "))
+                await room.flush()
+                assert writer.acked == 1
+                reader.drain()
+
+                proxy.cut()
+                room.receive(writer, edit("held. "))
+                await eventually(lambda: journal.unavailable is not None, what="the cut seen")
+                assert reader.drain(), "the reader still gets the edit"
+                assert writer.acked == 1 and room.failed is None and not writer.closed
+
+                proxy.restore()
+                await room.flush()
+                assert writer.acked == 2 and journal.unavailable is None
+                group.cancel_scope.cancel()
+            authors = [author for _, _, author in await store.log("reach", 0)]
+            # (Twice "held", were the commit cut after it reached the database: harmless.)
+            assert len(authors) >= 2 and set(authors) == {writer.author}
+        finally:
+            await store.aclose()
