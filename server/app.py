@@ -81,6 +81,8 @@ class App:
                 node=node,
                 listener=self.cluster,
                 clock=clock,
+                # Unhealthy soon enough for the lease: see `Engine` (lease_gate).
+                health_timeout=min(3.0, settings.lease_ttl / 3),
             )
             self.cluster.attach(self.bus)
             bus = self.bus

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from collab_engine import protocol
 from collab_engine.permissions import Role
 from server.auth import mint
+from tests.proxy import Proxy
 from tests.services import POSTGRES, REDIS, answers, need, need_program
 from tests.timing import eventually
 from tests.yclient import YClient, yclient
@@ -291,6 +292,8 @@ class Writer:
     acked: set[str] = field(default_factory=set)
     ack_times: list[float] = field(default_factory=list)
     closes: list[int | None] = field(default_factory=list)
+    connected_at: list[float] = field(default_factory=list)
+    """When each connection was made (once synced)."""
 
     async def run(self, document: str, until: anyio.Event) -> None:
         markers = self.doc.get("markers", type=Map)
@@ -299,6 +302,7 @@ class Writer:
             client: YClient | None = None
             try:
                 async with yclient(self.urls[index], document, doc=self.doc) as client:
+                    self.connected_at.append(anyio.current_time())
                     await self._write(client, markers, until)
             except Exception:  # noqa: BLE001 - a refused or broken connection: the next node
                 pass
@@ -467,3 +471,50 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def test_a_node_cut_off_from_redis_stops_acknowledging_before_its_documents_move() -> None:
+    """Node one owns the document and reaches Redis through a proxy; the proxy is
+    cut. Node one stops renewing its lease and holds its commits: its writer gets no
+    acknowledgement from before the lease could lapse. Node two's writer, relayed to
+    node one until then, is closed, reconnects, and node two claims the document.
+    Every acknowledged marker is in it."""
+    need("Redis", 6379)
+    ttl = 2.0
+    async with Proxy(6379) as proxy, cluster() as nodes:
+        nodes.redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+        one = await nodes.start("one", "--lease-ttl", str(ttl))
+        nodes.redis_url = REDIS
+        two = await nodes.start("two", "--lease-ttl", str(ttl))
+        async with yclient(one.url, "partition"):
+            pass
+        until = anyio.Event()
+        cut_off, other = Writer("one", [one.url]), Writer("two", [two.url])
+        async with anyio.create_task_group() as group:
+            group.start_soon(cut_off.run, "partition", until)
+            group.start_soon(other.run, "partition", until)
+            await eventually(lambda: len(cut_off.acked) >= 20 and len(other.acked) >= 20)
+            cut_at = anyio.current_time()
+            proxy.cut()
+            before = len(other.acked)
+            await eventually(
+                lambda: len(other.acked) >= before + 20,
+                what="node two's writer acknowledged again, by node two",
+            )
+            until.set()
+        # Node two's writer, on a connection made after the cut, is acknowledged only
+        # once node two owns the document (node one cannot hear it): node one's last
+        # acknowledgement came before that.
+        reconnected_at = min(t for t in other.connected_at if t > cut_at)
+        moved_at = min(t for t in other.ack_times if t > reconnected_at)
+        assert max(cut_off.ack_times) < moved_at
+        print(
+            f"node one's last acknowledgement {max(cut_off.ack_times) - cut_at:.2f} s after the "
+            f"cut, node two's first {moved_at - cut_at:.2f} s after it (lease ttl {ttl:g} s)"
+        )
+        assert (await health(two)).get("owns") == ["partition"]
+        async with yclient(two.url, "partition") as reader:
+            stored = set(reader.doc.get("markers", type=Map).keys())
+        for writer in (cut_off, other):
+            missing = writer.acked - stored
+            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
