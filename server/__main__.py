@@ -26,7 +26,7 @@ from collab_engine.permissions import Grant, Role
 from collab_engine.presence import PresencePolicy
 from storage import SQLStore, sqlite_url
 
-from . import history, secret
+from . import history, secret, status
 from .app import CannotListen, run
 from .auth import mint
 from .settings import MAX_BUFFERED, Settings
@@ -328,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
         "--database-url", metavar="URL", help="a SQLAlchemy async URL instead of --db"
     )
     history.add_commands(commands)
+    status.add_command(commands, defaults.cluster_prefix)
     return parser
 
 
@@ -344,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _grants(args)
     elif args.command in ("history", "export", "import"):
         history.run(args)
+    elif args.command == "cluster":
+        status.run(args)
     else:
         _serve(args)
 

@@ -518,3 +518,33 @@ async def test_a_node_cut_off_from_redis_stops_acknowledging_before_its_document
         for writer in (cut_off, other):
             missing = writer.acked - stored
             assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+
+
+async def test_cluster_status_lists_the_nodes_and_what_they_own() -> None:
+    async with cluster() as nodes:
+        one = await nodes.start("one")
+        await nodes.start("two")
+        async with yclient(one.url, "listed"):
+            pass
+        result = await anyio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "cluster",
+                "status",
+                "--database-url",
+                nodes.database_url,
+                "--redis-url",
+                REDIS,
+                "--cluster-prefix",
+                nodes.prefix,
+                "--json",
+            ],
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        report = json.loads(result.stdout)
+        assert {(n["id"], n["alive"]) for n in report["nodes"]} == {("one", True), ("two", True)}
+        assert report["owners"] == [{"document": "listed", "node": "one", "epoch": 1}]
+        assert all(isinstance(n["inbox"], int) for n in report["nodes"])
