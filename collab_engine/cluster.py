@@ -19,8 +19,12 @@ through it are closed (1012) rather than left with a gap: they reconnect, to any
 and resync by state vector. Acknowledged updates are stored; the others are resent
 by their authors.
 
+Requests other than a client's frames (the HTTP API, on a node that does not own the
+document) go to the owner as calls (`call`, answered by `on_call` there).
+
 Tasks: one per relayed client on the owner (it joins the room and waits for what a
-frame must wait for: `Later`), owned by the cluster's task group; none per message.
+frame must wait for: `Later`), and one per call it serves, owned by the cluster's task
+group; none per message.
 A frame is handed to the room as it arrives, unless the client's earlier frames are
 still waiting: then it queues behind them, at most `backlog` frames (more closes
 the client with 1013: it resyncs on reconnect).
@@ -29,10 +33,11 @@ the client with 1013: it resyncs on reconnect).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -42,12 +47,19 @@ from anyio.abc import TaskGroup
 from .bus import Bus
 from .connection import Connection, Later
 from .engine import Engine
-from .errors import CollabError, Forbidden, MessageTooBig, PeerTooSlow, ProtocolError
+from .errors import (
+    CollabError,
+    Forbidden,
+    MessageTooBig,
+    PeerTooSlow,
+    ProtocolError,
+    StorageError,
+)
 from .names import normalized
 from .ownership import Deposed, Elsewhere, Lease
 from .peer import Peer
 from .permissions import Credentials, Role, refusal
-from .relay import Deliver, Frame, Leave, Open, Relayed, Shut, decode, encode
+from .relay import Answer, Call, Deliver, Frame, Leave, Open, Relayed, Shut, decode, encode
 
 log = logging.getLogger("collab_engine.cluster")
 
@@ -58,6 +70,21 @@ class Closed(CollabError):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.close_code = code  # type: ignore[misc]  # (the owner's, whatever it was)
+
+
+class Unanswered(StorageError):
+    """A call to another node got no answer: the link to it was lost, or it took
+    longer than the call's timeout."""
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A call this node made, until its answer comes."""
+
+    node: str
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: bytes | None = None
+    error: StorageError | None = None
 
 
 @dataclass(eq=False)
@@ -158,6 +185,11 @@ class Cluster:
         """Owner: per edge, the relayed peers with frames to send, flushed once a turn."""
         self._flushing = False
         self._task_group: TaskGroup | None = None
+        self.on_call: Callable[[bytes], Awaitable[bytes]] | None = None
+        """Serves a call from another node (the server's: an HTTP request of the API);
+        None answers every call with an empty response."""
+        self._calls: dict[int, _Waiting] = {}
+        self._call_ids = itertools.count(1)
 
     def attach(self, bus: Bus) -> None:
         """The bus to the other nodes (built with this cluster as its listener)."""
@@ -189,6 +221,28 @@ class Cluster:
         assert self.bus is not None
         self.bus.send(node, encode(message))
 
+    async def call(self, node: str, request: bytes, timeout: float = 30.0) -> bytes:
+        """Have `node` serve `request` (see `on_call`) and return its response.
+
+        Raises:
+            Unanswered: the link to `node` was lost, or no answer came in `timeout`.
+        """
+        call_id = next(self._call_ids)
+        waiting = self._calls[call_id] = _Waiting(node)
+        try:
+            self.send(node, Call(call_id, request))
+            with anyio.move_on_after(timeout):
+                await waiting.done.wait()
+        finally:
+            del self._calls[call_id]
+        if waiting.answer is not None:
+            return waiting.answer
+        raise waiting.error or Unanswered(f"node {node!r} did not answer in {timeout:g} s")
+
+    async def _answer(self, sender: str, call_id: int, request: bytes) -> None:
+        response = b"" if self.on_call is None else await self.on_call(request)
+        self.send(sender, Answer(call_id, response))
+
     def remote(self, elsewhere: Elsewhere, peer: Peer) -> Remote:
         """The relay of `peer`'s connection to the owner `elsewhere` names."""
         return Remote(self, elsewhere.lease, peer, self.max_frame_size)
@@ -215,6 +269,10 @@ class Cluster:
         for (edge, _), served in list(self._served.items()):
             if edge == node:
                 self._drop(served)
+        for waiting in self._calls.values():
+            if waiting.node == node and not waiting.done.is_set():
+                waiting.error = Unanswered(f"the link to node {node!r} was lost")
+                waiting.done.set()
 
     def noticed(self, sender: str, bodies: Sequence[bytes]) -> None:
         for body in bodies:
@@ -257,6 +315,14 @@ class Cluster:
                 remote = self.remotes.get((sender, conn))
                 if remote is not None:
                     remote.peer.close(Closed(code, reason))
+            case Call(call_id, request):
+                if self._task_group is not None:
+                    self._task_group.start_soon(self._answer, sender, call_id, request)
+            case Answer(call_id, response):
+                waiting = self._calls.get(call_id)
+                if waiting is not None and waiting.node == sender:
+                    waiting.answer = response
+                    waiting.done.set()
 
     # -- the owner's side --------------------------------------------------------------
 

@@ -13,6 +13,10 @@ edge relays the client's frames to the owner, and the owner's frames for it back
     owner -> edge
         deliver(conns, frames)                     these frames, in order, to each of conns
         shut(conn, code, reason)                   close the client with this code
+    either way
+        call(id, request)                          a request for the owner to serve (an HTTP
+                                                   request of the API, as the server encodes it)
+        answer(id, response)                       its response
 
 `conn` is the edge's number for the client, unique on the edge. A broadcast reaches an
 edge as one `deliver` naming every client of the room there, not one message per client.
@@ -23,6 +27,8 @@ edge as one `deliver` naming every client of the room there, not one message per
     leave    := varUint(2) varUint(conn)
     deliver  := varUint(3) varUint(n) varUint(conn)*n varUint(m) varBytes(frame)*m
     shut     := varUint(4) varUint(conn) varUint(code) varString(reason)
+    call     := varUint(5) varUint(id) varBytes(request)
+    answer   := varUint(6) varUint(id) varBytes(response)
 
 `decode` accepts exactly these, or raises `ProtocolError`. A node trusts what another
 node of its cluster says (the cluster shares its Redis: see docs/cluster.md).
@@ -44,6 +50,8 @@ FRAME: Final = 1
 LEAVE: Final = 2
 DELIVER: Final = 3
 SHUT: Final = 4
+CALL: Final = 5
+ANSWER: Final = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +87,19 @@ class Shut:
     reason: str
 
 
-Relayed: TypeAlias = Open | Frame | Leave | Deliver | Shut
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: int
+    request: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    id: int
+    response: bytes
+
+
+Relayed: TypeAlias = Open | Frame | Leave | Deliver | Shut | Call | Answer
 
 
 def encode(message: Relayed) -> bytes:
@@ -94,12 +114,7 @@ def encode(message: Relayed) -> bytes:
                 + encode_var_string(label)
             )
         case Frame(conn, data):
-            return (
-                encode_var_uint(FRAME)
-                + encode_var_uint(conn)
-                + encode_var_uint(len(data))
-                + bytes(data)
-            )
+            return encode_var_uint(FRAME) + encode_var_uint(conn) + _var_bytes(data)
         case Leave(conn):
             return encode_var_uint(LEAVE) + encode_var_uint(conn)
         case Deliver(conns, frames):
@@ -116,7 +131,15 @@ def encode(message: Relayed) -> bytes:
                 + encode_var_uint(code)
                 + encode_var_string(reason)
             )
+        case Call(id_, request):
+            return encode_var_uint(CALL) + encode_var_uint(id_) + _var_bytes(request)
+        case Answer(id_, response):
+            return encode_var_uint(ANSWER) + encode_var_uint(id_) + _var_bytes(response)
     raise TypeError(f"not a relay message: {message!r}")
+
+
+def _var_bytes(data: bytes) -> bytes:
+    return encode_var_uint(len(data)) + bytes(data)
 
 
 def decode(data: bytes) -> Relayed:
@@ -143,6 +166,10 @@ def decode(data: bytes) -> Relayed:
         message = Deliver(conns, frames)
     elif kind == SHUT:
         message = Shut(decoder.var_uint(), decoder.var_uint(), decoder.var_string())
+    elif kind == CALL:
+        message = Call(decoder.var_uint(), decoder.var_bytes())
+    elif kind == ANSWER:
+        message = Answer(decoder.var_uint(), decoder.var_bytes())
     else:
         raise ProtocolError(f"unknown relay message type {kind}")
     decoder.end()

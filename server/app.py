@@ -32,16 +32,18 @@ from sqlalchemy.engine import make_url
 from wsproto.extensions import PerMessageDeflate
 
 from collab_engine.clock import SYSTEM, Clock
-from collab_engine.cluster import Cluster
+from collab_engine.cluster import Cluster, Unanswered
 from collab_engine.engine import Engine
 from collab_engine.errors import StorageError
 from collab_engine.journal import describe_error
+from collab_engine.ownership import Elsewhere
 from collab_engine.store import Store
 from storage import SQLStore
 from storage.ownership import SQLOwnership
 from storage.redis import RedisBus
 
 from . import wire
+from .calls import encode_request, read_body, replay, send_answer, serve_call
 from .endpoints import DOCUMENTS, documents_api, respond
 from .settings import Settings
 from .types import Receive, Scope, Send
@@ -85,6 +87,7 @@ class App:
                 health_timeout=min(3.0, settings.lease_ttl / 3),
             )
             self.cluster.attach(self.bus)
+            self.cluster.on_call = partial(serve_call, serve=self._documents_here)
             bus = self.bus
             self.engine.lease_gate = lambda: bus.healthy
             self.engine.on_grants = self.cluster.announce_grants
@@ -119,7 +122,10 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path.startswith(DOCUMENTS):
-            await documents_api(self.engine, self.settings, scope, receive, send)
+            if self.cluster is None:
+                await documents_api(self.engine, self.settings, scope, receive, send)
+            else:
+                await self._documents_in_cluster(self.cluster, scope, receive, send)
         elif path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             rooms = self.engine.rooms
             status: dict[str, object] = {
@@ -141,6 +147,34 @@ class App:
             await respond(send, 200, status)
         else:
             await respond(send, 404, {"error": "not found"})
+
+    async def _documents_in_cluster(
+        self, cluster: Cluster, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        # The body is read first: should another node own the document, the request
+        # goes there whole (see `server.calls`).
+        limit = self.settings.max_frame_size
+        body = await read_body(receive, limit)
+        if body is None:
+            await respond(send, 413, {"error": f"body over {limit} bytes, or cut short"})
+            return
+        try:
+            await documents_api(self.engine, self.settings, scope, replay(body), send)
+        except Elsewhere as elsewhere:
+            try:
+                answer = await cluster.call(elsewhere.lease.node, encode_request(scope, body))
+            except Unanswered as error:
+                await respond(send, 503, {"error": f"{error.reason}: try again"})
+                return
+            await send_answer(answer, send)
+
+    async def _documents_here(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A request another node sent on: served here, or refused if the document
+        # moved on meanwhile (the client tries again, and the new owner serves it).
+        try:
+            await documents_api(self.engine, self.settings, scope, receive, send)
+        except Elsewhere as elsewhere:
+            await respond(send, 503, {"error": f"{elsewhere.reason}: try again"})
 
 
 async def open_store(settings: Settings) -> Store | None:

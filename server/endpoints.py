@@ -57,6 +57,7 @@ from collab_engine.history import NEEDED, VersionNotFound
 from collab_engine.identity import Identity
 from collab_engine.locks import LockConflict, LockNotHeld, TooManyLocks, parse_section
 from collab_engine.names import document_name
+from collab_engine.ownership import Elsewhere
 from collab_engine.permissions import Grant, Role, refusal
 from collab_engine.types import DocumentName
 
@@ -85,7 +86,12 @@ class HTTPError(Exception):
 async def documents_api(
     engine: Engine, settings: Settings, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Serve one request under `/api/documents/`."""
+    """Serve one request under `/api/documents/`.
+
+    Raises:
+        Elsewhere: another node of the cluster owns the document (nothing was sent):
+            the app has that node serve the request.
+    """
     try:
         status, body = await _route(engine, settings, scope, receive)
     except Binary as answer:
@@ -95,6 +101,8 @@ async def documents_api(
         status, body = error.status, {"error": error.reason}
     except ProtocolError as error:  # a bad path or name, a body that is not JSON
         status, body = 400, {"error": error.reason}
+    except Elsewhere:
+        raise  # another node of the cluster owns the document: the app calls it
     except StorageError as error:
         status, body = 500, {"error": error.reason}
     except Exception:
@@ -174,6 +182,10 @@ async def _route(
     if rest.endswith("/presence"):
         # A document nobody has open has nobody present: don't load it to say so.
         open_room = engine.rooms.get(DocumentName(name))
+        if open_room is None and engine.ownership is not None:
+            owner = await engine.ownership.owner(name)
+            if owner is not None and owner.node != engine.ownership.node:
+                raise Elsewhere(owner)
         people = [] if open_room is None else [info.to_json() for info in open_room.who()]
         return 200, {"document": name, "presence": people}
     if principal is None:

@@ -548,3 +548,64 @@ async def test_cluster_status_lists_the_nodes_and_what_they_own() -> None:
         assert {(n["id"], n["alive"]) for n in report["nodes"]} == {("one", True), ("two", True)}
         assert report["owners"] == [{"document": "listed", "node": "one", "epoch": 1}]
         assert all(isinstance(n["inbox"], int) for n in report["nodes"])
+
+
+async def test_the_http_api_on_any_node_is_served_by_the_owner() -> None:
+    """Node one owns the document (a client edits it there). Over HTTP on node two:
+    who is present, a lock (held cluster-wide: the same section refused to another
+    user through node one), a version, and an import that reaches the client."""
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--secret", SECRET)
+        two = await nodes.start("two", "--secret", SECRET)
+        ann, bob = mint(SECRET, user="ann"), mint(SECRET, user="bob")
+        as_ann = {"Authorization": f"Bearer {ann}"}
+        as_bob = {"Authorization": f"Bearer {bob}"}
+        async with yclient(one.url, f"api?token={ann}") as client:
+            client.doc.get("body", type=Text).insert(0, "typed on one")
+            await client.flush()
+            await client.round_trip()
+            async with (
+                httpx.AsyncClient(base_url=two.http) as on_two,
+                httpx.AsyncClient(base_url=one.http) as on_one,
+            ):
+                present = await on_two.get("/api/documents/api/presence", headers=as_ann)
+                assert present.status_code == 200, present.text
+                assert [p["user"]["id"] for p in present.json()["presence"]] == ["ann"]
+                taken = await on_two.post(
+                    "/api/documents/api/locks",
+                    headers=as_bob,
+                    json={"op": "acquire", "section": ["meta"]},
+                )
+                assert taken.status_code == 200, taken.text
+                refused = await on_one.post(
+                    "/api/documents/api/locks",
+                    headers=as_ann,
+                    json={"op": "acquire", "section": ["meta"]},
+                )
+                assert refused.status_code == 409, refused.text
+                made = await on_two.post(
+                    "/api/documents/api/versions", headers=as_ann, json={"label": "v1"}
+                )
+                assert made.status_code == 200 and made.json()["version"]["label"] == "v1"
+                # (The lock is on "meta"; an import is refused while the document has locks.)
+                released = await on_two.post(
+                    "/api/documents/api/locks",
+                    headers=as_bob,
+                    json={
+                        "op": "release",
+                        "section": ["meta"],
+                        "fence": taken.json()["lock"]["fence"],
+                    },
+                )
+                assert released.status_code == 200, released.text
+                imported = await on_two.put(
+                    "/api/documents/api/content",
+                    headers=as_ann,
+                    json={"roots": {"title": {"type": "text", "text": "From two"}}},
+                )
+                assert imported.status_code == 200, imported.text
+        # (the client left; the import reached the owner's document)
+        async with httpx.AsyncClient(base_url=two.http) as on_two:
+            now = await on_two.get("/api/documents/api/versions/now", headers=as_ann)
+        assert now.status_code == 200, now.text
+        assert "From two" in json.dumps(now.json())
