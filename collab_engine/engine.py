@@ -412,7 +412,28 @@ class Engine:
         if lease is not None:
             room.epoch = lease.epoch
             self._leases[name] = lease
+            await self._take_over_locks(room, lease)
         return room
+
+    async def _take_over_locks(self, room: Room, lease: Lease) -> None:
+        # The locks the document's previous owner kept hold here too; from now on this
+        # node keeps them for the next one.
+        assert self.ownership is not None
+        ownership = self.ownership
+        with anyio.CancelScope(shield=True):
+            saved = await ownership.locks(room.name)
+        if saved is not None:
+            try:
+                room.restore_locks(saved)
+            except ValueError as error:
+                log.error("the locks kept for %r are lost: %s", room.name, error)
+
+        async def save() -> None:
+            text = room.locks.export(room.clock(), room.wall())
+            with anyio.CancelScope(shield=True):
+                await ownership.save_locks(lease, text)
+
+        room.save_locks = save
 
     # -- permissions ------------------------------------------------------------------
 

@@ -12,6 +12,7 @@
     ├── Forbidden            4403   no right to read this document (or not any more)
     ├── StorageError         1011   the document cannot be read from or written to storage
     │   ├── StoreUnavailable 1011   (in `store`) the database cannot be reached now
+    │   ├── Unanswered       1011   (in `cluster`) the owner node did not answer a call
     │   └── Deposed          1012   (in `ownership`) a node of a cluster no longer owns it
     │       └── Elsewhere    1012   (in `ownership`) another node owns it
     ├── Closed               (the owner's) (in `cluster`) a relayed client closed by its owner

@@ -245,6 +245,55 @@ class Locks:
             del self._leases[lease.section]
         return ended
 
+    def export(self, now: float, wall: float) -> str:
+        """The leases, as JSON for whoever takes the document over (another node of a
+        cluster): each with its expiry as Unix time (`now` is `wall`), and the last
+        fencing number given."""
+        return json.dumps(
+            {
+                "fence": self._fence,
+                "leases": [
+                    {
+                        "section": list(lease.section),
+                        "user": lease.user_id,
+                        "name": lease.name,
+                        "fence": lease.fence,
+                        "expires": wall + (lease.expires_at - now),
+                    }
+                    for lease in self._leases.values()
+                ],
+            },
+            separators=(",", ":"),
+        )
+
+    def restore(self, text: str, now: float, wall: float) -> None:
+        """Take over the leases of `export` (as of monotonic `now`, Unix `wall`):
+        bound to no connection, each until its expiry; their holders renew or release
+        them with their fences. Fencing numbers go on from the highest given.
+
+        Raises:
+            ValueError: `text` is not what `export` writes.
+        """
+        try:
+            saved = json.loads(text)
+            leases = [
+                Lease(
+                    tuple(str(key) for key in item["section"]),
+                    str(item["user"]),
+                    str(item["name"]),
+                    None,
+                    int(item["fence"]),
+                    now + (float(item["expires"]) - wall),
+                )
+                for item in saved["leases"]
+            ]
+            self._fence = max(self._fence, int(saved["fence"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"saved locks that cannot be read: {exc}") from exc
+        for lease in leases:
+            if lease.expires_at > now:
+                self._leases[lease.section] = lease
+
     def summary(self) -> dict[str, Any]:
         """What the other clients are shown of the leases: `{"locks": [{"section",
         "holder": {"id", "name"}}, ...]}`, oldest first, at most

@@ -17,6 +17,9 @@ storage of record):
   owner's lease lapsed, or whose owner released it; each move of ownership adds one
   to the document's epoch, so epochs only grow.
 - A node whose own lease lapsed claims nothing until it has renewed it.
+- The owner keeps the document's locks with its lease (`save_locks`) before it says
+  a lock is granted: whoever takes the document over takes its locks too, and their
+  fencing numbers go on growing.
 - Every update an owner stores carries the epoch of its lease (`store.Entry.epoch`),
   and the store refuses, in the same transaction, the updates of a document whose
   epoch has moved on (`Deposed`). An acknowledgement follows a stored update: a node
@@ -115,6 +118,18 @@ class Ownership(Protocol):
     async def release(self, lease: Lease) -> bool:
         """Give the document up, if `lease` is still current: the next claim, by any
         node, takes it without waiting for a lease to lapse. Whether it was."""
+        ...
+
+    async def save_locks(self, lease: Lease, locks: str) -> None:
+        """Keep the document's locks (`locks.Locks.export`) for whoever takes it over.
+
+        Raises:
+            Deposed: `lease` is no longer current (nothing is kept).
+        """
+        ...
+
+    async def locks(self, document: str) -> str | None:
+        """The locks the document's last owner kept (None: none)."""
         ...
 
     async def deregister(self) -> None:

@@ -171,6 +171,9 @@ class Room:
         self.epoch: int | None = None
         """The ownership epoch this node holds the document at (a node of a cluster):
         the store refuses the room's updates once it has moved on; None: not fenced."""
+        self.save_locks: Callable[[], Awaitable[None]] | None = None
+        """Keeps the locks for whoever takes the document over (a node of a cluster);
+        awaited before a lock request is answered. None: nothing to keep them for."""
         self.snapshot_seq = snapshot_seq
         self.since_snapshot_bytes = since_snapshot_bytes
         self.failed: StorageError | None = None
@@ -580,6 +583,8 @@ class Room:
             case QueryAwareness():
                 peer.send(encode_awareness(self.presence.visible_entries()))
             case LockRequest(body):
+                if self.save_locks is not None:
+                    return Later(partial(self._lock_kept, peer, body))
                 peer.send(encode_lock_reply(json.dumps(self._lock_request(peer, body))))
             case RequestPersisted():
                 peer.wants_acks = True
@@ -616,6 +621,23 @@ class Room:
         await self.journal.room_for_more()
         if not peer.closed:  # (closed while it waited: its rights may be why)
             self._update(peer, message)
+
+    async def _lock_kept(self, peer: Peer, body: str) -> None:
+        # A node of a cluster: the locks are kept for a successor before the reply
+        # says a lock is granted (or released). A failure closes the peer (its code).
+        reply = self._lock_request(peer, body)
+        if reply["ok"] and self.save_locks is not None:
+            await self.save_locks()
+        peer.send(encode_lock_reply(json.dumps(reply)))
+
+    def restore_locks(self, saved: str) -> None:
+        """Take over the locks a previous owner kept (see `Locks.restore`).
+
+        Raises:
+            ValueError: `saved` cannot be read.
+        """
+        self.locks.restore(saved, self._clock(), self._wall())
+        self._mirror_locks(self._clock())
 
     async def _version(self, peer: Peer, body: str) -> None:
         # The version holds every update the peer sent before the request: they were

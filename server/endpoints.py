@@ -177,6 +177,8 @@ async def _route(
                 raise HTTPError(409, error.reason) from None
             except TooManyLocks as error:
                 raise HTTPError(429, error.reason) from None
+            if room.save_locks is not None:
+                await room.save_locks()  # (a node of a cluster: kept before the answer)
             lock = None if lease is None else lease.to_json(room.clock(), room.wall())
             return 200, {"document": name, "lock": lock}
     if rest.endswith("/presence"):

@@ -38,6 +38,7 @@ def _sql(statement: str) -> TextClause:
         "document": String(),
         "ttl": Float(),
         "epoch": BigInteger(),
+        "locks": String(),
     }
     return clause.bindparams(
         *(bindparam(name, type_=kind) for name, kind in types.items() if f":{name}" in statement)
@@ -95,6 +96,14 @@ append after it is refused, though nobody has claimed the document yet."""
 _RELEASE_ALL = _sql(
     "UPDATE owners SET node = NULL, epoch = epoch + 1 WHERE node = :node RETURNING document"
 )
+_SAVE_LOCKS = _sql(
+    """
+    UPDATE owners SET locks = :locks
+    WHERE document = :document AND node = :node AND epoch = :epoch
+    RETURNING epoch
+    """
+)
+_LOCKS = _sql("SELECT locks FROM owners WHERE document = :document")
 _DEREGISTER = _sql("DELETE FROM nodes WHERE id = :node")
 _NODES = _sql(f"SELECT id, started_at, expires_at, expires_at > {NOW} AS alive FROM nodes")
 _LEASES = _sql("SELECT document, node, epoch FROM owners WHERE node IS NOT NULL ORDER BY document")
@@ -168,6 +177,26 @@ class SQLOwnership:
         values = {"document": lease.document, "node": lease.node, "epoch": lease.epoch}
         async with self._transaction() as connection:
             return (await connection.execute(_RELEASE, values)).first() is not None
+
+    async def save_locks(self, lease: Lease, locks: str) -> None:
+        values = {
+            "document": lease.document,
+            "node": lease.node,
+            "epoch": lease.epoch,
+            "locks": locks,
+        }
+        async with self._transaction() as connection:
+            saved = (await connection.execute(_SAVE_LOCKS, values)).first()
+        if saved is None:
+            raise Deposed(
+                f"document {lease.document!r} moved on from epoch {lease.epoch}: "
+                "its locks are no longer this node's to keep"
+            )
+
+    async def locks(self, document: str) -> str | None:
+        async with self._transaction() as connection:
+            value = (await connection.execute(_LOCKS, {"document": document})).scalar()
+        return None if value is None else str(value)
 
     async def deregister(self) -> None:
         async with self._transaction() as connection:

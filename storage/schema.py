@@ -6,8 +6,9 @@
     grants(document, principal, role, created_at)      PK (document, principal)
     versions(id, document, seq, label, author, automatic, created_at, editors)
     nodes(id PK, started_at, expires_at)               a cluster's nodes and their leases
-    owners(document PK, node, epoch)                   each document's owner (node NULL:
-                                                       released) and its ownership epoch
+    owners(document PK, node, epoch, locks)            each document's owner (node NULL:
+                                                       released), its ownership epoch, and
+                                                       its locks for a successor (JSON)
     schema_version(version)                            one row
 
 The same schema runs on SQLite and PostgreSQL. Migrations are keyed by version
@@ -101,6 +102,7 @@ owners = Table(
     Column("document", String(1024), primary_key=True),
     Column("node", String(256)),
     Column("epoch", BigInteger, nullable=False),  # only grows: the fence of appends
+    Column("locks", Text),  # the owner's leases, for whoever takes the document over
 )
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
@@ -128,7 +130,13 @@ def _v5(connection: Connection) -> None:
     metadata.create_all(connection, tables=[nodes, owners])
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(connection: Connection) -> None:
+    # Version 5 databases have the table without the column (new ones get it from _v5).
+    if "locks" not in {column["name"] for column in inspect(connection).get_columns("owners")}:
+        connection.execute(text("ALTER TABLE owners ADD COLUMN locks TEXT"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 """Migration N (1-based) brings the schema from version N - 1 to N."""
 
 
