@@ -658,3 +658,33 @@ async def owned_by(node: Node, document: str) -> bool:
         return False
     owns = (await health(node)).get("owns", [])
     return document.split("?")[0] in owns  # type: ignore[operator]
+
+
+async def test_housekeeping_happens_once_per_document_on_its_owner() -> None:
+    """Clients on both nodes edit one document, then stop: only the owner holds a room
+    of it (the edge relays, and keeps none), so the automatic version after the quiet
+    is made once, by the owner."""
+    async with cluster() as nodes:
+        quiet = ("--version-after-quiet", "0.5", "--version-min-interval", "0")
+        one = await nodes.start("one", *quiet)
+        two = await nodes.start("two", *quiet)
+        async with yclient(one.url, "kept-once") as a, yclient(two.url, "kept-once") as b:
+            for i in range(5):
+                a.doc.get("body", type=Text).insert(0, f"a{i} ")
+                b.doc.get("body", type=Text).insert(0, f"b{i} ")
+                await a.flush()
+                await b.flush()
+            await a.wait_for(lambda: "b4" in text_of(a))
+            rooms = [(await health(node))["rooms"] for node in (one, two)]
+            assert sorted(rooms) == [0, 1], f"one room, on the owner: {rooms}"
+
+            async def automatic() -> list[dict[str, object]]:
+                async with httpx.AsyncClient(base_url=two.http) as http:
+                    listed = (await http.get("/api/documents/kept-once/versions")).json()
+                return [v for v in listed["versions"] if v["automatic"]]
+
+            async def one_version() -> bool:
+                return len(await automatic()) >= 1
+
+            await eventually(one_version, what="the automatic version after the quiet")
+            assert len(await automatic()) == 1
