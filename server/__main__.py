@@ -289,6 +289,28 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a node's lease lasts without renewal: how long a dead node's "
         "documents wait before another node takes them (default %(default)s)",
     )
+    serve.add_argument(
+        "--relay-backlog",
+        type=int,
+        default=defaults.relay_backlog,
+        help="frames of a relayed client that may wait on its document's node behind one "
+        "that must wait; more closes it with 1013 (default %(default)s)",
+    )
+    serve.add_argument(
+        "--bus-queue-size",
+        type=int,
+        default=defaults.bus_queue_size,
+        metavar="BYTES",
+        help="bytes waiting to be sent to one other node before they are dropped and the "
+        "link reset: its relayed clients reconnect (default %(default)s)",
+    )
+    serve.add_argument(
+        "--bus-stream-length",
+        type=int,
+        default=defaults.bus_stream_length,
+        help="entries a node's inbox keeps in Redis; a node further behind resets the "
+        "links the lost entries came on (default %(default)s)",
+    )
     secret.add_options(serve, "the HS256 key tokens are signed with (none: open mode)")
     serve.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
 
@@ -438,6 +460,8 @@ def _serve(args: argparse.Namespace) -> None:
         )
     if not args.lease_ttl > 0:
         _fail("--lease-ttl must be a positive number of seconds")
+    if min(args.relay_backlog, args.bus_queue_size, args.bus_stream_length) < 1:
+        _fail("--relay-backlog, --bus-queue-size and --bus-stream-length must be positive")
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -452,6 +476,9 @@ def _serve(args: argparse.Namespace) -> None:
         node_id=args.node_id,
         cluster_prefix=args.cluster_prefix,
         lease_ttl=args.lease_ttl,
+        relay_backlog=args.relay_backlog,
+        bus_queue_size=args.bus_queue_size,
+        bus_stream_length=args.bus_stream_length,
         engine=EngineConfig(
             max_awareness_state_size=args.max_awareness_size,
             outbox_size=args.outbox_size,

@@ -76,7 +76,11 @@ class App:
             node = settings.node_id or default_node_id()
             ownership = SQLOwnership(store.engine, node, settings.lease_ttl)
             self.engine = Engine(settings.engine, store, clock=clock, ownership=ownership)
-            self.cluster = Cluster(self.engine, max_frame_size=settings.max_frame_size)
+            self.cluster = Cluster(
+                self.engine,
+                max_frame_size=settings.max_frame_size,
+                backlog=settings.relay_backlog,
+            )
             self.bus = RedisBus(
                 settings.redis_url,
                 prefix=settings.cluster_prefix,
@@ -85,6 +89,8 @@ class App:
                 clock=clock,
                 # Unhealthy soon enough for the lease: see `Engine` (lease_gate).
                 health_timeout=min(3.0, settings.lease_ttl / 3),
+                max_pending_bytes=settings.bus_queue_size,
+                stream_maxlen=settings.bus_stream_length,
             )
             self.cluster.attach(self.bus)
             self.cluster.on_call = partial(serve_call, serve=self._documents_here)

@@ -57,6 +57,15 @@ class Settings:
     lease_ttl: float = 5.0
     """Seconds a node's lease lasts without renewal: how long the documents of a node
     that died wait before another node may claim them."""
+    relay_backlog: int = 1024
+    """Frames of one relayed client that may wait on the owner behind one that must
+    wait (the journal full, a version being stored); more closes it with 1013."""
+    bus_queue_size: int = 64 * 1024 * 1024
+    """Bytes that may wait to be sent to one other node; beyond, they are dropped and
+    the link reset (the clients relayed over it reconnect and resync)."""
+    bus_stream_length: int = 100_000
+    """Entries a node's inbox keeps in Redis; a node further behind loses the oldest
+    and resets the links they came on."""
 
     @property
     def wire_pings(self) -> bool:

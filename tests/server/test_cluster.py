@@ -688,3 +688,33 @@ async def test_housekeeping_happens_once_per_document_on_its_owner() -> None:
 
             await eventually(one_version, what="the automatic version after the quiet")
             assert len(await automatic()) == 1
+
+
+async def test_a_relayed_client_over_its_backlog_is_closed_with_1013() -> None:
+    """With --relay-backlog 2: the owner's database is cut off, so a relayed client's
+    version request must wait (it holds the edit sent before it, which cannot be
+    stored). Its next frames queue on the owner, two at most: the third closes it with
+    1013. The client on the owner itself is untouched."""
+    async with Proxy(5432) as database, cluster() as nodes:
+        shared = nodes.database_url
+        nodes.database_url = shared.replace(":5432/", f":{database.port}/")
+        one = await nodes.start("one", "--relay-backlog", "2")
+        nodes.database_url = shared
+        two = await nodes.start("two", "--relay-backlog", "2")
+        async with yclient(one.url, "backlog") as owner_side:
+            async with yclient(two.url, "backlog") as relayed:
+                database.cut()
+                relayed.doc.get("body", type=Text).insert(0, "waits for the disk")
+                await relayed.flush()
+                await relayed.send(
+                    protocol.encode_version_request(json.dumps({"id": 1, "op": "create"}))
+                )
+                for _ in range(3):
+                    await relayed.send(protocol.encode_query_awareness())
+                with anyio.fail_after(30):
+                    await relayed.closed.wait()
+                assert relayed.close_code == 1013, (relayed.close_code, relayed.close_reason)
+            await owner_side.wait_for(lambda: "waits for the disk" in text_of(owner_side))
+            database.restore()
+            await owner_side.round_trip()
+            assert not owner_side.closed.is_set()
