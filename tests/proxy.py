@@ -3,6 +3,8 @@
 
     async with Proxy(5432) as proxy:        # listens on proxy.port, forwards to 5432
         ... connect through proxy.port ...
+        proxy.hold()                          # what goes through waits in the proxy
+        proxy.release()                       # ... and goes on
         proxy.cut()                           # every connection dropped, new ones refused
         proxy.restore()                       # new connections forwarded again
 """
@@ -24,6 +26,10 @@ class Proxy:
         self.target = target
         self.port = 0
         self.up = True
+        self.flowing = anyio.Event()
+        self.flowing.set()
+        self.held: list[bytes] = []
+        """What waits in the proxy, while it holds."""
         self._streams: set[SocketStream] = set()
         self._group: TaskGroup | None = None
 
@@ -50,6 +56,15 @@ class Proxy:
         finally:
             await self._listener.aclose()
 
+    def hold(self) -> None:
+        """Hold back what goes through, both ways, until `release`."""
+        self.flowing = anyio.Event()
+
+    def release(self) -> None:
+        """Let what was held, and what comes, go on."""
+        self.flowing.set()
+        self.held.clear()
+
     def cut(self) -> None:
         """Drop every connection now and refuse new ones (they are closed at once)."""
         self.up = False
@@ -57,6 +72,7 @@ class Proxy:
             with contextlib.suppress(OSError):  # an abrupt cut, not a goodbye
                 stream.extra(SocketAttribute.raw_socket).shutdown(socket.SHUT_RDWR)
         self._streams.clear()
+        self.release()  # what was held went with its connection
 
     def restore(self) -> None:
         """Forward new connections again."""
@@ -74,17 +90,19 @@ class Proxy:
                 self._streams |= {client, server}
                 try:
                     async with anyio.create_task_group() as group:
-                        group.start_soon(_pipe, client, server, group)
-                        group.start_soon(_pipe, server, client, group)
+                        group.start_soon(self._pipe, client, server, group)
+                        group.start_soon(self._pipe, server, client, group)
                 finally:
                     self._streams -= {client, server}
 
-
-async def _pipe(source: SocketStream, sink: SocketStream, group: TaskGroup) -> None:
-    try:
-        async for chunk in source:
-            await sink.send(chunk)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
-    finally:
-        group.cancel_scope.cancel()
+    async def _pipe(self, source: SocketStream, sink: SocketStream, group: TaskGroup) -> None:
+        try:
+            async for chunk in source:
+                if not self.flowing.is_set():
+                    self.held.append(chunk)
+                    await self.flowing.wait()
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            group.cancel_scope.cancel()
