@@ -718,3 +718,38 @@ async def test_a_relayed_client_over_its_backlog_is_closed_with_1013() -> None:
             database.restore()
             await owner_side.round_trip()
             assert not owner_side.closed.is_set()
+
+
+async def test_a_node_stopped_cleanly_gives_its_documents_up_at_once() -> None:
+    """Removing a node without downtime: the owner is stopped with SIGTERM while
+    writers on both nodes go on. It closes its clients with 1001, stores what it
+    accepted and gives its documents up: the other node takes them over without
+    waiting for a lease to lapse (the lease here is long: 30 s), and every
+    acknowledged marker is kept."""
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--lease-ttl", "30")
+        two = await nodes.start("two", "--lease-ttl", "30")
+        async with yclient(one.url, "drained"):
+            pass
+        until = anyio.Event()
+        writers = [Writer("on-one", [one.url, two.url]), Writer("on-two", [two.url])]
+        async with anyio.create_task_group() as group:
+            for writer in writers:
+                group.start_soon(writer.run, "drained", until)
+            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+            stopped_at = anyio.current_time()
+            one.process.terminate()
+            before = {w.name: len(w.acked) for w in writers}
+            await eventually(
+                lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
+                what="both writers acknowledged by node two",
+            )
+            until.set()
+        assert await one.process.wait() == 0
+        stall = max(w.longest_stall(stopped_at, anyio.current_time()) for w in writers)
+        print(f"longest stall when the owner stopped cleanly: {stall:.2f} s (lease ttl 30 s)")
+        assert 1001 in writers[0].closes, writers[0].closes
+        async with yclient(two.url, "drained") as reader:
+            stored = set(reader.doc.get("markers", type=Map).keys())
+        for writer in writers:
+            assert not writer.acked - stored, writer.name
