@@ -216,6 +216,11 @@ class Cluster:
         finally:
             self._task_group = None
 
+    def close_remotes(self, error: CollabError) -> None:
+        """Close every client this node relays to another (the server is stopping)."""
+        for remote in list(self.remotes.values()):
+            remote.peer.close(error)
+
     def send(self, node: str, message: Relayed) -> None:
         """Queue `message` for `node` on the bus."""
         assert self.bus is not None

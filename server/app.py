@@ -34,7 +34,7 @@ from wsproto.extensions import PerMessageDeflate
 from collab_engine.clock import SYSTEM, Clock
 from collab_engine.cluster import Cluster, Unanswered
 from collab_engine.engine import Engine
-from collab_engine.errors import StorageError
+from collab_engine.errors import GoingAway, StorageError
 from collab_engine.journal import describe_error
 from collab_engine.ownership import Elsewhere
 from collab_engine.store import Store
@@ -301,6 +301,8 @@ async def serve(
     async def trigger() -> None:
         await shutdown.wait()
         app.engine.close_peers()
+        if app.cluster is not None:
+            app.cluster.close_remotes(GoingAway("server shutting down"))
 
     # hypercorn takes the file descriptor over and closes it when it stops.
     config = hypercorn_config(settings, sock.detach())

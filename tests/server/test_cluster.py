@@ -753,3 +753,15 @@ async def test_a_node_stopped_cleanly_gives_its_documents_up_at_once() -> None:
             stored = set(reader.doc.get("markers", type=Map).keys())
         for writer in writers:
             assert not writer.acked - stored, writer.name
+
+
+async def test_a_stopping_node_closes_the_clients_it_relays_with_1001() -> None:
+    async with cluster() as nodes:
+        one = await nodes.start("one")
+        two = await nodes.start("two")
+        async with yclient(one.url, "relayed-out"), yclient(two.url, "relayed-out") as relayed:
+            two.process.terminate()
+            with anyio.fail_after(30):
+                await relayed.closed.wait()
+            assert relayed.close_code == 1001, (relayed.close_code, relayed.close_reason)
+            assert await two.process.wait() == 0
