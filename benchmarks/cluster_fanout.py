@@ -28,9 +28,10 @@ Measurements
   balancer, client j of room r goes to node (j + r) mod 2. So the first client of each
   room (a writer, which opens it) claims half of the rooms for each node, each room's
   second writer is on the other node (its edits cross to the owner first), and each
-  room's observers are split between the nodes. The default rates were chosen on
-  this machine: at the first one, one node of ours is near a full core; the second
-  offers twice as much.
+  room's observers are split between the nodes. The default rates bracket where one
+  node saturates on this 2-core machine: at 10 it delivers everything within a few
+  ms; at 20 the machine's cores are full (the node, the generator, PostgreSQL) and
+  fan-out grows to tens of ms; 40 offers twice that again.
 * **latency**: one room of 100 clients (`--latency-size`), 10 writers at 5 edits/s
   each, on one node and over two (5 writers and 45 observers on each): fan-out
   includes the cross-node hops (edge to owner to edge).
@@ -40,8 +41,9 @@ warm-up run of the generator first, the machine quiet before each run); fan-out,
 deliveries and convergence are `harness/load.py`'s. CPU by process over the measured
 window: each node, Redis (the whole redis-server), PostgreSQL (its own processes and
 the backends of the cluster's database), the generator (this process), and the rest
-of the machine. The generator shares the 2 cores with every server process, Redis and
-PostgreSQL: what a second node can buy is bounded by the CPU left for it.
+of the machine; they add up to its busy time. The generator shares the 2 cores with
+every server process, Redis and PostgreSQL: what a second node can buy is bounded by
+the CPU left for it.
 """
 
 from __future__ import annotations
@@ -165,8 +167,7 @@ def results_table(
 
 
 def verdicts(throughput: Sequence[Point], latency: Point | None, options: Options) -> list[str]:
-    """What a second node did to each server's figures, and each target, met or not."""
-    lines = ["**One node against two** (medians):", ""]
+    """Two nodes' figures against one's, for each server and measurement; our targets."""
 
     def pair(point: Point, server: str) -> tuple[Sequence[RunResult], Sequence[RunResult]]:
         one, two = (point.session.results.get((point.size.key, False, f"{server}-{n}"), [])
@@ -176,34 +177,29 @@ def verdicts(throughput: Sequence[Point], latency: Point | None, options: Option
     def p99(runs: Sequence[RunResult]) -> float:
         return median_of(runs, "fanout_p99")
 
-    def delivered(runs: Sequence[RunResult]) -> float:
+    def rate(runs: Sequence[RunResult]) -> float:
         return median_of(runs, "delivered_rate")
 
+    lines = ["**Two nodes against one** (medians):", ""]
+    for server, point in ((s, p) for s in options.peers for p in [*throughput, latency] if p):
+        one, two = pair(point, server)
+        if not one:
+            continue
+        what = (f"{point.rate:g} edits/s per writer" if point.name == "throughput"
+                else f"one room of {point.size.clients}")  # fmt: skip
+        cpu = [1e6 * median_of(r, "server_cpu_share") / rate(r) for r in (two, one)]
+        lines.append(
+            f"- {'ours' if server == 'ours' else HOCUSPOCUS_REDIS.label}, {what}: delivered "
+            f"{num(rate(two))} against {num(rate(one))}/s ({rate(two) / rate(one):.2f}x; "
+            f"{one[0].offered_rate / rate(one):.2f}x at most at this load); fan-out p50 "
+            f"{ms(median_of(two, 'fanout_p50'))} against {ms(median_of(one, 'fanout_p50'))} ms, "
+            f"p99 {ms(p99(two))} against {ms(p99(one))} ({p99(two) / p99(one):.2f}x); the "
+            f"nodes' CPU {cpu[0]:.0f} against {cpu[1]:.0f} µs a delivery"
+        )
     targets = []
-    for server in options.peers:
-        label = "ours" if server == "ours" else HOCUSPOCUS_REDIS.label
-        for point in throughput:
-            one, two = pair(point, server)
-            if one:
-                offered = one[0].offered_rate
-                lines.append(
-                    f"- {label}, {point.rate:g} edits/s per writer ({num(offered)} deliveries/s "
-                    f"offered): two nodes delivered {delivered(two) / delivered(one):.2f}x what one "
-                    f"did ({num(delivered(two))} against {num(delivered(one))}/s; at most "
-                    f"{offered / delivered(one):.2f}x was possible at this load), fan-out p99 "
-                    f"{ms(p99(two))} against {ms(p99(one))} ms, p50 "
-                    f"{ms(median_of(two, 'fanout_p50'))} against {ms(median_of(one, 'fanout_p50'))}"
-                )
-        if latency is not None and (both := pair(latency, server))[0]:
-            one, two = both
-            lines.append(
-                f"- {label}, one room of {latency.size.clients} over two nodes: fan-out p99 "
-                f"{ms(p99(two))} against {ms(p99(one))} ms on one ({p99(two) / p99(one):.2f}x), "
-                f"p50 {ms(median_of(two, 'fanout_p50'))} against {ms(median_of(one, 'fanout_p50'))}"
-            )
     if throughput and (both := pair(throughput[-1], "ours"))[0]:
         one, two = both
-        ratio = delivered(two) / delivered(one)
+        ratio = rate(two) / rate(one)
         met = ratio >= 1.7 and p99(two) <= p99(one)
         targets.append(
             f"two nodes carry at least 1.7x the deliveries/s of one at no worse p99, at the "
@@ -216,8 +212,7 @@ def verdicts(throughput: Sequence[Point], latency: Point | None, options: Option
         targets.append(f"cross-node fan-out p99 at most 2x single-node: {ratio:.2f}x "
                        f"({ms(p99(two))} against {ms(p99(one))} ms): "
                        f"**{'met' if ratio <= 2 else 'not met'}**")  # fmt: skip
-        theirs = pair(latency, HOCUSPOCUS_REDIS.name)[1]
-        if theirs:
+        if theirs := pair(latency, HOCUSPOCUS_REDIS.name)[1]:
             ratio = p99(two) / p99(theirs)
             targets.append(
                 f"cross-node fan-out p99 at most Hocuspocus + Redis's over two instances: "
@@ -346,11 +341,10 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
                 overall.logs[cluster.label], refusals = cluster.log_text()
                 if refusals:
                     overall.notes.append(
-                        f"{cluster.label}: its Redis extension refused {refusals} times to "
+                        f"{cluster.label}: its Redis extension refused {refusals} time(s) to "
                         "let an instance store a document another was storing (logged as "
                         "errors by Hocuspocus; the extension's design, taken out of the log)"
                     )
-
                 if cluster.unclean_exits:
                     overall.problems.append(f"{cluster.label}: a node exited uncleanly")
     overall.loads.append(f"{load_average()} (after)")
@@ -385,7 +379,6 @@ async def benchmark(options: Options, argv: Sequence[str]) -> int:
         report += [f"Plots: {', '.join(f'`{relative(p)}`' for p in written)}", ""]
     problems = overall.problems + [q for p in points for q in p.session.problems]
     report += listed("Notes:", overall.notes + [n for p in points for n in p.session.notes], None)
-
     report += logged_errors(overall.logs, problems)
     report += listed("**Problems:**", problems, 60)
     publish("\n".join(report), options.output)
@@ -396,18 +389,21 @@ def draw(points: Sequence[Point], clusters: dict[str, ClusterNodes], output: Pat
     labels = [c.label for c in clusters.values()]
 
     def series(point: Point, metric: str, scale: float) -> list[float]:
-        return [
-            median_of(runs, metric) * scale if (runs := point.session.results.get((point.size.key, False, n))) else math.nan
-            for n in clusters
-        ]  # fmt: skip
+        """Each cluster's median (NaN where it has none, or "never": no bar)."""
+        runs = [point.session.results.get((point.size.key, False, n)) for n in clusters]
+        values = [median_of(r, metric) * scale if r else math.nan for r in runs]
+        return [v if math.isfinite(v) else math.nan for v in values]
 
-    throughput = {f"{p.rate:g} edits/s per writer": series(p, "delivered_rate", 1)
-                  for p in points if p.name == "throughput"}  # fmt: skip
+    rates = [p for p in points if p.name == "throughput"]
+    throughput = {f"{p.rate:g} edits/s per writer": series(p, "delivered_rate", 1) for p in rates}
+    waits = {f"{p.rate:g} edits/s per writer": series(p, "fanout_p99", 1000) for p in rates}
     latency = {f"fan-out {q}": series(p, f"fanout_{q}", 1000)
                for p in points if p.name == "latency" for q in ("p50", "p99")}  # fmt: skip
     return [
         plots.bars(labels, throughput, f"Throughput, {points[0].size.label}",
                    "delivered (deliveries/s)", output.parent / f"{output.stem}_throughput.png"),
+        plots.bars(labels, waits, f"Fan-out p99 under the throughput load, {points[0].size.label}",
+                   "fan-out p99 (ms, log)", output.parent / f"{output.stem}_throughput_p99.png", log=True),
         plots.bars(labels, latency, "Latency, one room spread over the nodes", "ms",
                    output.parent / f"{output.stem}_latency.png"),
     ]  # fmt: skip
