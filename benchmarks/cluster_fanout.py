@@ -1,49 +1,41 @@
 """Cluster fan-out: what does a second node buy, and what does a cross-node hop cost,
 against Hocuspocus with its Redis extension?
 
-Usage:
-
     python benchmarks/cluster_fanout.py                # both measurements, 1 and 2 nodes
     python benchmarks/cluster_fanout.py --quick        # smoke run: small sizes, 1 short run
     python benchmarks/cluster_fanout.py --servers ours --rates 10 20 --runs 1
 
-Targets (`harness/cluster.py`), each a cluster on the machine's Redis:
-
-* **ours**: `python -m server serve` nodes on a fresh PostgreSQL database (every
-  update stored there by the document's owner), one node or two. Each document has
-  one owner node; a client on the other node is relayed to it through Redis streams.
-* **hocuspocus-redis**: Hocuspocus 3.4.4 instances with `@hocuspocus/extension-redis`
-  3.4.4 (`peers/hocuspocus_redis_server.mjs`), one or two: every instance holding a
-  document applies every update and passes changes on through Redis pub/sub (it
-  stores nothing).
-
-One node is a cluster of one (same command, same Redis and database), so that only
-the second node differs.
+The clusters (`harness/cluster.py`), on the machine's Redis, one node or two:
+* **ours**: `python -m server serve` nodes on a fresh PostgreSQL database (the owner
+  of a document stores every update). A client on a node that does not own its
+  document is relayed to the owner through Redis streams. One node is a cluster of
+  one (same command, Redis and database), so that only the second node differs.
+* **hocuspocus-redis**: Hocuspocus 3.4.4 with `@hocuspocus/extension-redis` 3.4.4
+  (`peers/hocuspocus_redis_server.mjs`): every instance holding a document applies
+  every update and passes changes on through Redis pub/sub (it stores nothing).
 
 Measurements
 ------------
 * **throughput**: 1,000 clients over 100 rooms (`--throughput-size`), 2 writers a
-  room (`--throughput-writers`) at each of `--rates` edits/s per writer, the other
-  clients observers; on one node, then spread over two: the fleet is the load
-  balancer, client j of room r goes to node (j + r) mod 2. So the first client of each
-  room (a writer, which opens it) claims half of the rooms for each node, each room's
-  second writer is on the other node (its edits cross to the owner first), and each
-  room's observers are split between the nodes. The default rates bracket where one
-  node saturates on this 2-core machine: at 10 it delivers everything within a few
-  ms; at 20 the machine's cores are full (the node, the generator, PostgreSQL) and
-  fan-out grows to tens of ms; 40 offers twice that again.
+  room (`--throughput-writers`) at each of `--rates` edits/s, the others observers. The
+  fleet is the load balancer: client j of room r goes to node (j + r) mod 2, so the
+  first client of each room (a writer, which opens it) claims half of the rooms for
+  each node, each room's other writer is on the other node (its edits cross to the
+  owner first), and the observers are split. The default rates bracket where one node
+  saturates on this 2-core machine: at 10 it delivers everything within a few ms; at
+  20 the cores are full (the node, the generator, PostgreSQL) and fan-out grows to
+  tens of ms; 40 offers twice that again.
 * **latency**: one room of 100 clients (`--latency-size`), 10 writers at 5 edits/s
-  each, on one node and over two (5 writers and 45 observers on each): fan-out
+  each, on one node and over two (5 writers and 45 observers on each): fan-out then
   includes the cross-node hops (edge to owner to edge).
 
 Each figure is the median over `--runs` interleaved runs (`harness/session.py`: a
-warm-up run of the generator first, the machine quiet before each run); fan-out, the
-deliveries and convergence are `harness/load.py`'s. CPU by process over the measured
-window: each node, Redis (the whole redis-server), PostgreSQL (its own processes and
-the backends of the cluster's database), the generator (this process), and the rest
-of the machine; they add up to its busy time. The generator shares the 2 cores with
-every server process, Redis and PostgreSQL: what a second node can buy is bounded by
-the CPU left for it.
+warm-up run of the generator first, the machine quiet before each run); fan-out,
+deliveries and convergence are `harness/load.py`'s. CPU over the measured window:
+each node, Redis (the whole redis-server), PostgreSQL (its own processes and the
+cluster's database's backends), the generator (this process) and the rest of the
+machine, which add up to its busy time. The generator shares the 2 cores with all of
+them: what a second node can buy is bounded by the CPU left for it.
 """
 
 from __future__ import annotations
@@ -193,7 +185,7 @@ def verdicts(throughput: Sequence[Point], latency: Point | None, options: Option
             f"{num(rate(two))} against {num(rate(one))}/s ({rate(two) / rate(one):.2f}x; "
             f"{one[0].offered_rate / rate(one):.2f}x at most at this load); fan-out p50 "
             f"{ms(median_of(two, 'fanout_p50'))} against {ms(median_of(one, 'fanout_p50'))} ms, "
-            f"p99 {ms(p99(two))} against {ms(p99(one))} ({p99(two) / p99(one):.2f}x); the "
+            f"p99 {ms(p99(two))} against {ms(p99(one))} ({times(p99(two), p99(one))}); the "
             f"nodes' CPU {cpu[0]:.0f} against {cpu[1]:.0f} µs a delivery"
         )
     targets = []
@@ -222,7 +214,13 @@ def verdicts(throughput: Sequence[Point], latency: Point | None, options: Option
     return [*lines, "", *listed("**Our targets:**", targets)]
 
 
-def header(options: Options, argv: Sequence[str], clusters: dict[str, ClusterNodes],
+def times(a: float, b: float) -> str:
+    """a / b as "1.23x", or "n/a" where either is "never" (infinite) or missing."""
+    return f"{a / b:.2f}x" if math.isfinite(a) and math.isfinite(b) and b else "n/a"
+
+
+def header(
+options: Options, argv: Sequence[str], clusters: dict[str, ClusterNodes],
            session: Session, pg: str, started: float) -> str:  # fmt: skip
     lines = [
         *heading(
