@@ -10,6 +10,9 @@
   server and measured: fan-out latency, deliveries, convergence, CPU, memory.
 - `session`: the runs of that load at one size and mode against every server,
   interleaved, with the generator's warm-up run and restarts.
+- `cluster`: several server processes (ours, or Hocuspocus with its Redis extension)
+  on one Redis and PostgreSQL database, started and stopped together, one target of
+  that load: a port per node, the CPU of each node, Redis and PostgreSQL.
 - `footprint`: a server's memory: its settled RSS at rest and with idle clients
   (connections, empty or loaded documents), a fresh server per measurement.
 - `throughput`: update throughput through the permission and lock checks, in
@@ -19,8 +22,8 @@
   once and measured, with both event loops' scheduler time.
 - `cursors`: the cursor load (senders moving cursors, observers reading awareness)
   run once against ours and measured: latency, staleness, convergence.
-- `sampling`: CPU and scheduler readings from /proc (the machine, threads, run queue),
-  and waiting on them for the machine to be quiet.
+- `sampling`: CPU and scheduler readings from /proc (the machine, threads, run queue,
+  services such as Redis and PostgreSQL), and waiting on them for the machine to be quiet.
 - `profiling`: py-spy and cProfile of our server, and their summaries; cProfile of calls.
 - `stats`: percentiles and medians that skip NaN.
 - `report`: number formats and the parts of a results file every script writes
@@ -35,8 +38,8 @@
 - `remote`: the remote path: a trace's updates applied one by one, and merged.
 - `yjs`: Node's `yjs` driven through `peers/yjs_replay.mjs`, one function per mode.
 - `timings`: the seconds of trace replays over the runs, as tables, bars and JSON.
-- `stores`: a fresh SQLite file or PostgreSQL schema per run, `SQLStore.append` timed
-  alone; SQLite files on disk.
+- `stores`: a fresh SQLite file or PostgreSQL schema per run (or a fresh PostgreSQL
+  database, for a cluster), `SQLStore.append` timed alone; SQLite files on disk.
 - `writers`: writers in an engine in this process, each with one update in flight
   until the journal acknowledges it, run once and measured.
 - `history`: an editing trace replayed into a document's log, written to SQLite files

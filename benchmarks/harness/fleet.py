@@ -38,7 +38,8 @@ from pycrdt import Doc, Text, TransactionEvent
 from collab_engine import protocol
 from collab_engine.protocol import AwarenessEntry
 from collab_engine.types import ClientId
-from harness.servers import HOST, ServerProcess
+from harness.sampling import Busy
+from harness.servers import HOST
 from harness.wire import Link, var_string, var_uint
 
 MARKER = re.compile(rb"#e(\d+)#")
@@ -311,16 +312,18 @@ class Writer(FullClient):
 
 
 async def connect_all(
-    factories: Sequence[Callable[[], Peer]], port: int, concurrency: int, timeout: float
+    factories: Sequence[Callable[[], Peer]], concurrency: int, timeout: float
 ) -> list[Peer]:
-    """Open and sync every client, `concurrency` at a time, all within `timeout` s."""
+    """Open and sync every client, `concurrency` at a time, all within `timeout` s; each
+    connects to the port it was made for (clients of a cluster go to several)."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
     peers: list[Peer] = []
 
     async def one(factory: Callable[[], Peer]) -> None:
         async with gate:
-            _, peer = await loop.create_connection(factory, HOST, port)
+            made = factory()
+            _, peer = await loop.create_connection(lambda: made, HOST, made.port)
             peers.append(peer)
             await peer.opened
             peer.begin()
@@ -347,7 +350,7 @@ async def close_all(peers: Sequence[Link], timeout: float = 3.0) -> None:
             peer.abort()
 
 
-async def quiesce(peers: Sequence[Link], server: ServerProcess, limit: float) -> None:
+async def quiesce(peers: Sequence[Link], server: Busy, limit: float) -> None:
     """Wait until no frame has arrived for 0.3 s and the server is idle (at most `limit` s)."""
     deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:

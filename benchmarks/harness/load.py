@@ -67,6 +67,15 @@ What the numbers mean
   the generator), how late the writers' sends were, and the time to connect and sync
   every client.
 
+Several servers
+---------------
+The target may be a cluster (`harness/cluster.py`): several ports, clients of one
+room spread over them. Client j of room r (writers first, then observers) connects to
+port (j + r) mod n, so the first client of each room, which opens it, goes to each
+node in turn, and the fresh client that checks convergence goes to the next port
+after it. The server CPU is then the nodes' together; `cpu_shares` has each reading
+of `cpu_readings()` (each node, and the services they share) over the measured window.
+
 Each figure is computed per run; the tables show the median over `--runs` runs, which
 are interleaved (before them, at each size with more clients than any before it, one
 run against the first server that is not counted: the generator's first run with that
@@ -84,7 +93,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,7 +113,7 @@ from harness.fleet import (
 from harness.profiling import start_profiler, stop_profiler
 from harness.report import ms, num
 from harness.sampling import machine_busy_seconds
-from harness.servers import ServerProcess
+from harness.servers import ServerProcess, ServerSpec
 from harness.stats import pct, percentile
 
 NEVER = math.inf
@@ -159,6 +168,20 @@ class LoadOptions(Protocol):
     def profiler(self) -> str: ...
 
 
+class Target(Protocol):
+    """What `run_once` reads of the server under test: a `ServerProcess`, or a
+    cluster's nodes (`harness/cluster.py`)."""
+
+    @property
+    def spec(self) -> ServerSpec: ...
+    @property
+    def ports(self) -> tuple[int, ...]: ...
+    def cpu_seconds(self) -> float: ...
+    def cpu_readings(self) -> dict[str, float]: ...
+    def rss(self) -> int: ...
+    def preempted(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunResult:
     server: str
@@ -188,6 +211,9 @@ class RunResult:
     setup_seconds: float
     extensions: str
     problems: tuple[str, ...]
+    cpu_shares: dict[str, float] = field(default_factory=dict)
+    """Each of the target's `cpu_readings()` over the measured window, as a share of
+    one core (the server alone, or each node of a cluster and the services)."""
 
     def summary(self) -> str:
         """The run's figures on one line, as progress."""
@@ -203,7 +229,7 @@ class RunResult:
 
 
 async def run_once(
-    server: ServerProcess, size: Size, awareness: bool, options: LoadOptions, attempt: int
+    server: Target, size: Size, awareness: bool, options: LoadOptions, attempt: int
 ) -> RunResult:
     spec = server.spec
     run = RunState(spec.stamps_identity and awareness)
@@ -217,17 +243,21 @@ async def run_once(
         for r in range(size.rooms)
     ]  # fmt: skip
     deflate = options.compression
-    port = server.port
+    ports = server.ports
+
+    def port(room: Room, j: int) -> int:
+        """The port of client j of `room` (see "Several servers")."""
+        return ports[(j + room.index) % len(ports)]
 
     factories: list[Callable[[], Peer]] = []
     for room in rooms:
         factories.extend(
-            partial(Writer, run, room, port, deflate, f"writer {room.index}.{k}", k)
+            partial(Writer, run, room, port(room, k), deflate, f"writer {room.index}.{k}", k)
             for k in range(writers_per_room)
         )
         factories.extend(
-            partial(Observer, run, room, port, deflate, f"reader {room.index}.{j}")
-            for j in range(size.per_room - writers_per_room)
+            partial(Observer, run, room, port(room, j), deflate, f"reader {room.index}.{j}")
+            for j in range(writers_per_room, size.per_room)
         )
 
     peak_rss = 0
@@ -253,8 +283,8 @@ async def run_once(
             firsts = [factories[r * size.per_room] for r in range(size.rooms)]
             rest = [f for i, f in enumerate(factories) if i % size.per_room]
             concurrency, timeout = options.connect_concurrency, options.connect_timeout
-            peers = await connect_all(firsts, port, concurrency, timeout)
-            peers += await connect_all(rest, port, concurrency, timeout)
+            peers = await connect_all(firsts, concurrency, timeout)
+            peers += await connect_all(rest, concurrency, timeout)
         except Exception as exc:
             raise RuntimeError(f"{size.clients} clients could not all connect and sync within "
                                f"{options.connect_timeout:g} s: {exc!r}") from exc  # fmt: skip
@@ -311,28 +341,34 @@ async def run_once(
                 observers[i].send_awareness()
                 heapq.heappush(queue, (due + RENEW_INTERVAL, i))
 
-        def clocks() -> tuple[float, float, float, float, float]:
+        Clocks = tuple[tuple[float, float, float, float, float], dict[str, float]]
+
+        def clocks() -> Clocks:
             # Server CPU, generator CPU, the whole machine's busy time, the server's
-            # preemptions, wall time.
+            # preemptions, wall time; and the target's readings by process.
+            readings = server.cpu_readings()
             return (
                 server.cpu_seconds(),
                 time.process_time(),
                 machine_busy_seconds(),
                 float(server.preempted()),
                 time.perf_counter(),
-            )
+            ), readings
 
-        async def window_cpu() -> tuple[float, float, float, float, float]:
+        async def window_cpu() -> Clocks:
             await asyncio.sleep(max(0.0, window0 - time.perf_counter()))
-            first = clocks()
+            first, readings0 = clocks()
             await asyncio.sleep(max(0.0, window1 - time.perf_counter()))
-            last = clocks()
-            return tuple(b - a for a, b in zip(first, last, strict=True))  # type: ignore[return-value]
+            last, readings1 = clocks()
+            deltas = tuple(b - a for a, b in zip(first, last, strict=True))
+            readings = {k: v - readings0.get(k, v) for k, v in readings1.items()}
+            return deltas, readings  # type: ignore[return-value]
 
         profiler = None
         if (
             options.profile is not None
             and options.profiler == "py-spy"
+            and isinstance(server, ServerProcess)
             and spec.name == "ours"
             and attempt > 0  # 0: the generator's warm-up, not counted
         ):
@@ -346,7 +382,8 @@ async def run_once(
         writing = [asyncio.create_task(write(w, s)) for s, w in enumerate(writers)]
         tasks += writing
         await asyncio.gather(*writing)
-        server_window, own_window, busy_window, preempted_window, window = await cpu_task
+        deltas, readings_window = await cpu_task
+        server_window, own_window, busy_window, preempted_window, window = deltas
         deadline = time.perf_counter() + options.timeout
         while run.delivered < run.expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
@@ -367,12 +404,12 @@ async def run_once(
         texts_ok = True
         if drained:
             verify_factories: list[Callable[[], Peer]] = [
-                partial(FullClient, run, room, port, deflate, f"verifier {room.index}")
+                partial(FullClient, run, room, port(room, 1), deflate, f"verifier {room.index}")
                 for room in rooms
             ]
             try:
                 connected = await connect_all(
-                    verify_factories, port, options.connect_concurrency, options.timeout
+                    verify_factories, options.connect_concurrency, options.timeout
                 )
                 verifiers = [v for v in connected if isinstance(v, FullClient)]
             except Exception as exc:
@@ -467,6 +504,7 @@ async def run_once(
         setup_seconds=setup_seconds,
         extensions=extensions,
         problems=tuple(problems),
+        cpu_shares={name: seconds / window for name, seconds in readings_window.items()},
     )
 
 

@@ -1,6 +1,7 @@
-"""CPU and scheduler readings from /proc: the whole machine's, a process's threads',
-and the event-loop threads' time on a CPU and waiting for one; waiting, on those
-readings, for the machine to be quiet before a run."""
+"""CPU and scheduler readings from /proc: the whole machine's, a process's and its
+threads', a group of processes' (Redis, PostgreSQL), and the event-loop threads' time
+on a CPU and waiting for one; waiting, on those readings, for the machine to be quiet
+before a run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +21,41 @@ def machine_busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class ProcessTally:
+    """CPU seconds used so far by the processes `wanted` picks (from its command name
+    and command line), whoever started them: a service such as Redis or PostgreSQL.
+
+    Read from /proc at each `seconds()`: a process that appeared since the last
+    reading counts from its start, one that exited counts with its last reading (what
+    it used after that is lost)."""
+
+    def __init__(self, wanted: Callable[[str, str], bool]) -> None:
+        self.wanted = wanted
+        self._last: dict[int, float] = {}
+
+    def seconds(self) -> float:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if pid not in self._last:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    if not self.wanted(comm, command.decode(errors="replace")):
+                        continue
+                self._last[pid] = process_cpu_seconds(pid)
+        return sum(self._last.values())
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:

@@ -11,6 +11,12 @@
 * **pycrdt**: pycrdt's own server (`pycrdt.websocket`, pycrdt-websocket 0.16.5)
   served by hypercorn, `benchmarks/peers/pycrdt_server.py` (documents in memory).
 
+And for clusters (`harness/cluster.py`), not among the four: **hocuspocus-redis**
+(`HOCUSPOCUS_REDIS`), Hocuspocus with npm `@hocuspocus/extension-redis` 3.4.4,
+`benchmarks/peers/hocuspocus_redis_server.mjs`, configured by its environment (the
+Redis and its prefix, the instance's id); ours is the same `serve` with a cluster's
+arguments (`--database-url`, `--redis-url`, ...: then no `--db`).
+
 The npm packages are pinned in `benchmarks/peers/package.json` and its lock file;
 `ensure_peers_installed` runs `npm ci --prefix benchmarks/peers` when `node_modules`
 is absent. Servers start under the normal scheduling policy (`scheduling.normal`),
@@ -38,12 +44,13 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psutil  # type: ignore[import-untyped]
 
 from harness import scheduling
 from harness.report import error_lines
-from harness.sampling import CLOCK_TICKS
+from harness.sampling import process_cpu_seconds
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +79,17 @@ SPECS: dict[str, ServerSpec] = {
         ServerSpec("pycrdt", "pycrdt-websocket", False, False, r"pycrdt-websocket listening on"),
     )
 }
+"""The servers compared one process each (`--servers` chooses among them)."""
+HOCUSPOCUS_REDIS = ServerSpec(
+    "hocuspocus-redis", "Hocuspocus + Redis", True, False, r"hocuspocus listening on"
+)
+"""Hocuspocus with its Redis extension: instances on one Redis share documents."""
+NODE_SCRIPTS = {
+    "node": "node_modules/@y/websocket-server/src/server.js",
+    "hocuspocus": "hocuspocus_server.mjs",
+    HOCUSPOCUS_REDIS.name: "hocuspocus_redis_server.mjs",
+}
+"""The Node servers' scripts, in benchmarks/peers."""
 
 
 def free_port() -> int:
@@ -85,9 +103,8 @@ def ensure_peers_installed(names: Iterable[str] | None = None) -> None:
     if `names` are given, one of those servers runs on Node."""
     if names is not None and not {"node", "hocuspocus"} & set(names):
         return
-    if (PEERS / "node_modules" / "@hocuspocus" / "server").is_dir() and (
-        PEERS / "node_modules" / "@y" / "websocket-server"
-    ).is_dir():
+    packages = ("@hocuspocus/server", "@hocuspocus/extension-redis", "@y/websocket-server")
+    if all((PEERS / "node_modules" / package).is_dir() for package in packages):
         return
     npm = shutil.which("npm")
     if npm is None:
@@ -109,9 +126,12 @@ class ServerProcess:
         tmp: Path,
         cprofile: Path | None = None,
         extra: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.extra = tuple(extra)
-        """More arguments for `serve` (ours only: `--ours-args`)."""
+        """More arguments for `serve` (ours only: `--ours-args`, a cluster's)."""
+        self.environment = dict(environment or {})
+        """More environment (the Node servers': hocuspocus-redis's Redis settings)."""
         self.spec = spec
         self.tmp = tmp
         self.log_path = tmp / f"{spec.name}.log"
@@ -129,8 +149,10 @@ class ServerProcess:
         env = dict(os.environ)
         name = self.spec.name
         if name == "ours":
-            # `--ours-args --memory`: nothing stored (as the Node server), so no file.
-            where = [] if "--memory" in self.extra else ["--db", str(self.tmp / "ours.db")]
+            # `--ours-args --memory`: nothing stored (as the Node server), so no file;
+            # a node of a cluster stores in its `--database-url`.
+            elsewhere = {"--memory", "--database-url"} & set(self.extra)
+            where = [] if elsewhere else ["--db", str(self.tmp / "ours.db")]
             argv = [
                 sys.executable, "-m", "server", "serve", "--host", HOST, "--port", str(port),
                 *where, "--log-level", "WARNING", *self.extra,
@@ -144,11 +166,8 @@ class ServerProcess:
                 "--port", str(port), "--log-level", "WARNING",
             ]  # fmt: skip
             return argv, REPO, env
-        env.update(HOST=HOST, PORT=str(port))
-        node = shutil.which("node") or "node"
-        if name == "node":
-            return [node, "node_modules/@y/websocket-server/src/server.js"], PEERS, env
-        return [node, "hocuspocus_server.mjs"], PEERS, env
+        env.update(HOST=HOST, PORT=str(port), **self.environment)
+        return [shutil.which("node") or "node", NODE_SCRIPTS[name]], PEERS, env
 
     def display_command(self) -> str:
         argv, cwd, _ = self.command(1234)
@@ -156,9 +175,10 @@ class ServerProcess:
             argv = ["python", *argv[1:]]
         argv = [os.path.relpath(a, REPO) if a.startswith(str(REPO)) else a for a in argv]
         argv = [a.replace(str(self.tmp), "<tmp>") for a in argv]
-        if self.spec.name in ("node", "hocuspocus"):
+        if self.spec.name in NODE_SCRIPTS:
             argv = ["node", *argv[1:]]
-            return f"HOST={HOST} PORT=<port> " + shlex.join(argv) + " (in benchmarks/peers)"
+            env = "".join(f"{k}={shlex.quote(v)} " for k, v in self.environment.items())
+            return f"HOST={HOST} PORT=<port> {env}" + shlex.join(argv) + " (in benchmarks/peers)"
         return shlex.join(argv).replace("1234", "<port>")
 
     async def start(self, timeout: float = 30.0) -> None:
@@ -223,6 +243,16 @@ class ServerProcess:
                 continue
             total += times.user + times.system
         return total
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Where clients connect: its one port (a cluster has several)."""
+        return (self.port,)
+
+    def cpu_readings(self) -> dict[str, float]:
+        """CPU seconds so far by process: here, the server's alone (a cluster's nodes
+        and the services they share are several)."""
+        return {self.spec.name: self.cpu_seconds()}
 
     def preempted(self) -> int:
         """How many times the server's main thread (the event loop's, for every
@@ -296,7 +326,16 @@ def parse_servers(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]
     return servers
 
 
-async def idle_or_restart(server: ServerProcess, limit: float = 10.0) -> bool:
+class Restartable(Protocol):
+    """A server, or a cluster's nodes, as `idle_or_restart` reads them."""
+
+    @property
+    def alive(self) -> bool: ...
+    def cpu_seconds(self) -> float: ...
+    async def restart(self) -> None: ...
+
+
+async def idle_or_restart(server: Restartable, limit: float = 10.0) -> bool:
     """After a run: wait for the server to go idle; restart it if it does not."""
     deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:
@@ -356,10 +395,7 @@ class OurServer:
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
         assert self.process is not None
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return process_cpu_seconds(self.process.pid)
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""

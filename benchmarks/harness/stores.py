@@ -1,5 +1,6 @@
 """The stores a benchmark writes to: a fresh SQLite file or PostgreSQL schema per run
-(`Backend`, `backends`), `SQLStore.append` timed alone on one (`appends_once`), and
+(`Backend`, `backends`), or a fresh PostgreSQL database (`postgres_database`, for a
+cluster of servers), `SQLStore.append` timed alone on one (`appends_once`), and
 SQLite files checkpointed, measured on disk, broken down by table and index, copied."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sqlite3
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -95,19 +96,45 @@ async def backends(
             say(reason)
             notes.append(reason)
         else:
-            settings = await postgres_execute(
-                postgres_url,
-                "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
-                " current_setting('fsync'), current_setting('wal_sync_method')",
-            )
-            server_version, synchronous_commit, fsync, wal_sync = settings[0]
             notes.append(
-                f"PostgreSQL {server_version.split()[0]} at {postgres_url} "
-                f"(synchronous_commit={synchronous_commit}, fsync={fsync}, "
-                f"wal_sync_method={wal_sync}); each run in a fresh schema, dropped after it"
+                f"{await postgres_settings(postgres_url)}; each run in a fresh schema, "
+                "dropped after it"
             )
             chosen.append(postgres_backend(postgres_url))
     return chosen
+
+
+async def postgres_settings(url: str) -> str:
+    """PostgreSQL's version and durability settings, as a results header gives them."""
+    settings = await postgres_execute(
+        url,
+        "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
+        " current_setting('fsync'), current_setting('wal_sync_method')",
+    )
+    server_version, synchronous_commit, fsync, wal_sync = settings[0]
+    return (
+        f"PostgreSQL {server_version.split()[0]} at {url} (synchronous_commit="
+        f"{synchronous_commit}, fsync={fsync}, wal_sync_method={wal_sync})"
+    )
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(url: str, prefix: str = "bench") -> AsyncIterator[str]:
+    """A fresh database on the PostgreSQL server of `url` (CREATE DATABASE on an
+    AUTOCOMMIT connection), dropped afterwards, even with connections still open:
+    the URL of the new database."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            async with admin.connect() as connection:
+                await connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.dispose()
 
 
 async def postgres_execute(url: str, sql: str) -> list[Any]:
