@@ -47,12 +47,13 @@ from .history import History, HistoryPolicy
 from .journal import Journal, describe_error
 from .locks import LockLimits, Locks
 from .names import normalized
-from .ownership import Deposed, Elsewhere, Lease, Ownership
+from .ownership import Ownership
 from .peer import Peer
 from .permissions import Credentials, Grant, Role, decide
 from .presence import PresencePolicy
 from .room import Room
 from .store import Store, Stored, rebuild
+from .tenure import Tenure
 from .types import DocumentName, Update
 from .worker import Worker
 
@@ -131,7 +132,7 @@ class Engine:
             process alone). The engine then loads only the documents this node owns
             (claiming them; `Elsewhere` names the owner of the others), fences their
             updates with the lease's epoch, keeps its lease renewed, and gives its
-            documents up when it stops.
+            documents up when it stops: see `tenure`.
     """
 
     def __init__(
@@ -146,11 +147,6 @@ class Engine:
         self.store = store
         self.clock = clock
         self.ownership = ownership
-        self.lease_gate: Callable[[], bool] = lambda: True
-        """Whether this node may renew its lease now (a node of a cluster renews only
-        while it can reach the others: see `cluster`)."""
-        self._leases: dict[DocumentName, Lease] = {}
-        """The leases of the documents this node's rooms hold."""
         self.on_grants: Callable[[str], None] | None = None
         """Told of each grant change made here (a node of a cluster tells the others)."""
         self._regranter = Worker(
@@ -180,6 +176,12 @@ class Engine:
         self._grants: dict[DocumentName, list[Grant]] = {}
         self.history = History(self, self.config.history)
         """Versions, content at a version, diffs and restore (needs a store)."""
+        self.tenure: Tenure | None = (
+            None
+            if ownership is None
+            else Tenure(ownership, clock, self.journal, lambda: self.rooms)
+        )
+        """How this node holds the documents it owns (a node of a cluster)."""
 
     async def __aenter__(self) -> Engine:
         if self._task_group is not None:
@@ -192,9 +194,9 @@ class Engine:
             self._task_group.start_soon(self.history.run)
         self._task_group.start_soon(self._sweep_forever)
         self._task_group.start_soon(self._regranter.run)
-        if self.ownership is not None:
-            await self._register(self.ownership)
-            self._task_group.start_soon(self._hold_leases, self.ownership)
+        if self.tenure is not None:
+            await self._join(self.tenure)
+            self._task_group.start_soon(self.tenure.hold)
         return self
 
     async def __aexit__(
@@ -210,8 +212,8 @@ class Engine:
                 slot.room.close()
         if self.journal is not None:
             await self._drain(self.journal)
-        if self.ownership is not None:
-            await self._deregister(self.ownership)
+        if self.tenure is not None:
+            await self.tenure.leave(self.config.drain_timeout)
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
@@ -219,78 +221,15 @@ class Engine:
             self._task_group = None
             self._slots.clear()
 
-    async def _register(self, ownership: Ownership) -> None:
+    async def _join(self, tenure: Tenure) -> None:
         try:
-            await ownership.register()
+            await tenure.join()
         except BaseException:
             assert self._task_group is not None
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
             self._task_group = None
             raise
-
-    async def _deregister(self, ownership: Ownership) -> None:
-        # Everything accepted is stored: give the documents up at once, rather than
-        # leave them to wait for this node's lease to lapse.
-        with anyio.move_on_after(self.config.drain_timeout, shield=True):
-            try:
-                await ownership.deregister()
-            except StorageError as error:
-                log.warning("leaving the cluster: %s (the lease lapses by itself)", error.reason)
-
-    async def _hold_leases(self, ownership: Ownership) -> None:
-        # Renew this node's lease three times a ttl. A node that cannot (the database
-        # is unreachable, or `lease_gate` says it is cut off from the other nodes) holds
-        # its commits before the lease can lapse: another node may claim its documents
-        # after that, and what this one stored and acknowledged then could be refused
-        # (the fence would refuse it anyway; holding means nothing is even tried). Its
-        # rooms go on serving their clients meanwhile. Once it renews again, it drops
-        # the documents it lost (their clients reconnect to the new owner) and commits
-        # what waited for the others.
-        renewed_at = self.clock.monotonic()
-        in_doubt = False
-        while True:
-            await self.clock.sleep(ownership.ttl / 3)
-            if self.lease_gate():
-                try:
-                    with anyio.CancelScope(shield=True):
-                        current = await ownership.renew()
-                        if not current or in_doubt:
-                            await self._check_leases(ownership)
-                    renewed_at = self.clock.monotonic()
-                    if in_doubt and self.journal is not None:
-                        self.journal.resume()
-                    in_doubt = False
-                    continue
-                except StorageError as error:
-                    log.warning("cannot renew the lease of node %r: %s", ownership.node, error)
-            else:
-                log.warning("node %r does not renew its lease: it is cut off", ownership.node)
-            if not in_doubt and self.clock.monotonic() - renewed_at >= ownership.ttl * 2 / 3:
-                in_doubt = True
-                if self.journal is not None:
-                    self.journal.pause(
-                        f"node {ownership.node!r} could not renew its lease: nothing is "
-                        "stored or acknowledged until it has"
-                    )
-
-    async def _check_leases(self, ownership: Ownership) -> None:
-        # This node's lease had lapsed: the documents claimed since by others are lost.
-        leases = list(self._leases.values())
-        held = set(await ownership.held(leases))
-        self._depose(
-            [lease.document for lease in leases if lease not in held],
-            f"node {ownership.node!r} lost the document while its lease had lapsed",
-        )
-
-    def _depose(self, names: list[str], reason: str) -> None:
-        for name in names:
-            doc_name = DocumentName(name)
-            self._leases.pop(doc_name, None)
-            room = self.rooms.get(doc_name)
-            if room is not None:
-                log.warning("%s: %r", reason, name)
-                room.storage_failed(Deposed(f"{reason} ({name!r})"))
 
     async def _drain(self, journal: Journal) -> None:
         # Shielded: an engine leaving because it was cancelled still writes what it
@@ -377,14 +316,7 @@ class Engine:
         }
         if self.store is None:
             return Room(name, **options)
-        lease: Lease | None = None
-        if self.ownership is not None:
-            # Shielded as the load below: a claim is one short transaction.
-            with anyio.CancelScope(shield=True):
-                claimed = await self.ownership.claim(name)
-            if claimed.node != self.ownership.node:
-                raise Elsewhere(claimed)
-            lease = claimed
+        lease = None if self.tenure is None else await self.tenure.claim(name)
         try:
             # Shielded, as every store call: SQLAlchemy's aiosqlite adapter cannot
             # recover a connection cancelled in the middle of a query (its close then
@@ -409,31 +341,9 @@ class Engine:
             since_snapshot_bytes=sum(len(update) for _, update in stored.updates),
             **options,
         )
-        if lease is not None:
-            room.epoch = lease.epoch
-            self._leases[name] = lease
-            await self._take_over_locks(room, lease)
+        if self.tenure is not None and lease is not None:
+            await self.tenure.adopt(room, lease)
         return room
-
-    async def _take_over_locks(self, room: Room, lease: Lease) -> None:
-        # The locks the document's previous owner kept hold here too; from now on this
-        # node keeps them for the next one.
-        assert self.ownership is not None
-        ownership = self.ownership
-        with anyio.CancelScope(shield=True):
-            saved = await ownership.locks(room.name)
-        if saved is not None:
-            try:
-                room.restore_locks(saved)
-            except ValueError as error:
-                log.error("the locks kept for %r are lost: %s", room.name, error)
-
-        async def save() -> None:
-            text = room.locks.export(room.clock(), room.wall())
-            with anyio.CancelScope(shield=True):
-                await ownership.save_locks(lease, text)
-
-        room.save_locks = save
 
     # -- permissions ------------------------------------------------------------------
 
@@ -567,7 +477,8 @@ class Engine:
         ):
             del self._slots[name]
             self._holding.discard(room)
-            self._leases.pop(name, None)  # (the document stays this node's: see `cluster`)
+            if self.tenure is not None:
+                self.tenure.unloaded(name)
             room.close()
             log.debug("room %r unloaded", name)
             if room.failed is None:

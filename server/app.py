@@ -87,7 +87,7 @@ class App:
                 node=node,
                 listener=self.cluster,
                 clock=clock,
-                # Unhealthy soon enough for the lease: see `Engine` (lease_gate).
+                # Unhealthy soon enough for the lease: see `collab_engine.tenure`.
                 health_timeout=min(3.0, settings.lease_ttl / 3),
                 max_pending_bytes=settings.bus_queue_size,
                 stream_maxlen=settings.bus_stream_length,
@@ -95,7 +95,8 @@ class App:
             self.cluster.attach(self.bus)
             self.cluster.on_call = partial(serve_call, serve=self._documents_here)
             bus = self.bus
-            self.engine.lease_gate = lambda: bus.healthy
+            assert self.engine.tenure is not None
+            self.engine.tenure.gate = lambda: bus.healthy
             self.engine.on_grants = self.cluster.announce_grants
         self.started = anyio.Event()
         """Set once the engine runs (the ASGI lifespan has started)."""
