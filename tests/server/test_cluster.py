@@ -386,23 +386,35 @@ async def test_a_cluster_node_needs_postgresql(store: tuple[str, ...]) -> None:
     assert len(lines) == 1 and "--redis-url" in lines[0] and "PostgreSQL" in lines[0], lines
 
 
-async def test_the_awareness_of_clients_of_a_dead_node_is_removed() -> None:
+async def test_the_awareness_and_locks_of_clients_of_a_dead_node_end() -> None:
     """The edge a client is on dies (SIGKILL): the owner drops what that node relayed
-    once its lease lapses, and the client's awareness state is removed for the others."""
+    once its lease lapses. The client's awareness state is removed for the others,
+    and its lock ends after its grace, as a dropped connection's does: then another
+    user may take the section."""
     async with cluster() as nodes:
-        one = await nodes.start("one", "--lease-ttl", "1")
-        two = await nodes.start("two", "--lease-ttl", "1")
-        async with yclient(one.url, "presence") as watcher:
+        options = ("--lease-ttl", "1", "--lock-grace", "1", "--secret", SECRET)
+        one = await nodes.start("one", *options)
+        two = await nodes.start("two", *options)
+        watcher_token, mover_token = mint(SECRET, user="watcher"), mint(SECRET, user="mover")
+        async with yclient(one.url, f"presence?token={watcher_token}") as watcher:
             # The watcher's node owns the document; the mover is relayed from node two.
             mover_doc = Doc()
-            async with yclient(two.url, "presence", doc=mover_doc) as mover:
+            async with yclient(two.url, f"presence?token={mover_token}", doc=mover_doc) as mover:
                 await mover.set_awareness({"cursor": 3})
                 await watcher.wait_for(lambda: mover_doc.client_id in watcher.awareness)
+                taken = await lock_request(mover, op="acquire", section=["title"], id=1, ttl=600)
+                assert taken["ok"] is True, taken
                 killed_at = anyio.current_time()
                 two.process.kill()
                 await watcher.wait_for(lambda: mover_doc.client_id not in watcher.awareness)
                 took = anyio.current_time() - killed_at
                 print(f"removed {took:.2f} s after its node died (lease ttl 1 s)")
+
+                async def free() -> bool:
+                    reply = await lock_request(watcher, op="acquire", section=["title"], id=2)
+                    return reply["ok"] is True
+
+                await eventually(free, what="the dead node's lock ended after its grace")
 
 
 @asynccontextmanager
