@@ -233,9 +233,12 @@ class Engine:
 
     async def _drain(self, journal: Journal) -> None:
         # Shielded: an engine leaving because it was cancelled still writes what it
-        # accepted, within the drain timeout.
-        with anyio.move_on_after(self.config.drain_timeout, shield=True):
-            await journal.drain()
+        # accepted, within the drain timeout. A journal held because this node's lease
+        # is in doubt may not write (another node may own the documents by now): it
+        # is not waited for.
+        if journal.paused is None:
+            with anyio.move_on_after(self.config.drain_timeout, shield=True):
+                await journal.drain()
         if journal.pending():
             log.error(
                 "the store did not take %d update(s) within %s s: they are lost to this "

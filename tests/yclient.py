@@ -138,10 +138,16 @@ class YClient:
 
 @asynccontextmanager
 async def yclient(
-    base_url: str, name: str, *, doc: Doc[Any] | None = None, sync: bool = True, **kwargs: Any
+    base_url: str,
+    name: str,
+    *,
+    doc: Doc[Any] | None = None,
+    sync: bool = True,
+    sync_timeout: float = 5.0,
+    **kwargs: Any,
 ) -> AsyncIterator[YClient]:
     """Connect a replica to `base_url/name`; with `sync`, also send sync step 1 and
-    wait for step 2."""
+    wait for step 2 (failing after `sync_timeout` seconds)."""
     kwargs.setdefault("max_size", None)
     kwargs.setdefault("ping_interval", None)
     async with connect(f"{base_url}/{name}", **kwargs) as ws:
@@ -150,7 +156,7 @@ async def yclient(
             tg.start_soon(client._read)
             if sync:
                 await ws.send(protocol.encode_sync_step1(client.doc.get_state()))
-                with anyio.fail_after(5):
+                with anyio.fail_after(sync_timeout):
                     await client.synced.wait()
             try:
                 yield client

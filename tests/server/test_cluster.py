@@ -301,7 +301,11 @@ class Writer:
         while not until.is_set():
             client: YClient | None = None
             try:
-                async with yclient(self.urls[index], document, doc=self.doc) as client:
+                # (A short sync timeout: a node that relays to a dead owner never
+                # answers, and the writer should try again soon.)
+                async with yclient(
+                    self.urls[index], document, doc=self.doc, sync_timeout=1.0
+                ) as client:
                     self.connected_at.append(anyio.current_time())
                     await self._write(client, markers, until)
             except Exception:  # noqa: BLE001 - a refused or broken connection: the next node
@@ -530,6 +534,13 @@ async def test_a_node_cut_off_from_redis_stops_acknowledging_before_its_document
         for writer in (cut_off, other):
             missing = writer.acked - stored
             assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+        # Still cut off, node one stops at once when told: its journal is held (its
+        # lease in doubt), so there is nothing it may still write.
+        stopping_at = anyio.current_time()
+        one.process.terminate()
+        with anyio.fail_after(30):
+            await one.process.wait()
+        print(f"the cut-off node stopped in {anyio.current_time() - stopping_at:.2f} s")
 
 
 async def test_cluster_status_lists_the_nodes_and_what_they_own() -> None:
