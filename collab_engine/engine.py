@@ -197,6 +197,7 @@ class Engine:
         if self.tenure is not None:
             await self._join(self.tenure)
             self._task_group.start_soon(self.tenure.hold)
+            self._task_group.start_soon(self.tenure.release_unloaded)
         return self
 
     async def __aexit__(

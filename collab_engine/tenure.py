@@ -13,6 +13,10 @@ The rules of ownership are in `ownership`; this is the engine's side of them:
   tried, and nothing acknowledged). Its rooms go on serving their clients. Once it
   renews again, it drops the documents it lost (their clients reconnect to the new
   owner, 1012) and commits what waited for the others;
+- give a document up once its room is unloaded (nobody used it here for the unload
+  grace, and everything it took is stored): the next node a client of it reaches
+  claims it, so documents follow their users instead of staying where they were
+  first opened; a claim of the same document here waits for the release to end;
 - `leave` the cluster when the engine stops: every document given up at once.
 """
 
@@ -60,6 +64,9 @@ class Tenure:
         while it can reach the other nodes: see `cluster`)."""
         self.leases: dict[DocumentName, Lease] = {}
         """The leases of the documents this node's rooms hold."""
+        # At most one entry per document: the releases wait for `release_unloaded`.
+        self._releasing: dict[DocumentName, tuple[Lease, anyio.Event]] = {}
+        self._wakeup = anyio.Event()
 
     async def claim(self, name: DocumentName) -> Lease:
         """This node's lease of document `name`, claimed if need be.
@@ -69,6 +76,9 @@ class Tenure:
             Deposed: this node's own lease has lapsed.
             StorageError: the ownership table cannot be reached.
         """
+        releasing = self._releasing.get(name)
+        if releasing is not None:
+            await releasing[1].wait()  # given up first: then claimed anew
         # Shielded as the load that follows: a claim is one short transaction.
         with anyio.CancelScope(shield=True):
             lease = await self.ownership.claim(name)
@@ -98,8 +108,31 @@ class Tenure:
         room.save_locks = save
 
     def unloaded(self, name: DocumentName) -> None:
-        """The room of `name` was unloaded (the document stays this node's)."""
-        self.leases.pop(name, None)
+        """The room of `name` was unloaded: the document is given up (soon, by
+        `release_unloaded`)."""
+        lease = self.leases.pop(name, None)
+        if lease is not None and name not in self._releasing:
+            self._releasing[name] = (lease, anyio.Event())
+            self._wakeup.set()
+
+    async def release_unloaded(self) -> None:
+        """Give up the documents whose rooms were unloaded, one at a time, forever (the
+        engine's task group runs this)."""
+        while True:
+            if not self._releasing:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            name, (lease, done) = next(iter(self._releasing.items()))
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.ownership.release(lease)
+            except StorageError as error:
+                # Kept until this node leaves or its lease lapses: nothing is lost.
+                log.warning("cannot give %r up: %s", lease.document, error.reason)
+            finally:
+                del self._releasing[name]
+                done.set()
 
     async def join(self) -> None:
         """Register this node (or renew its lease)."""

@@ -788,3 +788,25 @@ async def test_a_stopping_node_closes_the_clients_it_relays_with_1001() -> None:
                 await relayed.closed.wait()
             assert relayed.close_code == 1001, (relayed.close_code, relayed.close_reason)
             assert await two.process.wait() == 0
+
+
+async def test_a_document_nobody_uses_on_its_owner_follows_its_next_user() -> None:
+    """Node one owns the document while a client of it is there; once the client has
+    gone and the room is unloaded, node one gives the document up, and the next client,
+    on node two, makes node two its owner: documents go where they are used."""
+    async with cluster() as nodes:
+        one = await nodes.start("one", "--unload-grace", "0.2")
+        two = await nodes.start("two", "--unload-grace", "0.2")
+        async with yclient(one.url, "wanders") as first:
+            first.doc.get("body", type=Text).insert(0, "opened on one")
+            await first.flush()
+            await first.round_trip()
+        assert (await health(one)).get("owns") == ["wanders"]
+
+        async def given_up() -> bool:
+            return (await health(one)).get("owns") == []
+
+        await eventually(given_up, what="node one gave the unused document up")
+        async with yclient(two.url, "wanders") as second:
+            assert text_of(second) == "opened on one"
+        assert (await health(two)).get("owns") == ["wanders"]
