@@ -810,3 +810,37 @@ async def test_a_document_nobody_uses_on_its_owner_follows_its_next_user() -> No
         async with yclient(two.url, "wanders") as second:
             assert text_of(second) == "opened on one"
         assert (await health(two)).get("owns") == ["wanders"]
+
+
+async def test_postgresql_out_of_reach_holds_acknowledgements_and_nothing_else() -> None:
+    """Node one's connection to PostgreSQL is cut (a proxy) under a writer and a
+    reader on it: the reader keeps getting the writer's edits, nothing is
+    acknowledged, the node says so once in its log; once the database can be reached
+    again, the writer's edits are acknowledged and stored."""
+    async with Proxy(5432) as database, cluster() as nodes:
+        shared = nodes.database_url
+        nodes.database_url = shared.replace(":5432/", f":{database.port}/")
+        one = await nodes.start("one", "--lease-ttl", "30")
+        nodes.database_url = shared
+        async with (
+            yclient(one.url, "unreachable") as writer,
+            yclient(one.url, "unreachable") as reader,
+        ):
+            await writer.request_persisted()
+            writer.doc.get("body", type=Text).insert(0, "stored. ")
+            await writer.flush()
+            await writer.wait_persisted()
+            database.cut()
+            acked = writer.persisted
+            writer.doc.get("body", type=Text).insert(len(text_of(writer)), "held. ")
+            await writer.flush()
+            await reader.wait_for(lambda: text_of(reader) == "stored. held. ")
+            await eventually(
+                lambda: any("cannot be reached" in line for line in one.log),
+                what="the node's log says the store cannot be reached",
+            )
+            assert writer.persisted == acked, "nothing acknowledged while the store is away"
+            database.restore()
+            await writer.wait_persisted(timeout=30)
+        async with yclient(one.url, "unreachable") as later:
+            assert text_of(later) == "stored. held. "
