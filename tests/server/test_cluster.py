@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import httpx
 import pytest
 from anyio.abc import Process, TaskGroup
@@ -75,7 +74,15 @@ class Cluster:
         self.group = group
         self.nodes: list[Node] = []
 
-    async def start(self, node_id: str, *extra: str) -> Node:
+    async def start(
+        self,
+        node_id: str,
+        *extra: str,
+        database_url: str | None = None,
+        redis_url: str | None = None,
+    ) -> Node:
+        """Start node `node_id` (with the cluster's database and Redis, unless this
+        node reaches them by other URLs: through a proxy)."""
         command = [
             sys.executable,
             "-m",
@@ -86,9 +93,9 @@ class Cluster:
             "--port",
             "0",
             "--database-url",
-            self.database_url,
+            database_url or self.database_url,
             "--redis-url",
-            self.redis_url,
+            redis_url or self.redis_url,
             "--cluster-prefix",
             self.prefix,
             "--node-id",
@@ -336,6 +343,36 @@ class Writer:
         return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
+@asynccontextmanager
+async def writing(
+    document: str, writers: Sequence[Writer], *, again: Sequence[Writer] | None = None, what: str
+) -> AsyncIterator[None]:
+    """`writers` write markers into `document`: the block runs once each has 20
+    acknowledged; then they go on until each of `again` (all of them by default) has
+    20 more acknowledged after the block (`what` says what that shows)."""
+    until = anyio.Event()
+    async with anyio.create_task_group() as group:
+        for writer in writers:
+            group.start_soon(writer.run, document, until)
+        await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+        yield
+        waited = writers if again is None else again
+        before = {w.name: len(w.acked) for w in waited}
+        await eventually(
+            lambda: all(len(w.acked) >= before[w.name] + 20 for w in waited), what=what
+        )
+        until.set()
+
+
+async def assert_kept(url: str, document: str, writers: Sequence[Writer]) -> None:
+    """Every marker acknowledged to `writers` is in `document`, read through `url`."""
+    async with yclient(url, document) as reader:
+        stored = set(reader.doc.get("markers", type=Map).keys())
+    for writer in writers:
+        missing = writer.acked - stored
+        assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+
+
 async def test_the_owner_killed_mid_stream_loses_no_acknowledged_update() -> None:
     """Writers on both nodes, each acknowledged by the document's owner. The owner is
     killed (SIGKILL). Its writers reconnect to the other node, the other node's
@@ -348,30 +385,16 @@ async def test_the_owner_killed_mid_stream_loses_no_acknowledged_update() -> Non
         async with yclient(one.url, "failover"):
             pass
         owner, survivor = one, two
-        until = anyio.Event()
         writers = [
             Writer("on-owner", [owner.url, survivor.url]),
             Writer("on-survivor", [survivor.url]),
         ]
-        async with anyio.create_task_group() as group:
-            for writer in writers:
-                group.start_soon(writer.run, "failover", until)
-            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+        async with writing("failover", writers, what="acknowledged again after the owner died"):
             killed_at = anyio.current_time()
             owner.process.kill()
-            before = {w.name: len(w.acked) for w in writers}
-            await eventually(
-                lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
-                what="writers acknowledged again after the owner died",
-            )
-            until.set()
         stall = writers[1].longest_stall(killed_at, anyio.current_time())
         print(f"longest stall of the survivor's writer: {stall:.2f} s (lease ttl 1 s)")
-        async with yclient(survivor.url, "failover") as reader:
-            stored = set(reader.doc.get("markers", type=Map).keys())
-        for writer in writers:
-            missing = writer.acked - stored
-            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+        await assert_kept(survivor.url, "failover", writers)
         assert (await health(survivor)).get("owns") == ["failover"]
         assert 1012 in writers[1].closes, writers[1].closes
 
@@ -460,26 +483,15 @@ async def test_redis_restarted_mid_stream_loses_nothing() -> None:
         two = await nodes.start("two", "--lease-ttl", "2")
         async with yclient(one.url, "through-a-restart"):
             pass
-        until = anyio.Event()
         writers = [Writer("one", [one.url]), Writer("two", [two.url])]
-        async with anyio.create_task_group() as group:
-            for writer in writers:
-                group.start_soon(writer.run, "through-a-restart", until)
-            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
-            redis.kill()
-            await redis.wait()
-            async with private_redis(port):
-                before = {w.name: len(w.acked) for w in writers}
-                await eventually(
-                    lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
-                    what="writers acknowledged again after Redis came back",
-                )
-                until.set()
-        async with yclient(one.url, "through-a-restart") as reader:
-            stored = set(reader.doc.get("markers", type=Map).keys())
-        for writer in writers:
-            missing = writer.acked - stored
-            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+        async with AsyncExitStack() as restarted:
+            async with writing(
+                "through-a-restart", writers, what="acknowledged again after Redis came back"
+            ):
+                redis.kill()
+                await redis.wait()
+                await restarted.enter_async_context(private_redis(port))
+            await assert_kept(one.url, "through-a-restart", writers)
 
 
 def free_port() -> int:
@@ -498,26 +510,21 @@ async def test_a_node_cut_off_from_redis_stops_acknowledging_before_its_document
     need("Redis", 6379)
     ttl = 2.0
     async with Proxy(6379) as proxy, cluster() as nodes:
-        nodes.redis_url = f"redis://127.0.0.1:{proxy.port}/0"
-        one = await nodes.start("one", "--lease-ttl", str(ttl))
-        nodes.redis_url = REDIS
+        one = await nodes.start(
+            "one", "--lease-ttl", str(ttl), redis_url=f"redis://127.0.0.1:{proxy.port}/0"
+        )
         two = await nodes.start("two", "--lease-ttl", str(ttl))
         async with yclient(one.url, "partition"):
             pass
-        until = anyio.Event()
         cut_off, other = Writer("one", [one.url]), Writer("two", [two.url])
-        async with anyio.create_task_group() as group:
-            group.start_soon(cut_off.run, "partition", until)
-            group.start_soon(other.run, "partition", until)
-            await eventually(lambda: len(cut_off.acked) >= 20 and len(other.acked) >= 20)
+        async with writing(
+            "partition",
+            [cut_off, other],
+            again=[other],
+            what="node two's writer acknowledged again, by node two",
+        ):
             cut_at = anyio.current_time()
             proxy.cut()
-            before = len(other.acked)
-            await eventually(
-                lambda: len(other.acked) >= before + 20,
-                what="node two's writer acknowledged again, by node two",
-            )
-            until.set()
         # Node two's writer, on a connection made after the cut, is acknowledged only
         # once node two owns the document (node one cannot hear it): node one's last
         # acknowledgement came before that.
@@ -529,11 +536,7 @@ async def test_a_node_cut_off_from_redis_stops_acknowledging_before_its_document
             f"cut, node two's first {moved_at - cut_at:.2f} s after it (lease ttl {ttl:g} s)"
         )
         assert (await health(two)).get("owns") == ["partition"]
-        async with yclient(two.url, "partition") as reader:
-            stored = set(reader.doc.get("markers", type=Map).keys())
-        for writer in (cut_off, other):
-            missing = writer.acked - stored
-            assert not missing, f"{writer.name}: acknowledged markers lost: {sorted(missing)[:10]}"
+        await assert_kept(two.url, "partition", [cut_off, other])
         # Still cut off, node one stops at once when told: its journal is held (its
         # lease in doubt), so there is nothing it may still write.
         stopping_at = anyio.current_time()
@@ -719,10 +722,8 @@ async def test_a_relayed_client_over_its_backlog_is_closed_with_1013() -> None:
     stored). Its next frames queue on the owner, two at most: the third closes it with
     1013. The client on the owner itself is untouched."""
     async with Proxy(5432) as database, cluster() as nodes:
-        shared = nodes.database_url
-        nodes.database_url = shared.replace(":5432/", f":{database.port}/")
-        one = await nodes.start("one", "--relay-backlog", "2")
-        nodes.database_url = shared
+        through = nodes.database_url.replace(":5432/", f":{database.port}/")
+        one = await nodes.start("one", "--relay-backlog", "2", database_url=through)
         two = await nodes.start("two", "--relay-backlog", "2")
         async with yclient(one.url, "backlog") as owner_side:
             async with yclient(two.url, "backlog") as relayed:
@@ -754,28 +755,15 @@ async def test_a_node_stopped_cleanly_gives_its_documents_up_at_once() -> None:
         two = await nodes.start("two", "--lease-ttl", "30")
         async with yclient(one.url, "drained"):
             pass
-        until = anyio.Event()
         writers = [Writer("on-one", [one.url, two.url]), Writer("on-two", [two.url])]
-        async with anyio.create_task_group() as group:
-            for writer in writers:
-                group.start_soon(writer.run, "drained", until)
-            await eventually(lambda: all(len(w.acked) >= 20 for w in writers))
+        async with writing("drained", writers, what="both writers acknowledged by node two"):
             stopped_at = anyio.current_time()
             one.process.terminate()
-            before = {w.name: len(w.acked) for w in writers}
-            await eventually(
-                lambda: all(len(w.acked) >= before[w.name] + 20 for w in writers),
-                what="both writers acknowledged by node two",
-            )
-            until.set()
         assert await one.process.wait() == 0
         stall = max(w.longest_stall(stopped_at, anyio.current_time()) for w in writers)
         print(f"longest stall when the owner stopped cleanly: {stall:.2f} s (lease ttl 30 s)")
         assert 1001 in writers[0].closes, writers[0].closes
-        async with yclient(two.url, "drained") as reader:
-            stored = set(reader.doc.get("markers", type=Map).keys())
-        for writer in writers:
-            assert not writer.acked - stored, writer.name
+        await assert_kept(two.url, "drained", writers)
 
 
 async def test_a_stopping_node_closes_the_clients_it_relays_with_1001() -> None:
@@ -818,10 +806,8 @@ async def test_postgresql_out_of_reach_holds_acknowledgements_and_nothing_else()
     acknowledged, the node says so once in its log; once the database can be reached
     again, the writer's edits are acknowledged and stored."""
     async with Proxy(5432) as database, cluster() as nodes:
-        shared = nodes.database_url
-        nodes.database_url = shared.replace(":5432/", f":{database.port}/")
-        one = await nodes.start("one", "--lease-ttl", "30")
-        nodes.database_url = shared
+        through = nodes.database_url.replace(":5432/", f":{database.port}/")
+        one = await nodes.start("one", "--lease-ttl", "30", database_url=through)
         async with (
             yclient(one.url, "unreachable") as writer,
             yclient(one.url, "unreachable") as reader,

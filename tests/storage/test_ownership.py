@@ -175,7 +175,7 @@ async def test_an_owner_appending_while_it_is_deposed_stops_at_the_claim(
     await b.register()
     lease = await a.claim("notes")
     stored: list[int] = []
-    refused = anyio.Event()
+    twenty, refused = anyio.Event(), anyio.Event()
 
     async def write() -> None:
         while True:
@@ -184,11 +184,12 @@ async def test_an_owner_appending_while_it_is_deposed_stops_at_the_claim(
             except Deposed:
                 refused.set()
                 return
+            if len(stored) == 20:
+                twenty.set()
 
     async with anyio.create_task_group() as group:
         group.start_soon(write)
-        while len(stored) < 20:
-            await anyio.sleep(0.001)  # (lets the writer run; nothing is timed)
+        await twenty.wait()
         await lapse(store, "a")
         moved = await b.claim("notes")
         await refused.wait()
