@@ -205,6 +205,11 @@ def encode_var_uint(value: int) -> bytes:
     return _var_uint(value)
 
 
+def encode_var_bytes(data: bytes) -> bytes:
+    """lib0's varBytes: the length as a varUint, then the bytes."""
+    return _var_bytes(bytes(data))
+
+
 def encode_var_string(text: str) -> bytes:
     """lib0's varString: the UTF-8 length as a varUint, then the bytes."""
     return _var_bytes(text.encode())

@@ -43,7 +43,7 @@ from typing import Final, TypeAlias
 from .errors import ProtocolError
 from .identity import Identity
 from .permissions import Credentials, Role
-from .protocol import Decoder, encode_var_string, encode_var_uint
+from .protocol import Decoder, encode_var_bytes, encode_var_string, encode_var_uint
 
 OPEN: Final = 0
 FRAME: Final = 1
@@ -114,15 +114,14 @@ def encode(message: Relayed) -> bytes:
                 + encode_var_string(label)
             )
         case Frame(conn, data):
-            return encode_var_uint(FRAME) + encode_var_uint(conn) + _var_bytes(data)
+            return encode_var_uint(FRAME) + encode_var_uint(conn) + encode_var_bytes(data)
         case Leave(conn):
             return encode_var_uint(LEAVE) + encode_var_uint(conn)
         case Deliver(conns, frames):
             parts = [encode_var_uint(DELIVER), encode_var_uint(len(conns))]
             parts += [encode_var_uint(conn) for conn in conns]
             parts.append(encode_var_uint(len(frames)))
-            for frame in frames:
-                parts += (encode_var_uint(len(frame)), frame)
+            parts += [encode_var_bytes(frame) for frame in frames]
             return b"".join(parts)
         case Shut(conn, code, reason):
             return (
@@ -132,14 +131,10 @@ def encode(message: Relayed) -> bytes:
                 + encode_var_string(reason)
             )
         case Call(id_, request):
-            return encode_var_uint(CALL) + encode_var_uint(id_) + _var_bytes(request)
+            return encode_var_uint(CALL) + encode_var_uint(id_) + encode_var_bytes(request)
         case Answer(id_, response):
-            return encode_var_uint(ANSWER) + encode_var_uint(id_) + _var_bytes(response)
+            return encode_var_uint(ANSWER) + encode_var_uint(id_) + encode_var_bytes(response)
     raise TypeError(f"not a relay message: {message!r}")
-
-
-def _var_bytes(data: bytes) -> bytes:
-    return encode_var_uint(len(data)) + bytes(data)
 
 
 def decode(data: bytes) -> Relayed:

@@ -43,8 +43,8 @@ from storage.ownership import SQLOwnership
 from storage.redis import RedisBus
 
 from . import wire
-from .calls import encode_request, read_body, replay, send_answer, serve_call
-from .endpoints import DOCUMENTS, documents_api, respond
+from .calls import encode_request, replay, send_answer, serve_call
+from .endpoints import DOCUMENTS, HTTPError, documents_api, read_body, respond
 from .settings import Settings
 from .types import Receive, Scope, Send
 from .websocket import serve_websocket
@@ -160,10 +160,10 @@ class App:
     ) -> None:
         # The body is read first: should another node own the document, the request
         # goes there whole (see `server.calls`).
-        limit = self.settings.max_frame_size
-        body = await read_body(receive, limit)
-        if body is None:
-            await respond(send, 413, {"error": f"body over {limit} bytes, or cut short"})
+        try:
+            body = bytes(await read_body(receive, self.settings.max_frame_size))
+        except HTTPError as error:
+            await respond(send, error.status, {"error": error.reason})
             return
         try:
             await documents_api(self.engine, self.settings, scope, replay(body), send)

@@ -9,8 +9,9 @@ back as the answer: the client sees one node answer for the whole cluster.
     request  := varBytes(JSON {method, path, query, authorization}) body
     response := varUint(status) varString(content type) body
 
-The body is read whole before the request is served (at most `limit` bytes: 413
-beyond), so that it can still be sent on once the owner is known.
+The app reads the body whole before the request is served (`endpoints.read_body`:
+at most the frame limit, 413 beyond), so that it can still be sent on once the owner
+is known.
 """
 
 from __future__ import annotations
@@ -24,20 +25,6 @@ from collab_engine.protocol import Decoder, encode_var_string, encode_var_uint
 from .types import Receive, Scope, Send
 
 Serve = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request's whole body; None when it is over `limit` bytes (or ended early)."""
-    data = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        data += message.get("body", b"")
-        if len(data) > limit:
-            return None
-        if not message.get("more_body", False):
-            return bytes(data)
 
 
 def replay(body: bytes) -> Receive:

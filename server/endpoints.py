@@ -271,7 +271,7 @@ async def _transfer(
             raise Binary(room.doc.get_update())
     update, roots = b"", dict[str, Any]()
     if what == "update":
-        update = bytes(await _read_body(receive, settings.max_frame_size))
+        update = bytes(await read_body(receive, settings.max_frame_size))
     else:
         given = (await _read_json(receive, settings.max_frame_size)).get("roots")
         if not isinstance(given, dict):
@@ -322,7 +322,12 @@ def _grant_json(grant: Grant) -> dict[str, str]:
     return {"principal": grant.principal, "role": str(grant.role)}
 
 
-async def _read_body(receive: Receive, limit: int) -> bytearray:
+async def read_body(receive: Receive, limit: int) -> bytearray:
+    """The request's whole body.
+
+    Raises:
+        HTTPError: 413 over `limit` bytes; 400 the request ended early.
+    """
     data = bytearray()
     while True:
         message = await receive()
@@ -342,7 +347,7 @@ async def _read_json(receive: Receive, limit: int = MAX_BODY) -> dict[str, Any]:
         HTTPError: 413 over `limit` bytes; 400 not a JSON object, or nested deeper
             than `json_text.MAX_DEPTH`.
     """
-    data = await _read_body(receive, limit)
+    data = await read_body(receive, limit)
     try:
         value = json_text.parse(bytes(data) or b"{}")
     except ProtocolError as error:

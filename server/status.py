@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from collab_engine.errors import StorageError
-from storage import SQLStore
 from storage.ownership import SQLOwnership
 
 
@@ -76,16 +76,15 @@ async def _status(args: argparse.Namespace) -> dict[str, Any]:
         raise StorageError(
             "a cluster's ownership is kept in PostgreSQL: --database-url postgresql+asyncpg://..."
         )
+    # An engine of its own, not SQLStore.connect: a status only reads, and must not
+    # migrate the cluster's schema. (The ownership's errors are StorageError already.)
+    engine = create_async_engine(args.database_url)
     try:
-        store = await SQLStore.connect(args.database_url)
-    except Exception as exc:
-        raise StorageError(f"cannot open the database: {exc}") from exc
-    try:
-        reader = SQLOwnership(store.engine, "cluster-status", 1.0)
+        reader = SQLOwnership(engine, "cluster-status", 1.0)
         nodes = await reader.nodes()
         owners = await reader.leases()
     finally:
-        await store.aclose()
+        await engine.dispose()
     inboxes: dict[str, int | None] = {node.id: None for node in nodes}
     if args.redis_url:
         redis = Redis.from_url(args.redis_url, socket_connect_timeout=2.0)
