@@ -50,6 +50,7 @@ from .engine import Engine
 from .errors import (
     CollabError,
     Forbidden,
+    GoingAway,
     MessageTooBig,
     PeerTooSlow,
     ProtocolError,
@@ -210,6 +211,10 @@ class Cluster:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._task_group is not None
+        # Leaving: the other nodes drop what they relay to this one now, rather than
+        # when they next look at the ownership table (a third of a lease's ttl).
+        if self.bus is not None:
+            self.bus.notify(json.dumps({"left": self.node}).encode())
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
@@ -280,9 +285,14 @@ class Cluster:
                 waiting.done.set()
 
     def noticed(self, sender: str, bodies: Sequence[bytes]) -> None:
+        # {"grants": document}: its grants changed; {"left": node}: that node stopped.
         for body in bodies:
             try:
                 notice = json.loads(body)
+                if "left" in notice:
+                    if str(notice["left"]) != self.node:
+                        self.reset(str(notice["left"]))
+                    continue
                 name = str(notice["grants"])
             except (ValueError, KeyError, TypeError):
                 log.error("node %r sent an unreadable notice: %r", sender, body[:100])
@@ -335,7 +345,10 @@ class Cluster:
         self, edge: str, conn: int, document: str, credentials: Credentials | None, label: str
     ) -> None:
         key = (edge, conn)
-        if key in self._served or self._task_group is None:
+        if key in self._served:
+            return
+        if self._task_group is None or not self.engine.running:
+            self.send(edge, Shut(conn, GoingAway.close_code, "server shutting down"))
             return
         served = self._served[key] = _Served(edge, conn)
         self._task_group.start_soon(self._serve, served, document, credentials, label)

@@ -249,6 +249,11 @@ class Engine:
             )
 
     @property
+    def running(self) -> bool:
+        """Whether the engine runs (between entering and leaving its `async with`)."""
+        return self._task_group is not None
+
+    @property
     def rooms(self) -> dict[DocumentName, Room]:
         """The rooms loaded now, by document name."""
         return {name: slot.room for name, slot in self._slots.items() if slot.room is not None}

@@ -62,9 +62,15 @@ class YClient:
         await self.ws.send(frame)
 
     async def request_persisted(self) -> None:
-        """Ask the server for persisted acknowledgements; wait for its first answer."""
+        """Ask the server for persisted acknowledgements; wait for its first answer.
+
+        Raises:
+            ConnectionError: the connection closed before the answer came.
+        """
         await self.ws.send(protocol.encode_request_persisted())
-        await self.wait_for(lambda: self.persisted >= 0)
+        await self.wait_for(lambda: self.persisted >= 0 or self.closed.is_set())
+        if self.persisted < 0:
+            raise ConnectionError(f"closed ({self.close_code}) before persisted acknowledgements")
 
     async def wait_persisted(self, timeout: float = 5.0) -> None:
         """Wait until every update message sent so far is acknowledged as durable."""
